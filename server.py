@@ -1,0 +1,237 @@
+"""pn-relay: `python server.py [--config FILE] [--host H] [--port P] [--print-pubkey]`.
+
+Builds every part once, wires them together, runs the IOLoop, and shuts down cleanly on
+SIGTERM or Ctrl-C (in-flight requests finish, queued writes commit, the database closes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine
+from tornado.httpserver import HTTPServer
+from tornado.wsgi import WSGIContainer
+
+from app import AppParts, create_app
+from handlers.endpoints import HandlerContext
+from lsrpc.keys import (
+    KeyFileError,
+    ServerKeypair,
+    load_or_create_hex_secret,
+    load_or_create_keypair,
+)
+from settings import Settings, SettingsError, load_settings
+from stats.counters import Counters
+from storage.engine import DatabaseConfigError, create_schema, make_engine
+from storage.protect import IdentifierProtector
+from storage.store import RelayStore
+from storage.writer import BatchWriter
+
+log = logging.getLogger("pn_relay")
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+class StartupError(Exception):
+    """A reason the relay cannot start, said in one line."""
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class InFlight:
+    """Counts requests inside the WSGI app, so shutdown can wait for them."""
+
+    def __init__(self, app: WSGIApp) -> None:
+        self._app = app
+        self._count = 0
+        self._lock = threading.Lock()
+
+    @property
+    def count(self) -> int:
+        return self._count
+
+    def __call__(
+        self, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterable[bytes]:
+        with self._lock:
+            self._count += 1
+        try:
+            # Materialise the body here, in the worker thread, so "done" means done.
+            return list(self._app(environ, start_response))
+        finally:
+            with self._lock:
+                self._count -= 1
+
+
+class Relay:
+    """Every part of a running relay, built once from Settings."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.keypair, created = _load_keypair(settings.key_file)
+        if created:
+            log.info("generated a new server key in %s", settings.key_file)
+        self.protector = _load_protector(settings)
+        try:
+            self.engine: Engine = make_engine(
+                settings.database_url, pool_size=settings.db_pool_size
+            )
+            if self.engine.dialect.name == "sqlite":
+                settings.DATA_DIR.mkdir(parents=True, exist_ok=True)
+            create_schema(self.engine)
+        except DatabaseConfigError as exc:
+            raise StartupError(str(exc)) from None
+        self.writer = BatchWriter(self.engine, max_batch=settings.WRITE_BATCH_MAX)
+        self.store = RelayStore(self.engine, self.writer, self.protector, now_ms)
+        self.counters = Counters()
+        self._wakeups: list[Callable[[], None]] = []
+        handlers = HandlerContext(
+            store=self.store,
+            counters=self.counters,
+            max_data_bytes=settings.MAX_DATA_BYTES,
+            dedup_window_ms=int(settings.DEDUP_WINDOW * 1000),
+            on_queued=self._notify_queued,
+        )
+        self.app = create_app(
+            AppParts(
+                keypair=self.keypair, handlers=handlers, max_body_bytes=settings.MAX_BODY_BYTES
+            )
+        )
+        self.executor = ThreadPoolExecutor(settings.WEB_THREADS, thread_name_prefix="web")
+        self.in_flight = InFlight(self.app.wsgi_app)  # type: ignore[arg-type]
+        self.http: HTTPServer | None = None
+        self.port: int | None = None
+
+    def _notify_queued(self) -> None:
+        for wake in self._wakeups:
+            wake()
+
+    def on_queued(self, wake: Callable[[], None]) -> None:
+        """Call `wake` (from a web thread) whenever new deliveries were queued."""
+        self._wakeups.append(wake)
+
+    async def start(self) -> None:
+        container = WSGIContainer(self.in_flight, executor=self.executor)  # type: ignore[arg-type]
+        # Tornado refuses bodies past its own limit with a bare 400 before Flask sees them;
+        # keep it well above MAX_BODY_BYTES so oversized bodies get Flask's clear 413.
+        tornado_limit = max(4 * self.settings.MAX_BODY_BYTES, 1024 * 1024)
+        self.http = HTTPServer(container, max_body_size=tornado_limit, xheaders=False)
+        sockets = self.http.listen(self.settings.PORT, address=self.settings.HOST)
+        del sockets
+        self.port = _bound_port(self.http)
+        log.info(
+            "pn-relay listening on http://%s:%d (server public key %s)",
+            self.settings.HOST,
+            self.port,
+            self.keypair.public_hex,
+        )
+
+    async def stop(self, grace_seconds: float = 10.0) -> None:
+        if self.http is not None:
+            self.http.stop()
+            deadline = time.monotonic() + grace_seconds
+            while self.in_flight.count and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.05)  # let the IOLoop write the last answers
+            await self.http.close_all_connections()
+        await asyncio.get_running_loop().run_in_executor(None, self._close_blocking)
+        log.info("pn-relay stopped")
+
+    def _close_blocking(self) -> None:
+        self.executor.shutdown(wait=True)
+        self.writer.close()
+        self.engine.dispose()
+
+
+def _bound_port(http: HTTPServer) -> int:
+    for sock in http._sockets.values():  # noqa: SLF001 - tornado keeps the bound sockets here
+        return int(sock.getsockname()[1])
+    raise StartupError("the HTTP server has no listening socket")
+
+
+def _load_keypair(path: Path) -> tuple[ServerKeypair, bool]:
+    try:
+        return load_or_create_keypair(path)
+    except KeyFileError as exc:
+        raise StartupError(str(exc)) from None
+
+
+def _load_protector(settings: Settings) -> IdentifierProtector:
+    try:
+        identity, _ = load_or_create_hex_secret(settings.identity_key_file, what="identity secret")
+        token, _ = load_or_create_hex_secret(settings.token_key_file, what="token secret")
+    except KeyFileError as exc:
+        raise StartupError(str(exc)) from None
+    return IdentifierProtector(identity, token)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="server.py", description="pn-relay: push notifications for Session clients"
+    )
+    parser.add_argument("--config", type=Path, help="a Python settings file (default: ./config.py)")
+    parser.add_argument("--host", help="address to listen on (setting HOST)")
+    parser.add_argument("--port", type=int, help="port to listen on (setting PORT)")
+    parser.add_argument(
+        "--print-pubkey",
+        action="store_true",
+        help="print the server's X25519 public key (64 hex characters) and exit",
+    )
+    return parser.parse_args(argv)
+
+
+async def serve(settings: Settings) -> None:
+    relay = Relay(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await relay.start()
+    except OSError as exc:
+        await relay.stop()
+        raise StartupError(
+            f"cannot listen on {settings.HOST}:{settings.PORT}: {exc.strerror}"
+        ) from None
+    await stop.wait()
+    log.info("shutting down")
+    await relay.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    overrides: dict[str, Any] = {}
+    if args.host is not None:
+        overrides["HOST"] = args.host
+    if args.port is not None:
+        overrides["PORT"] = args.port
+    try:
+        settings = load_settings(args.config, overrides=overrides)
+        if args.print_pubkey:
+            keypair, _ = _load_keypair(settings.key_file)
+            print(keypair.public_hex)
+            return 0
+        logging.basicConfig(
+            level=settings.LOG_LEVEL, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+        asyncio.run(serve(settings))
+    except (SettingsError, StartupError) as exc:
+        print(f"pn-relay: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

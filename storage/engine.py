@@ -1,0 +1,89 @@
+"""Engine set-up: SQLite (the embedded default) and PostgreSQL (psycopg 3)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, insert, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+
+from storage.schema import SCHEMA_VERSION, Base, schema_meta
+
+
+class DatabaseConfigError(Exception):
+    """DATABASE_URL names something the relay cannot use; the message says what."""
+
+
+def _sqlite_engine(url: str) -> Engine:
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Hand transaction control to SQLAlchemy's "begin" event below: the sqlite3 module's
+        # own deferred BEGIN lets two writers read, then one loses its update.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def make_engine(url: str, *, pool_size: int) -> Engine:
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise DatabaseConfigError("DATABASE_URL is not a valid database URL") from None
+    backend = parsed.get_backend_name()
+    try:
+        if backend == "sqlite":
+            if parsed.database in (None, "", ":memory:"):
+                raise DatabaseConfigError(
+                    "DATABASE_URL: an in-memory SQLite database would lose every notification;"
+                    " name a file"
+                )
+            return _sqlite_engine(url)
+        if backend == "postgresql":
+            if parsed.get_driver_name() != "psycopg":
+                raise DatabaseConfigError(
+                    "DATABASE_URL: use the psycopg 3 driver, postgresql+psycopg://…"
+                )
+            return create_engine(
+                url, pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size
+            )
+    except NoSuchModuleError:
+        raise DatabaseConfigError(f"DATABASE_URL: no driver for {parsed.drivername}") from None
+    raise DatabaseConfigError(
+        f"DATABASE_URL: unsupported database {backend!r}; use sqlite:/// or postgresql+psycopg://"
+    )
+
+
+def create_schema(engine: Engine) -> None:
+    """Create missing tables (existing ones and their data are left alone)."""
+    try:
+        Base.metadata.create_all(engine)
+        with engine.begin() as conn:
+            found = conn.execute(
+                select(schema_meta.c.value).where(schema_meta.c.key == "schema_version")
+            ).scalar()
+            if found is None:
+                conn.execute(
+                    insert(schema_meta).values(key="schema_version", value=str(SCHEMA_VERSION))
+                )
+            elif int(found) > SCHEMA_VERSION:
+                raise DatabaseConfigError(
+                    f"the database was written by a newer pn-relay (schema {found});"
+                    f" this one knows schema {SCHEMA_VERSION}"
+                )
+    except SQLAlchemyError as exc:
+        raise DatabaseConfigError(
+            f"cannot open the database: {type(exc.orig or exc).__name__}"
+        ) from exc

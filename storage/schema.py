@@ -1,0 +1,91 @@
+"""The relay's tables (SQLAlchemy 2 declarative models).
+
+Identifiers never appear in clear: Session IDs and group keys are keyed hashes (`*_hash`),
+device tokens are sealed with an AEAD (`token_sealed`) beside a keyed hash for uniqueness.
+Times are integer milliseconds since the Unix epoch, UTC.
+
+Later features add tables; they never change these columns in place. `schema_meta` records
+the layout version so a future migration can tell what it is looking at.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Index, Integer, LargeBinary, SmallInteger, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+SCHEMA_VERSION = 1
+
+# SQLite only autoincrements an INTEGER PRIMARY KEY; PostgreSQL gets a real BIGINT identity.
+Id64 = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class SchemaMeta(Base):
+    __tablename__ = "schema_meta"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(256))
+
+
+class Device(Base):
+    """One device token, owned by exactly one Session ID."""
+
+    __tablename__ = "devices"
+    id: Mapped[int] = mapped_column(Id64, primary_key=True, autoincrement=True)
+    token_hash: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True)
+    token_sealed: Mapped[bytes] = mapped_column(LargeBinary)
+    session_hash: Mapped[bytes] = mapped_column(LargeBinary(32), index=True)
+    provider: Mapped[int] = mapped_column(SmallInteger)
+    registered_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class GroupMember(Base):
+    """A Session ID's membership of a closed group."""
+
+    __tablename__ = "group_members"
+    group_hash: Mapped[bytes] = mapped_column(LargeBinary(32), primary_key=True)
+    session_hash: Mapped[bytes] = mapped_column(LargeBinary(32), primary_key=True)
+    __table_args__ = (Index("ix_group_members_session", "session_hash"),)
+
+
+class Notification(Base):
+    """An accepted notify's opaque, end-to-end encrypted data, kept until delivered."""
+
+    __tablename__ = "notifications"
+    id: Mapped[int] = mapped_column(Id64, primary_key=True, autoincrement=True)
+    data: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class Delivery(Base):
+    """One push still owed to one device: the delivery queue (outbox)."""
+
+    __tablename__ = "deliveries"
+    id: Mapped[int] = mapped_column(Id64, primary_key=True, autoincrement=True)
+    notification_id: Mapped[int] = mapped_column(BigInteger, index=True)
+    device_id: Mapped[int] = mapped_column(BigInteger)
+    provider: Mapped[int] = mapped_column(SmallInteger)
+    apns_id: Mapped[str] = mapped_column(String(36))
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    not_before: Mapped[int] = mapped_column(BigInteger)
+    lease_until: Mapped[int] = mapped_column(BigInteger, default=0)
+    __table_args__ = (Index("ix_deliveries_due", "provider", "not_before"),)
+
+
+class NotifyDedup(Base):
+    """Keyed hashes of recent (send_to, data) pairs, so client retries push once."""
+
+    __tablename__ = "notify_dedup"
+    key_hash: Mapped[bytes] = mapped_column(LargeBinary(32), primary_key=True)
+    expires_at: Mapped[int] = mapped_column(BigInteger, index=True)
+
+
+devices = Device.__table__
+group_members = GroupMember.__table__
+notifications = Notification.__table__
+deliveries = Delivery.__table__
+notify_dedup = NotifyDedup.__table__
+schema_meta = SchemaMeta.__table__

@@ -1,0 +1,71 @@
+"""Shared fixtures: databases (SQLite file, PostgreSQL schema) and a running relay."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import psycopg
+import pytest
+
+from tests.support import POSTGRES_URL_VARIABLE, RunningRelay, postgres_base_url, relay_settings
+
+BACKENDS = ["sqlite", "postgresql"]
+
+
+def _postgres_schema_url(base: str) -> Iterator[str]:
+    """A fresh schema per test, so tests never see each other's rows."""
+    schema = "t_" + secrets.token_hex(6)
+    plain = base.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(plain, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    separator = "&" if "?" in base else "?"
+    try:
+        yield f"{base}{separator}options={quote(f'-csearch_path={schema}')}"
+    finally:
+        with psycopg.connect(plain, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'relay.sqlite3'}"
+        return
+    base = postgres_base_url()
+    if base is None:
+        pytest.skip(f"PostgreSQL tests need {POSTGRES_URL_VARIABLE} (set by .ci/run)")
+    yield from _postgres_schema_url(base)
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'relay.sqlite3'}"
+
+
+@pytest.fixture
+def start_relay(tmp_path: Path) -> Iterator[Callable[..., RunningRelay]]:
+    started: list[RunningRelay] = []
+
+    def start(database_url: str, **overrides: Any) -> RunningRelay:
+        data_dir = tmp_path / f"data{len(started)}"
+        running = RunningRelay(relay_settings(data_dir, database_url, **overrides))
+        started.append(running)
+        return running
+
+    yield start
+    for running in reversed(started):
+        running.stop()
+
+
+@pytest.fixture
+def relay(start_relay: Callable[..., RunningRelay], database_url: str) -> RunningRelay:
+    return start_relay(database_url)
+
+
+@pytest.fixture
+def sqlite_relay(start_relay: Callable[..., RunningRelay], sqlite_url: str) -> RunningRelay:
+    return start_relay(sqlite_url)

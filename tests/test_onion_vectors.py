@@ -1,0 +1,115 @@
+"""The public libsession-util vectors (shared/vectors/onionreq.json), over real HTTP."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lsrpc.crypto import DecryptionError, EncType, decrypt, derive_key, encrypt
+from lsrpc.framing import build_outer
+from lsrpc.keys import ServerKeypair
+from tests.support import RunningRelay
+
+VECTORS_FILE = Path(__file__).resolve().parents[2] / "shared" / "vectors" / "onionreq.json"
+
+
+def load_vectors() -> dict[str, Any]:
+    if not VECTORS_FILE.is_file():
+        pytest.skip(f"public vectors not found at {VECTORS_FILE}")
+    vectors: dict[str, Any] = json.loads(VECTORS_FILE.read_text())
+    return vectors
+
+
+def test_hop_keys_match_the_vectors() -> None:
+    hop = load_vectors()["hop_encryption"]
+    server = ServerKeypair.from_private_bytes(bytes.fromhex(hop["server_private"]))
+    assert server.public_hex == hop["server_public"]
+    client_public = bytes.fromhex(hop["client_public"])
+    shared = server.exchange(client_public)
+    aes_key = derive_key(EncType.AES_GCM, shared, client_public, server.public_bytes)
+    xchacha_key = derive_key(EncType.XCHACHA20, shared, client_public, server.public_bytes)
+    assert aes_key.hex() == hop["aes_gcm_key"]
+    assert xchacha_key.hex() == hop["xchacha20_key"]
+    plaintext = hop["plaintext"].encode()
+    assert decrypt(EncType.AES_GCM, aes_key, bytes.fromhex(hop["aes_gcm"])) == plaintext
+    assert decrypt(EncType.XCHACHA20, xchacha_key, bytes.fromhex(hop["xchacha20"])) == plaintext
+    # And our own encryption opens with the same keys.
+    for kind, key in ((EncType.AES_GCM, aes_key), (EncType.XCHACHA20, xchacha_key)):
+        assert decrypt(kind, key, encrypt(kind, key, plaintext)) == plaintext
+
+
+@pytest.fixture
+def vector_relay(
+    start_relay: Callable[..., RunningRelay], sqlite_url: str, tmp_path: Path
+) -> RunningRelay:
+    bodies = load_vectors()["last_hop_bodies"]
+    key_file = tmp_path / "vector_key.hex"
+    key_file.write_text(bodies["server_private"] + "\n")
+    return start_relay(sqlite_url, KEY_FILE=key_file)
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"), [("aes_gcm", EncType.AES_GCM), ("xchacha20", EncType.XCHACHA20)]
+)
+def test_last_hop_bodies_get_an_encrypted_error(
+    vector_relay: RunningRelay, name: str, kind: EncType
+) -> None:
+    bodies = load_vectors()["last_hop_bodies"]
+    assert vector_relay.relay.keypair.public_hex == bodies["server_public"]
+    answer = vector_relay.post("/loki/v2/lsrpc", bytes.fromhex(bodies[name]))
+    assert answer.status == 200
+    # The vector's *client* key opens the reply: derive it from the client side.
+    client = ServerKeypair.from_private_bytes(bytes.fromhex(bodies["client_private"]))
+    assert client.public_hex == bodies["client_public"]
+    shared = client.exchange(bytes.fromhex(bodies["server_public"]))
+    key = derive_key(kind, shared, client.public_bytes, bytes.fromhex(bodies["server_public"]))
+    sealed = base64.b64decode(json.loads(answer.body)["result"])
+    reply = json.loads(decrypt(kind, key, sealed))
+    # "Hello world" is not a JSON request: an encrypted application error.
+    assert reply["status"] == 400
+    assert reply["body"]["code"] == 0
+    assert isinstance(reply["body"]["message"], str)
+
+
+@pytest.fixture
+def hop_relay(
+    start_relay: Callable[..., RunningRelay], sqlite_url: str, tmp_path: Path
+) -> RunningRelay:
+    hop = load_vectors()["hop_encryption"]
+    key_file = tmp_path / "hop_key.hex"
+    key_file.write_text(hop["server_private"])
+    return start_relay(sqlite_url, KEY_FILE=key_file)
+
+
+def _framed(ciphertext_hex: str, kind: EncType) -> bytes:
+    hop = load_vectors()["hop_encryption"]
+    enc_name = "aes-gcm" if kind is EncType.AES_GCM else "xchacha20"
+    return build_outer(bytes.fromhex(ciphertext_hex), bytes.fromhex(hop["client_public"]), enc_name)
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"), [("aes_gcm", EncType.AES_GCM), ("xchacha20", EncType.XCHACHA20)]
+)
+def test_untampered_hop_ciphertexts_open(hop_relay: RunningRelay, name: str, kind: EncType) -> None:
+    # The control for the test below: the same frames, untampered, get an encrypted answer.
+    answer = hop_relay.post("/loki/v2/lsrpc", _framed(load_vectors()["hop_encryption"][name], kind))
+    assert answer.status == 200
+    assert "result" in json.loads(answer.body)
+
+
+@pytest.mark.parametrize("index", range(4))
+def test_must_fail_ciphertexts_are_refused(hop_relay: RunningRelay, index: int) -> None:
+    hop = load_vectors()["hop_encryption"]
+    kind = EncType.AES_GCM if index < 2 else EncType.XCHACHA20
+    key = bytes.fromhex(hop["aes_gcm_key"] if kind is EncType.AES_GCM else hop["xchacha20_key"])
+    tampered = hop["must_fail"][index]
+    with pytest.raises(DecryptionError):
+        decrypt(kind, key, bytes.fromhex(tampered))
+    answer = hop_relay.post("/loki/v2/lsrpc", _framed(tampered, kind))
+    assert answer.status == 400
+    assert answer.body == b"Invalid onion request: cannot decrypt: authentication failed\n"
