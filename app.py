@@ -8,10 +8,11 @@ from dataclasses import dataclass
 from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
 
-from handlers.endpoints import HandlerContext, handle
-from handlers.reply import Reply
+from handlers.endpoints import HandlerContext, Outcome, handle
+from handlers.runner import OutcomeRunner
+from lsrpc.endpoint import OnionEndpoint
 from lsrpc.keys import ServerKeypair
-from lsrpc.route import create_lsrpc_blueprint, plain_error
+from lsrpc.route import create_lsrpc_blueprint
 from lsrpc.v2 import ClientCall
 
 log = logging.getLogger(__name__)
@@ -21,17 +22,25 @@ log = logging.getLogger(__name__)
 class AppParts:
     keypair: ServerKeypair
     handlers: HandlerContext
+    runner: OutcomeRunner
     max_body_bytes: int
 
 
-def create_app(parts: AppParts) -> Flask:
-    app = Flask("pn_relay")
-    app.config["MAX_CONTENT_LENGTH"] = parts.max_body_bytes
+def plain_error(status: int, reason: str) -> Response:
+    return Response(reason + "\n", status=status, mimetype="text/plain")
 
-    def answer(call: ClientCall) -> Reply:
+
+def create_onion_endpoint(parts: AppParts) -> OnionEndpoint:
+    def route(call: ClientCall) -> Outcome:
         return handle(parts.handlers, call.endpoint, call.params)
 
-    app.register_blueprint(create_lsrpc_blueprint(parts.keypair, answer))
+    return OnionEndpoint(parts.keypair, route, parts.runner, parts.max_body_bytes)
+
+
+def create_app(parts: AppParts, onion: OnionEndpoint | None = None) -> Flask:
+    app = Flask("pn_relay")
+    app.config["MAX_CONTENT_LENGTH"] = parts.max_body_bytes
+    app.register_blueprint(create_lsrpc_blueprint(onion or create_onion_endpoint(parts)))
 
     @app.get("/healthz")
     def healthz() -> Response:

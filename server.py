@@ -13,23 +13,27 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine
 from tornado.httpserver import HTTPServer
+from tornado.web import Application, FallbackHandler, RequestHandler
 from tornado.wsgi import WSGIContainer
 
-from app import AppParts, create_app
+from app import AppParts, create_app, create_onion_endpoint
 from handlers.endpoints import HandlerContext
+from handlers.runner import OutcomeRunner
+from lsrpc.endpoint import V2_PATH, V4_PATH
 from lsrpc.keys import (
     KeyFileError,
     ServerKeypair,
     load_or_create_hex_secret,
     load_or_create_keypair,
 )
+from lsrpc.route import LsrpcHandler
 from settings import Settings, SettingsError, load_settings
 from stats.counters import Counters
 from storage.engine import DatabaseConfigError, create_schema, make_engine
@@ -40,6 +44,7 @@ from storage.writer import BatchWriter
 log = logging.getLogger("pn_relay")
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+T = TypeVar("T")
 
 
 class StartupError(Exception):
@@ -51,10 +56,9 @@ def now_ms() -> int:
 
 
 class InFlight:
-    """Counts requests inside the WSGI app, so shutdown can wait for them."""
+    """Counts requests being worked on in the thread pool, so shutdown can wait for them."""
 
-    def __init__(self, app: WSGIApp) -> None:
-        self._app = app
+    def __init__(self) -> None:
         self._count = 0
         self._lock = threading.Lock()
 
@@ -62,17 +66,35 @@ class InFlight:
     def count(self) -> int:
         return self._count
 
-    def __call__(
-        self, environ: dict[str, Any], start_response: Callable[..., Any]
-    ) -> Iterable[bytes]:
-        with self._lock:
-            self._count += 1
-        try:
-            # Materialise the body here, in the worker thread, so "done" means done.
-            return list(self._app(environ, start_response))
-        finally:
+    def wrap(self, function: Callable[..., T]) -> Callable[..., T]:
+        def counted(*args: Any) -> T:
             with self._lock:
-                self._count -= 1
+                self._count += 1
+            try:
+                return function(*args)
+            finally:
+                with self._lock:
+                    self._count -= 1
+
+        return counted
+
+    def wrap_async(
+        self, function: Callable[[bytes], Awaitable[T]]
+    ) -> Callable[[bytes], Awaitable[T]]:
+        async def counted(body: bytes) -> T:
+            with self._lock:
+                self._count += 1
+            try:
+                return await function(body)
+            finally:
+                with self._lock:
+                    self._count -= 1
+
+        return counted
+
+    def wrap_wsgi(self, app: WSGIApp) -> WSGIApp:
+        # Materialise the body in the worker thread, so "done" means done.
+        return self.wrap(lambda environ, start_response: list(app(environ, start_response)))
 
 
 class Relay:
@@ -104,13 +126,16 @@ class Relay:
             dedup_window_ms=int(settings.DEDUP_WINDOW * 1000),
             on_queued=self._notify_queued,
         )
-        self.app = create_app(
-            AppParts(
-                keypair=self.keypair, handlers=handlers, max_body_bytes=settings.MAX_BODY_BYTES
-            )
+        parts = AppParts(
+            keypair=self.keypair,
+            handlers=handlers,
+            runner=OutcomeRunner(self.writer),
+            max_body_bytes=settings.MAX_BODY_BYTES,
         )
+        self.onion = create_onion_endpoint(parts)
+        self.app = create_app(parts, self.onion)
         self.executor = ThreadPoolExecutor(settings.WEB_THREADS, thread_name_prefix="web")
-        self.in_flight = InFlight(self.app.wsgi_app)  # type: ignore[arg-type]
+        self.in_flight = InFlight()
         self.http: HTTPServer | None = None
         self.port: int | None = None
 
@@ -122,14 +147,30 @@ class Relay:
         """Call `wake` (from a web thread) whenever new deliveries were queued."""
         self._wakeups.append(wake)
 
+    def tornado_app(self) -> Application:
+        """The onion paths on Tornado directly (the fast path), all else on the Flask app."""
+        wsgi = WSGIContainer(
+            self.in_flight.wrap_wsgi(self.app.wsgi_app),
+            executor=self.executor,
+        )
+        onion_routes = [
+            (path, LsrpcHandler, {"answer": self.in_flight.wrap_async(answer)})
+            for path, answer in (
+                (V2_PATH, self.onion.answer_v2_async),
+                (V4_PATH, self.onion.answer_v4_async),
+            )
+        ]
+        return Application(
+            [*onion_routes, (r".*", FallbackHandler, {"fallback": wsgi})],
+            log_function=log_server_errors,
+        )
+
     async def start(self) -> None:
-        container = WSGIContainer(self.in_flight, executor=self.executor)  # type: ignore[arg-type]
-        # Tornado refuses bodies past its own limit with a bare 400 before Flask sees them;
-        # keep it well above MAX_BODY_BYTES so oversized bodies get Flask's clear 413.
+        # Tornado refuses bodies past its own limit with a bare 400 before any handler sees
+        # them; keep it well above MAX_BODY_BYTES so oversized bodies get a clear 413.
         tornado_limit = max(4 * self.settings.MAX_BODY_BYTES, 1024 * 1024)
-        self.http = HTTPServer(container, max_body_size=tornado_limit, xheaders=False)
-        sockets = self.http.listen(self.settings.PORT, address=self.settings.HOST)
-        del sockets
+        self.http = HTTPServer(self.tornado_app(), max_body_size=tornado_limit, xheaders=False)
+        self.http.listen(self.settings.PORT, address=self.settings.HOST)
         self.port = _bound_port(self.http)
         log.info(
             "pn-relay listening on http://%s:%d (server public key %s)",
@@ -155,8 +196,15 @@ class Relay:
         self.engine.dispose()
 
 
+def log_server_errors(handler: RequestHandler) -> None:
+    """Tornado's per-request log, reduced to server errors (never a client's data)."""
+    status = handler.get_status()
+    if status >= 500:
+        log.error("%d %s %s", status, handler.request.method, handler.request.path)
+
+
 def _bound_port(http: HTTPServer) -> int:
-    for sock in http._sockets.values():  # noqa: SLF001 - tornado keeps the bound sockets here
+    for sock in http._sockets.values():
         return int(sock.getsockname()[1])
     raise StartupError("the HTTP server has no listening socket")
 
@@ -175,6 +223,13 @@ def _load_protector(settings: Settings) -> IdentifierProtector:
     except KeyFileError as exc:
         raise StartupError(str(exc)) from None
     return IdentifierProtector(identity, token)
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Tornado's per-request access line costs throughput and says nothing an operator needs
+    # (every request comes from a service node); the statistics endpoint counts instead.
+    logging.getLogger("tornado.access").setLevel(logging.WARNING)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -223,9 +278,7 @@ def main(argv: list[str] | None = None) -> int:
             keypair, _ = _load_keypair(settings.key_file)
             print(keypair.public_hex)
             return 0
-        logging.basicConfig(
-            level=settings.LOG_LEVEL, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
+        configure_logging(settings.LOG_LEVEL)
         asyncio.run(serve(settings))
     except (SettingsError, StartupError) as exc:
         print(f"pn-relay: {exc}", file=sys.stderr)

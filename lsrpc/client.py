@@ -73,7 +73,7 @@ class PreparedRequest:
             result = json.loads(http_body)["result"]
             plaintext = decrypt(self.enc_type, self.key, base64.b64decode(result, validate=True))
             reply = json.loads(plaintext.decode("ascii"))
-        except Exception as exc:  # noqa: BLE001 - any malformation is the relay's fault
+        except Exception as exc:
             raise ReplyError(f"malformed v2 reply: {type(exc).__name__}") from exc
         status, body = reply.get("status"), reply.get("body")
         if not isinstance(status, int) or not isinstance(body, dict):

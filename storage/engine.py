@@ -84,6 +84,7 @@ def create_schema(engine: Engine) -> None:
                     f" this one knows schema {SCHEMA_VERSION}"
                 )
     except SQLAlchemyError as exc:
+        cause = getattr(exc, "orig", None) or exc
         raise DatabaseConfigError(
-            f"cannot open the database: {type(exc.orig or exc).__name__}"
+            f"cannot open the database: {type(cause).__name__}: {cause}"
         ) from exc

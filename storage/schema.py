@@ -10,7 +10,18 @@ the layout version so a future migration can tell what it is looking at.
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Index, Integer, LargeBinary, SmallInteger, String, Text
+from typing import cast
+
+from sqlalchemy import (
+    BigInteger,
+    Index,
+    Integer,
+    LargeBinary,
+    SmallInteger,
+    String,
+    Table,
+    Text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 SCHEMA_VERSION = 1
@@ -83,9 +94,9 @@ class NotifyDedup(Base):
     expires_at: Mapped[int] = mapped_column(BigInteger, index=True)
 
 
-devices = Device.__table__
-group_members = GroupMember.__table__
-notifications = Notification.__table__
-deliveries = Delivery.__table__
-notify_dedup = NotifyDedup.__table__
-schema_meta = SchemaMeta.__table__
+devices = cast(Table, Device.__table__)
+group_members = cast(Table, GroupMember.__table__)
+notifications = cast(Table, Notification.__table__)
+deliveries = cast(Table, Delivery.__table__)
+notify_dedup = cast(Table, NotifyDedup.__table__)
+schema_meta = cast(Table, SchemaMeta.__table__)

@@ -1,23 +1,25 @@
 """The relay's queries. Every write runs through the BatchWriter (group commit).
 
-Each public method blocks the calling (web worker) thread until its transaction committed;
-never call these on the IOLoop.
+Statements are SQLAlchemy Core, compiled once for the engine's dialect (storage/sql.py).
+The `*_op` methods do the per-request work that needs no database (hashing, sealing) and
+return the operation for the BatchWriter; `run` submits one and blocks until it committed
+(never on the IOLoop).
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 from sqlalchemy import (
-    Connection,
     Engine,
     LargeBinary,
     and_,
     bindparam,
     delete,
     insert,
-    literal,
+    literal_column,
     select,
     union_all,
 )
@@ -26,13 +28,97 @@ from sqlalchemy.dialects import postgresql, sqlite
 from storage.protect import IdentifierProtector
 from storage.records import NotifyOutcome, Provider
 from storage.schema import deliveries, devices, group_members, notifications, notify_dedup
+from storage.sql import Prepared, Tx
 from storage.writer import BatchWriter
 
 Clock = Callable[[], int]
+T = TypeVar("T")
+
+DEVICE_COLUMNS = ("token_hash", "token_sealed", "session_hash", "provider", "registered_at")
+DELIVERY_COLUMNS = (
+    "notification_id",
+    "device_id",
+    "provider",
+    "apns_id",
+    "created_at",
+    "attempts",
+    "not_before",
+    "lease_until",
+)
 
 
-def _dialect_insert(engine: Engine) -> Callable[..., sqlite.Insert | postgresql.Insert]:
-    return postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+class Statements:
+    """Every statement of the write path, compiled once for one dialect."""
+
+    def __init__(self, engine: Engine) -> None:
+        dialect = engine.dialect
+        dialect_insert = postgresql.insert if dialect.name == "postgresql" else sqlite.insert
+
+        def prepare(statement: Any, columns: Iterable[str] | None = None) -> Prepared:
+            return Prepared.compile(statement, dialect, list(columns) if columns else None)
+
+        upsert = dialect_insert(devices)
+        self.upsert_device = prepare(
+            upsert.on_conflict_do_update(
+                index_elements=[devices.c.token_hash],
+                set_={
+                    "token_sealed": upsert.excluded.token_sealed,
+                    "session_hash": upsert.excluded.session_hash,
+                    "provider": upsert.excluded.provider,
+                    "registered_at": upsert.excluded.registered_at,
+                },
+            ),
+            DEVICE_COLUMNS,
+        )
+        self.delete_device = prepare(
+            delete(devices).where(devices.c.token_hash == bindparam("token_hash"))
+        )
+        self.subscribe = prepare(
+            dialect_insert(group_members).on_conflict_do_nothing(),
+            ("group_hash", "session_hash"),
+        )
+        self.unsubscribe = prepare(
+            delete(group_members).where(
+                and_(
+                    group_members.c.group_hash == bindparam("group_hash"),
+                    group_members.c.session_hash == bindparam("session_hash"),
+                )
+            )
+        )
+        self.clear_groups = prepare(
+            delete(group_members).where(group_members.c.session_hash == bindparam("session_hash"))
+        )
+        self.insert_member = prepare(insert(group_members), ("group_hash", "session_hash"))
+
+        target = bindparam("target", type_=LargeBinary)
+        own_devices = select(
+            devices.c.id, devices.c.provider, literal_column("0").label("via_group")
+        ).where(devices.c.session_hash == target)
+        member_devices = (
+            select(devices.c.id, devices.c.provider, literal_column("1"))
+            .select_from(
+                group_members.join(devices, devices.c.session_hash == group_members.c.session_hash)
+            )
+            .where(group_members.c.group_hash == target)
+        )
+        self.recipients = prepare(union_all(own_devices, member_devices))
+
+        dedup = dialect_insert(notify_dedup)
+        self.claim_dedup = prepare(
+            dedup.on_conflict_do_update(
+                index_elements=[notify_dedup.c.key_hash],
+                set_={"expires_at": dedup.excluded.expires_at},
+                where=notify_dedup.c.expires_at <= bindparam("now"),
+            ),
+            ("key_hash", "expires_at"),
+        )
+        self.purge_dedup = prepare(
+            delete(notify_dedup).where(notify_dedup.c.expires_at <= bindparam("now"))
+        )
+        self.insert_notification = prepare(
+            insert(notifications).returning(notifications.c.id), ("data", "created_at")
+        )
+        self.insert_delivery = prepare(insert(deliveries), DELIVERY_COLUMNS)
 
 
 class RelayStore:
@@ -47,126 +133,96 @@ class RelayStore:
         self._writer = writer
         self._protect = protector
         self._now = clock_ms
-        self._insert = _dialect_insert(engine)
-
-        target = bindparam("target", type_=LargeBinary)
-        member_devices = (
-            select(devices.c.id, devices.c.provider, literal(True).label("via_group"))
-            .select_from(
-                group_members.join(devices, devices.c.session_hash == group_members.c.session_hash)
-            )
-            .where(group_members.c.group_hash == target)
-        )
-        own_devices = select(
-            devices.c.id, devices.c.provider, literal(False).label("via_group")
-        ).where(devices.c.session_hash == target)
-        self._recipients_query = union_all(own_devices, member_devices)
+        self._sql = Statements(engine)
 
     # -- registrations -------------------------------------------------------------------
 
-    def _upsert_device(
-        self, conn: Connection, token: str, session_id: str, provider: Provider
-    ) -> None:
-        statement = self._insert(devices).values(
-            token_hash=self._protect.token_hash(token),
-            token_sealed=self._protect.seal_token(token),
-            session_hash=self._protect.identity(session_id),
-            provider=int(provider),
-            registered_at=self._now(),
-        )
-        conn.execute(
-            statement.on_conflict_do_update(
-                index_elements=[devices.c.token_hash],
-                set_={
-                    "token_sealed": statement.excluded.token_sealed,
-                    "session_hash": statement.excluded.session_hash,
-                    "provider": statement.excluded.provider,
-                    "registered_at": statement.excluded.registered_at,
-                },
-            )
-        )
+    def _device_row(self, token: str, session_id: str, provider: Provider) -> dict[str, Any]:
+        return {
+            "token_hash": self._protect.token_hash(token),
+            "token_sealed": self._protect.seal_token(token),
+            "session_hash": self._protect.identity(session_id),
+            "provider": int(provider),
+        }
 
-    def register(self, token: str, session_id: str, provider: Provider) -> None:
+    def _upsert_device(self, tx: Tx, row: dict[str, Any]) -> None:
+        tx.execute(self._sql.upsert_device, {**row, "registered_at": self._now()})
+
+    def run(self, operation: Callable[[Tx], T]) -> T:
+        """Run one operation through the writer; block until it committed."""
+        return self._writer.submit(operation)
+
+    def register_op(self, token: str, session_id: str, provider: Provider) -> Callable[[Tx], None]:
         """The token now belongs to `session_id` (moved there if another owned it)."""
-        self._writer.submit(lambda conn: self._upsert_device(conn, token, session_id, provider))
+        row = self._device_row(token, session_id, provider)
+        return lambda tx: self._upsert_device(tx, row)
 
-    def register_with_groups(
+    def register_with_groups_op(
         self, token: str, session_id: str, provider: Provider, group_keys: Iterable[str]
-    ) -> None:
+    ) -> Callable[[Tx], None]:
         """Register, and make `group_keys` exactly this Session ID's memberships."""
-        session_hash = self._protect.identity(session_id)
-        group_hashes = sorted({self._protect.identity(key) for key in group_keys})
+        row = self._device_row(token, session_id, provider)
+        session_hash = row["session_hash"]
+        members = [
+            {"group_hash": group_hash, "session_hash": session_hash}
+            for group_hash in sorted({self._protect.identity(key) for key in group_keys})
+        ]
 
-        def operation(conn: Connection) -> None:
-            self._upsert_device(conn, token, session_id, provider)
-            conn.execute(delete(group_members).where(group_members.c.session_hash == session_hash))
-            if group_hashes:
-                conn.execute(
-                    insert(group_members),
-                    [{"group_hash": g, "session_hash": session_hash} for g in group_hashes],
-                )
+        def operation(tx: Tx) -> None:
+            self._upsert_device(tx, row)
+            tx.execute(self._sql.clear_groups, {"session_hash": session_hash})
+            if members:
+                tx.execute_many(self._sql.insert_member, members)
 
-        self._writer.submit(operation)
+        return operation
 
-    def unregister(self, token: str) -> bool:
+    def unregister_op(self, token: str) -> Callable[[Tx], bool]:
         """Forget the token; True if it was registered."""
-        token_hash = self._protect.token_hash(token)
+        params = {"token_hash": self._protect.token_hash(token)}
+        return lambda tx: tx.execute(self._sql.delete_device, params) > 0
 
-        def operation(conn: Connection) -> bool:
-            result = conn.execute(delete(devices).where(devices.c.token_hash == token_hash))
-            return bool(result.rowcount)
+    def _membership(self, group_key: str, session_id: str) -> dict[str, bytes]:
+        return {
+            "group_hash": self._protect.identity(group_key),
+            "session_hash": self._protect.identity(session_id),
+        }
 
-        return self._writer.submit(operation)
+    def subscribe_op(self, group_key: str, session_id: str) -> Callable[[Tx], int]:
+        params = self._membership(group_key, session_id)
+        return lambda tx: tx.execute(self._sql.subscribe, params)
 
-    def subscribe(self, group_key: str, session_id: str) -> None:
-        statement = self._insert(group_members).values(
-            group_hash=self._protect.identity(group_key),
-            session_hash=self._protect.identity(session_id),
-        )
-        self._writer.submit(lambda conn: conn.execute(statement.on_conflict_do_nothing()))
-
-    def unsubscribe(self, group_key: str, session_id: str) -> bool:
+    def unsubscribe_op(self, group_key: str, session_id: str) -> Callable[[Tx], bool]:
         """Leave the group; True if the Session ID was a member."""
-        condition = and_(
-            group_members.c.group_hash == self._protect.identity(group_key),
-            group_members.c.session_hash == self._protect.identity(session_id),
-        )
-
-        def operation(conn: Connection) -> bool:
-            return bool(conn.execute(delete(group_members).where(condition)).rowcount)
-
-        return self._writer.submit(operation)
+        params = self._membership(group_key, session_id)
+        return lambda tx: tx.execute(self._sql.unsubscribe, params) > 0
 
     # -- notify --------------------------------------------------------------------------
 
-    def enqueue_notification(
+    def enqueue_notification_op(
         self, send_to: str, data: str, *, dedup_window_ms: int
-    ) -> NotifyOutcome:
+    ) -> Callable[[Tx], NotifyOutcome]:
         """Write one delivery row per recipient device, durably, before returning.
 
         An identical (send_to, data) pair inside the dedup window writes nothing.
         """
-        target = self._protect.identity(send_to)
+        target = {"target": self._protect.identity(send_to)}
         dedup_key = self._protect.dedup_key(send_to, data) if dedup_window_ms > 0 else None
+        sql = self._sql
 
-        def operation(conn: Connection) -> NotifyOutcome:
-            now = self._now()
-            rows = conn.execute(self._recipients_query, {"target": target}).all()
-            via_group = any(row.via_group for row in rows)
+        def operation(tx: Tx) -> NotifyOutcome:
+            rows = tx.all(sql.recipients, target)
             if not rows:
                 return NotifyOutcome(deliveries=0, via_group=False, duplicate=False)
-            if dedup_key is not None and not self._claim_dedup(
-                conn, dedup_key, now, dedup_window_ms
-            ):
-                return NotifyOutcome(deliveries=0, via_group=via_group, duplicate=True)
-            notification_id = conn.execute(
-                insert(notifications)
-                .values(data=data, created_at=now)
-                .returning(notifications.c.id)
-            ).scalar_one()
-            device_rows = {row.id: row.provider for row in rows}
-            conn.execute(
-                insert(deliveries),
+            via_group = any(via for _, _, via in rows)
+            now = self._now()
+            if dedup_key is not None:
+                claim = {"key_hash": dedup_key, "expires_at": now + dedup_window_ms, "now": now}
+                if not tx.execute(sql.claim_dedup, claim):
+                    return NotifyOutcome(deliveries=0, via_group=via_group, duplicate=True)
+            notification_id = tx.scalar(sql.insert_notification, {"data": data, "created_at": now})
+            providers = {device_id: provider for device_id, provider, _ in rows}
+            tx.execute_many(
+                sql.insert_delivery,
                 [
                     {
                         "notification_id": notification_id,
@@ -178,30 +234,14 @@ class RelayStore:
                         "not_before": now,
                         "lease_until": 0,
                     }
-                    for device_id, provider in device_rows.items()
+                    for device_id, provider in providers.items()
                 ],
             )
-            return NotifyOutcome(deliveries=len(device_rows), via_group=via_group, duplicate=False)
+            return NotifyOutcome(deliveries=len(providers), via_group=via_group, duplicate=False)
 
-        return self._writer.submit(operation)
-
-    def _claim_dedup(self, conn: Connection, key: bytes, now: int, window_ms: int) -> bool:
-        """True if this (send_to, data) was not seen inside the window (and record it)."""
-        statement = self._insert(notify_dedup).values(key_hash=key, expires_at=now + window_ms)
-        result = conn.execute(
-            statement.on_conflict_do_update(
-                index_elements=[notify_dedup.c.key_hash],
-                set_={"expires_at": statement.excluded.expires_at},
-                where=notify_dedup.c.expires_at <= now,
-            )
-        )
-        return bool(result.rowcount)
+        return operation
 
     def purge_expired_dedup(self) -> int:
-        def operation(conn: Connection) -> int:
-            result = conn.execute(
-                delete(notify_dedup).where(notify_dedup.c.expires_at <= self._now())
-            )
-            return int(result.rowcount)
-
-        return self._writer.submit(operation)
+        return self._writer.submit(
+            lambda tx: tx.execute(self._sql.purge_dedup, {"now": self._now()})
+        )

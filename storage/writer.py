@@ -1,47 +1,83 @@
 """Group commit: one thread runs the relay's writes, many to a transaction.
 
-Request threads hand an operation (a function of a Connection) to `submit` and block until
-the transaction holding it has committed, so "accepted" still means "durable"; but one
-commit (one fsync on SQLite, one round trip on PostgreSQL) now serves every request that
-arrived meanwhile. If a batch fails, its operations are run again one per transaction, so
-one bad operation cannot fail its neighbours.
+Request threads hand an operation (a function of a `Tx`) to `submit` and block until the
+transaction holding it has committed, so "accepted" still means "durable"; but one commit
+(one WAL append on SQLite, one round trip on PostgreSQL) now serves every request that
+arrived meanwhile. If a batch fails, its operations run again one per transaction, so one
+bad operation cannot fail its neighbours.
+
+The writer owns one DBAPI connection and drives its transactions itself: `BEGIN IMMEDIATE`
+on SQLite (take the write lock up front, so a concurrent writer waits instead of failing
+with a lost update), the driver's implicit transaction on PostgreSQL.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import queue
 import threading
+from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Engine
+from sqlalchemy.pool import PoolProxiedConnection
+
+from storage.sql import Tx
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Operation = Callable[[Connection], Any]
+Operation = Callable[[Tx], Any]
 
 
-class WriterClosedError(Exception):
+class StorageError(Exception):
+    """The database refused or failed an operation; the message names only the error type."""
+
+
+class WriterClosedError(StorageError):
     """The writer has shut down; no further operations are accepted."""
 
 
 _STOP = object()
+
+# Where an operation's result goes: a thread's Future, or an asyncio future on some loop.
+Target = Future[Any] | tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]"]
+Settled = tuple[Target, bool, Any]  # (target, succeeded, result or exception)
+
+
+def _resolve_on_loop(settled: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    for future, succeeded, value in settled:
+        if future.cancelled():
+            continue
+        if succeeded:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
 
 
 class BatchWriter:
     def __init__(self, engine: Engine, *, max_batch: int = 256, name: str = "db-writer") -> None:
         self._engine = engine
         self._max_batch = max_batch
+        self._begin_sql = "BEGIN IMMEDIATE" if engine.dialect.name == "sqlite" else None
+        dbapi = engine.dialect.loaded_dbapi
+        self._dbapi_error: type[BaseException] = dbapi.Error
+        self._connection_errors: tuple[type[BaseException], ...] = (
+            dbapi.OperationalError,
+            dbapi.InterfaceError,
+        )
+        self._connection: PoolProxiedConnection | None = None
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._closed = False
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
-    def submit_async(self, operation: Callable[[Connection], T]) -> Future[T]:
+    def submit_async(self, operation: Callable[[Tx], T]) -> Future[T]:
         future: Future[T] = Future()
         with self._lock:
             if self._closed:
@@ -49,12 +85,23 @@ class BatchWriter:
             self._queue.put((operation, future))
         return future
 
-    def submit(self, operation: Callable[[Connection], T]) -> T:
+    def submit(self, operation: Callable[[Tx], T]) -> T:
         """Run `operation` in a transaction; return its result once committed."""
         return self.submit_async(operation).result()
 
+    def submit_on_loop(
+        self, operation: Callable[[Tx], T], loop: asyncio.AbstractEventLoop
+    ) -> asyncio.Future[T]:
+        """Like submit_async, for code on an event loop: the loop is woken once per batch."""
+        future: asyncio.Future[T] = loop.create_future()
+        with self._lock:
+            if self._closed:
+                raise WriterClosedError("the database writer is shut down")
+            self._queue.put((operation, (loop, future)))
+        return future
+
     def close(self) -> None:
-        """Finish every queued operation, then stop the thread."""
+        """Finish every queued operation, then stop the thread and release the connection."""
         with self._lock:
             if self._closed:
                 return
@@ -65,15 +112,15 @@ class BatchWriter:
     def _run(self) -> None:
         stopping = False
         while not stopping:
-            batch: list[tuple[Operation, Future[Any]]] = []
+            batch: list[tuple[Operation, Target]] = []
             item = self._queue.get()
             while True:
                 if item is _STOP:
                     stopping = True
                     break
-                operation, future = item
-                if future.set_running_or_notify_cancel():
-                    batch.append((operation, future))
+                operation, target = item
+                if not isinstance(target, Future) or target.set_running_or_notify_cancel():
+                    batch.append((operation, target))
                 if len(batch) >= self._max_batch:
                     break
                 try:
@@ -81,24 +128,78 @@ class BatchWriter:
                 except queue.Empty:
                     break
             if batch:
-                self._run_batch(batch)
+                self._settle(self._run_batch(batch))
+        self._discard_connection()
 
-    def _run_batch(self, batch: list[tuple[Operation, Future[Any]]]) -> None:
+    def _run_batch(self, batch: list[tuple[Operation, Target]]) -> list[Settled]:
         if len(batch) > 1:
             try:
-                with self._engine.begin() as conn:
-                    results = [operation(conn) for operation, _ in batch]
-            except Exception:  # noqa: BLE001 - isolate the failing operation below
+                results = self._transaction([operation for operation, _ in batch])
+            except Exception:
                 log.debug("a batch of %d writes failed; retrying them one by one", len(batch))
             else:
-                for (_, future), result in zip(batch, results, strict=True):
-                    future.set_result(result)
-                return
-        for operation, future in batch:
+                return [
+                    (target, True, result)
+                    for (_, target), result in zip(batch, results, strict=True)
+                ]
+        settled: list[Settled] = []
+        for operation, target in batch:
             try:
-                with self._engine.begin() as conn:
-                    result = operation(conn)
-            except Exception as exc:  # noqa: BLE001 - handed to the waiting caller
-                future.set_exception(exc)
+                (result,) = self._transaction([operation])
+            except self._dbapi_error as exc:
+                settled.append((target, False, StorageError(type(exc).__name__)))
+            except Exception as exc:
+                settled.append((target, False, exc))
             else:
-                future.set_result(result)
+                settled.append((target, True, result))
+        return settled
+
+    @staticmethod
+    def _settle(settled: list[Settled]) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]]
+        by_loop = defaultdict(list)
+        for target, succeeded, value in settled:
+            if isinstance(target, Future):
+                if succeeded:
+                    target.set_result(value)
+                else:
+                    target.set_exception(value)
+            else:
+                loop, future = target
+                by_loop[loop].append((future, succeeded, value))
+        for loop, items in by_loop.items():
+            # RuntimeError: the loop closed while we wrote, so nobody is waiting.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_resolve_on_loop, items)
+
+    def _transaction(self, operations: list[Operation]) -> list[Any]:
+        if self._connection is None:
+            self._connection = self._engine.raw_connection()
+        connection = self._connection
+        cursor = connection.cursor()
+        try:
+            if self._begin_sql:
+                cursor.execute(self._begin_sql)
+            tx = Tx(cursor)
+            results = [operation(tx) for operation in operations]
+            connection.commit()
+            return results
+        except BaseException as exc:
+            try:
+                connection.rollback()
+            except self._dbapi_error:
+                self._discard_connection()
+            else:
+                if isinstance(exc, self._connection_errors):
+                    # It may be the connection that failed: start the next one afresh.
+                    self._discard_connection()
+            raise
+        finally:
+            with contextlib.suppress(self._dbapi_error):
+                cursor.close()
+
+    def _discard_connection(self) -> None:
+        if self._connection is not None:
+            with contextlib.suppress(self._dbapi_error):
+                self._connection.invalidate()
+            self._connection = None

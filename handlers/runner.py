@@ -1,0 +1,38 @@
+"""Runs a handler's Outcome: a finished Reply as it is, a Pending write through the writer."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from handlers.endpoints import Outcome, Pending, storage_failed
+from handlers.reply import Reply
+from storage.writer import BatchWriter, StorageError
+
+
+class OutcomeRunner:
+    def __init__(self, writer: BatchWriter) -> None:
+        self._writer = writer
+
+    def run(self, outcome: Outcome) -> Reply:
+        """Block the calling (worker) thread until the write committed."""
+        if isinstance(outcome, Reply):
+            return outcome
+        try:
+            result = self._writer.submit(outcome.operation)
+        except StorageError as exc:
+            return storage_failed(outcome, exc)
+        return outcome.finish(result)
+
+    async def run_async(self, outcome: Outcome) -> Reply:
+        """Await the write on the running loop, without holding a thread."""
+        if isinstance(outcome, Reply):
+            return outcome
+        pending: Pending[Any] = outcome
+        try:
+            result = await self._writer.submit_on_loop(
+                pending.operation, asyncio.get_running_loop()
+            )
+        except StorageError as exc:
+            return storage_failed(pending, exc)
+        return pending.finish(result)
