@@ -102,18 +102,20 @@ class Relay:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        try:  # a wrong URL is refused before any file is written
+            self.engine: Engine = make_engine(
+                settings.database_url, pool_size=settings.db_pool_size
+            )
+        except DatabaseConfigError as exc:
+            raise StartupError(str(exc)) from None
         self.keypair, created = _load_keypair(settings.key_file)
         if created:
             log.info("generated a new server key in %s", settings.key_file)
         self.protector = _load_protector(settings)
         try:
-            self.engine: Engine = make_engine(
-                settings.database_url, pool_size=settings.db_pool_size
-            )
-            if self.engine.dialect.name == "sqlite":
-                settings.DATA_DIR.mkdir(parents=True, exist_ok=True)
             create_schema(self.engine)
         except DatabaseConfigError as exc:
+            self.engine.dispose()
             raise StartupError(str(exc)) from None
         self.writer = BatchWriter(self.engine, max_batch=settings.WRITE_BATCH_MAX)
         self.store = RelayStore(self.engine, self.writer, self.protector, now_ms)

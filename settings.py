@@ -137,7 +137,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
         raise SettingsError(f"config file {path}: not found") from None
     except SyntaxError as exc:
         raise SettingsError(f"config file {path}: syntax error on line {exc.lineno}") from None
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any error in the operator's file, in one line
         raise SettingsError(f"config file {path}: {type(exc).__name__}: {exc}") from None
     return {k: v for k, v in namespace.items() if k.isupper() and not k.startswith("_")}
 

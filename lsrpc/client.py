@@ -18,11 +18,20 @@ from typing import Any, Literal
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from lsrpc import v4
 from lsrpc.crypto import ENC_TYPE_NAMES, EncType, decrypt, derive_key, encrypt
 from lsrpc.framing import build_outer
 
 V2Style = Literal["android", "ios", "desktop"]
 V2_STYLES: tuple[V2Style, ...] = ("android", "ios", "desktop")
+V4Style = Literal["desktop", "ios", "libsession"]
+V4_STYLES: tuple[V4Style, ...] = ("desktop", "ios", "libsession")
+# What each client encrypts v4 requests with unless told otherwise.
+V4_DEFAULT_ENC_TYPE: dict[V4Style, str | None] = {
+    "desktop": "aes-gcm",
+    "ios": "aes-gcm",
+    "libsession": "xchacha20",
+}
 
 
 class ReplyError(Exception):
@@ -59,6 +68,25 @@ def v2_plaintext(endpoint: str, params: dict[str, Any], style: V2Style) -> bytes
     return json.dumps(outer).encode()
 
 
+def v4_plaintext(endpoint: str, params: dict[str, Any] | None, style: V4Style) -> bytes:
+    """The decrypted v4 request (a bencoded [meta, body]) as the given client builds it."""
+    path = endpoint if endpoint.startswith("/") else "/" + endpoint
+    body = None if params is None else json.dumps(params, separators=(",", ":")).encode()
+    if style == "desktop":
+        meta: dict[str, Any] = {"endpoint": path, "headers": {}, "method": "POST"}
+        return v4.build_request(meta, body)
+    if style == "ios":
+        meta = {"method": "POST", "endpoint": path, "headers": {"Content-Type": "application/json"}}
+        raw_meta = _ios_json(meta).encode()
+        raw_body = None if params is None else _ios_json(params).encode()
+        parts = [raw_meta] if raw_body is None else [raw_meta, raw_body]
+        return b"l" + b"".join(b"%d:%s" % (len(p), p) for p in parts) + b"e"
+    meta = {"endpoint": path, "headers": {"Content-Type": "application/json"}, "method": "POST"}
+    raw_meta = json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
+    parts = [raw_meta] if body is None else [raw_meta, body]
+    return b"l" + b"".join(b"%d:%s" % (len(p), p) for p in parts) + b"e"
+
+
 @dataclass(frozen=True)
 class PreparedRequest:
     """An onion request ready to POST, and the key to open its answer."""
@@ -84,6 +112,17 @@ class PreparedRequest:
         """Decrypt an answer that is raw encrypted bytes (v4)."""
         return decrypt(self.enc_type, self.key, http_body)
 
+    def open_v4_reply(self, http_body: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The (meta, body) a v4 client reads: meta has `code` and string `headers`."""
+        try:
+            meta, body = v4.parse_response(self.open_raw_reply(http_body))
+            parsed = json.loads(body)
+        except Exception as exc:
+            raise ReplyError(f"malformed v4 reply: {type(exc).__name__}") from exc
+        if not isinstance(parsed, dict):
+            raise ReplyError("v4 reply body is not a JSON object")
+        return dict(meta), parsed
+
 
 class OnionClient:
     def __init__(self, server_public_key: bytes) -> None:
@@ -101,6 +140,17 @@ class OnionClient:
         key = derive_key(kind, shared, ephemeral_public, self.server_public_key)
         body = build_outer(encrypt(kind, key, plaintext), ephemeral_public, enc_type)
         return PreparedRequest(body=body, key=key, enc_type=kind)
+
+    def v4(
+        self,
+        endpoint: str,
+        params: dict[str, Any] | None,
+        *,
+        style: V4Style = "desktop",
+        enc_type: str | None = None,
+    ) -> PreparedRequest:
+        kind = V4_DEFAULT_ENC_TYPE[style] if enc_type is None else enc_type
+        return self.seal(v4_plaintext(endpoint, params, style), kind)
 
     def v2(
         self,

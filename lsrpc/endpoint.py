@@ -71,7 +71,7 @@ class OnionEndpoint:
             return Reply.bad_request(str(exc))
         try:
             return self._route(call)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - the client still gets an encrypted answer
             log.error("unexpected %s while handling a request", type(exc).__name__)
             return INTERNAL_ERROR
 
@@ -90,14 +90,14 @@ class OnionEndpoint:
     def _run(self, outcome: Outcome) -> Reply:
         try:
             return self._runner.run(outcome)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - the client still gets an encrypted answer
             log.error("unexpected %s while finishing a request", type(exc).__name__)
             return INTERNAL_ERROR
 
     async def _run_async(self, outcome: Outcome) -> Reply:
         try:
             return await self._runner.run_async(outcome)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - the client still gets an encrypted answer
             log.error("unexpected %s while finishing a request", type(exc).__name__)
             return INTERNAL_ERROR
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, insert, select
@@ -68,6 +69,9 @@ def make_engine(url: str, *, pool_size: int) -> Engine:
 
 def create_schema(engine: Engine) -> None:
     """Create missing tables (existing ones and their data are left alone)."""
+    database = engine.url.database
+    if engine.dialect.name == "sqlite" and database:
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
     try:
         Base.metadata.create_all(engine)
         with engine.begin() as conn:

@@ -135,7 +135,7 @@ class BatchWriter:
         if len(batch) > 1:
             try:
                 results = self._transaction([operation for operation, _ in batch])
-            except Exception:
+            except Exception:  # noqa: BLE001 - isolate the failing operation below
                 log.debug("a batch of %d writes failed; retrying them one by one", len(batch))
             else:
                 return [
@@ -148,7 +148,7 @@ class BatchWriter:
                 (result,) = self._transaction([operation])
             except self._dbapi_error as exc:
                 settled.append((target, False, StorageError(type(exc).__name__)))
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - handed to the waiting caller
                 settled.append((target, False, exc))
             else:
                 settled.append((target, True, result))

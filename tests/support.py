@@ -55,6 +55,7 @@ class RunningRelay:
         self._thread.start()
         self.relay = self.call(self._build())
         self.client = OnionClient(self.relay.keypair.public_bytes)
+        self._stopped = False
 
     async def _build(self) -> Relay:
         relay = Relay(self.settings)
@@ -87,14 +88,40 @@ class RunningRelay:
         assert answer.headers.get("Content-Type", "").startswith("application/json")
         return request.open_v2_reply(answer.body)
 
+    def send_v4(self, request: PreparedRequest) -> tuple[dict[str, Any], dict[str, Any]]:
+        """POST a prepared v4 request; check the raw framing; return (meta, body)."""
+        answer = self.post("/oxen/v4/lsrpc", request.body)
+        assert answer.status == 200, (answer.status, answer.body)
+        plaintext = request.open_raw_reply(answer.body)
+        # As Session Desktop and iOS read it: a bencoded list, meta first.
+        assert plaintext.startswith(b"l") and plaintext.endswith(b"e")
+        meta, body = request.open_v4_reply(answer.body)
+        assert isinstance(meta["code"], int)
+        assert isinstance(meta["headers"], dict)
+        assert all(isinstance(v, str) for v in meta["headers"].values())
+        assert meta["headers"]["content-type"] == "application/json"
+        return meta, body
+
+    def call_v4(
+        self, endpoint: str, params: dict[str, Any] | None, **style: Any
+    ) -> tuple[int, dict[str, Any]]:
+        meta, body = self.send_v4(self.client.v4(endpoint, params, **style))
+        return int(meta["code"]), body
+
     def call_v2(
         self, endpoint: str, params: dict[str, Any], **style: Any
     ) -> tuple[int, dict[str, Any]]:
         return self.send_v2(self.client.v2(endpoint, params, **style))
 
+    def stop_relay_only(self) -> None:
+        """Stop the relay (writes flushed, database closed) but keep the loop thread."""
+        if not self._stopped:
+            self._stopped = True
+            self.call(self.relay.stop())
+
     def stop(self) -> None:
         try:
-            self.call(self.relay.stop())
+            self.stop_relay_only()
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(10)

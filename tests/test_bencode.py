@@ -23,13 +23,7 @@ values: st.SearchStrategy[Value] = st.recursive(
     max_leaves=20,
 )
 
-COMPLEX = (
-    b"d"
-    b"4:body" b"l" b"i0e" b"i-42e" b"i123456789e" b"0:" b"3:abc" b"le" b"de" b"e"
-    b"4:dict" b"d" b"1:a" b"i1e" b"1:b" b"l" b"1:x" b"e" b"e"
-    b"4:meta" b"7:{\"a\":1}"
-    b"e"
-)
+COMPLEX = b'd4:bodyli0ei-42ei123456789e0:3:abcledee4:dictd1:ai1e1:bl1:xee4:meta7:{"a":1}e'
 
 
 INTERESTING = b'0123456789:-ildeLx{}[]",\\ \x00\xff'

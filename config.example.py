@@ -1,0 +1,60 @@
+# pn-relay settings. Copy to config.py (read from the working directory) or pass
+# --config FILE. Every setting can also be given as an environment variable PN_<NAME>,
+# which wins over the file. Lines left commented show the default.
+
+# -- Network ------------------------------------------------------------------------------
+# Address to listen on. The default keeps the relay private to this machine; service nodes
+# reach it through your reverse proxy or a public address you choose (e.g. "0.0.0.0").
+# HOST = "127.0.0.1"
+
+# TCP port. Service nodes POST onion requests to /loki/v2/lsrpc and /oxen/v4/lsrpc here.
+# PORT = 3000
+
+# -- Files --------------------------------------------------------------------------------
+# Where the relay keeps its key files and (by default) its SQLite database.
+# DATA_DIR = "./data"
+
+# SQLAlchemy URL of the database. Empty: an SQLite file in DATA_DIR. For several processes
+# or machines, PostgreSQL: "postgresql+psycopg://user:password@host/dbname".
+# DATABASE_URL = ""
+
+# The server's X25519 private key: 64 hex characters (a trailing newline allowed), the
+# 2021 push server's format. Generated on first start (mode 0600). Clients pin its public
+# key (python server.py --print-pubkey): keep this file, or ship new client builds.
+# None: DATA_DIR/server_key.hex
+# KEY_FILE = None
+
+# Secret for the keyed hashes that stand in for Session IDs and group keys in the database.
+# Generated on first start. Every process sharing a database needs the same file.
+# None: DATA_DIR/identity_secret.hex
+# IDENTITY_KEY_FILE = None
+
+# Secret that seals device tokens in the database. Generated on first start. Lose it and
+# every registration is unusable. None: DATA_DIR/token_secret.hex
+# TOKEN_KEY_FILE = None
+
+# -- Limits -------------------------------------------------------------------------------
+# Largest onion request body accepted; larger ones get HTTP 413. Real requests are a few KiB.
+# MAX_BODY_BYTES = 65536
+
+# Largest notify `data` (decoded bytes). Pushes carry at most 4 KiB anyway; larger messages
+# are pushed without their data, and the app shows a generic notification.
+# MAX_DATA_BYTES = 8192
+
+# Worker threads for the Flask routes (statistics, health). Onion requests do not use them.
+# WEB_THREADS = 16
+
+# Database connection pool size; 0: WEB_THREADS + 4.
+# DB_POOL_SIZE = 0
+
+# Most writes committed in one transaction (group commit). Larger batches mean fewer commits
+# under load; a request waits only for the batch it is in.
+# WRITE_BATCH_MAX = 256
+
+# Seconds during which an identical notify (same send_to and data) pushes only once:
+# clients retry an onion request up to four times. 0 turns deduplication off.
+# DEDUP_WINDOW = 600.0
+
+# -- Logging ------------------------------------------------------------------------------
+# DEBUG, INFO, WARNING or ERROR. No level ever logs a Session ID, key, token or message.
+# LOG_LEVEL = "INFO"

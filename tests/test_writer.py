@@ -1,0 +1,122 @@
+"""The group-commit writer: batching, isolation of a failing operation, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from storage.engine import create_schema, make_engine
+from storage.schema import schema_meta
+from storage.sql import Prepared, Tx
+from storage.writer import BatchWriter, StorageError, WriterClosedError
+
+
+@pytest.fixture
+def engine_and_insert(database_url: str):
+    engine = make_engine(database_url, pool_size=4)
+    create_schema(engine)
+    from sqlalchemy import insert
+
+    insert_meta = Prepared.compile(insert(schema_meta), engine.dialect, ["key", "value"])
+    yield engine, insert_meta
+    engine.dispose()
+
+
+def inserter(insert_meta: Prepared, key: str) -> Callable[[Tx], int]:
+    return lambda tx: tx.execute(insert_meta, {"key": key, "value": "v"})
+
+
+def rows(engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(schema_meta)).scalar_one())
+
+
+def test_concurrent_writes_are_batched_and_all_committed(engine_and_insert) -> None:
+    engine, insert_meta = engine_and_insert
+    writer = BatchWriter(engine, max_batch=64)
+    batch_sizes: list[int] = []
+    original = writer._transaction
+
+    def spy(operations):
+        batch_sizes.append(len(operations))
+        return original(operations)
+
+    writer._transaction = spy  # type: ignore[method-assign]
+    barrier = threading.Barrier(16)
+
+    def work(worker: int) -> None:
+        barrier.wait()
+        for index in range(25):
+            writer.submit(inserter(insert_meta, f"w{worker}-{index}"))
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    writer.close()
+    assert rows(engine) == 1 + 16 * 25  # plus the schema_version row
+    assert sum(batch_sizes) == 16 * 25
+    assert max(batch_sizes) > 1  # commits were shared
+
+
+def test_a_failing_operation_does_not_fail_its_batch(engine_and_insert) -> None:
+    engine, insert_meta = engine_and_insert
+    writer = BatchWriter(engine)
+    release = threading.Event()
+    blocker = writer.submit_async(lambda tx: release.wait(5))  # holds the writer busy
+    good = [
+        writer.submit_async(inserter(insert_meta, f"k{n}"))
+        for n in range(5)
+    ]
+    duplicate = writer.submit_async(
+        lambda tx: tx.execute(insert_meta, {"key": "schema_version", "value": ""})
+    )
+
+    def boom(tx: Tx) -> None:
+        raise ValueError("not a database error")
+
+    broken = writer.submit_async(boom)
+    release.set()
+    assert blocker.result(10) is True
+    assert [f.result(10) for f in good] == [1] * 5
+    with pytest.raises(StorageError, match=r"IntegrityError|UniqueViolation"):
+        duplicate.result(10)
+    with pytest.raises(ValueError, match="not a database error"):
+        broken.result(10)
+    writer.close()
+    assert rows(engine) == 6
+
+
+def test_loop_submissions_resolve_on_the_loop(engine_and_insert) -> None:
+    engine, insert_meta = engine_and_insert
+    writer = BatchWriter(engine)
+
+    async def main() -> list[int]:
+        loop = asyncio.get_running_loop()
+        futures = [
+            writer.submit_on_loop(inserter(insert_meta, f"a{n}"), loop)
+            for n in range(50)
+        ]
+        return list(await asyncio.gather(*futures))
+
+    assert asyncio.run(main()) == [1] * 50
+    writer.close()
+
+
+def test_close_finishes_queued_work_then_refuses(engine_and_insert, tmp_path: Path) -> None:
+    engine, insert_meta = engine_and_insert
+    writer = BatchWriter(engine)
+    futures = [
+        writer.submit_async(inserter(insert_meta, f"c{n}"))
+        for n in range(20)
+    ]
+    writer.close()
+    assert all(f.result(0) == 1 for f in futures)
+    with pytest.raises(WriterClosedError):
+        writer.submit(lambda tx: None)
