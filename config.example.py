@@ -58,3 +58,57 @@
 # -- Logging ------------------------------------------------------------------------------
 # DEBUG, INFO, WARNING or ERROR. No level ever logs a Session ID, key, token or message.
 # LOG_LEVEL = "INFO"
+
+# -- Delivery: APNs -----------------------------------------------------------------------
+# A provider without credentials is off: its pushes are counted as failed and dropped, and
+# the start-up log says how to turn it on.
+# The app's bundle id, sent as apns-topic. Session's is com.loki-project.loki-messenger.
+# APNS_TOPIC = "com.loki-project.loki-messenger"
+
+# Token auth (recommended): the .p8 key Apple issued, its key id and your team id. The relay
+# signs one JWT per team and renews it every 30 minutes.
+# APNS_KEY_FILE = None
+# APNS_KEY_ID = ""
+# APNS_TEAM_ID = ""
+
+# Or certificate auth: a PEM file holding the push certificate and its private key.
+# APNS_CERT_FILE = None
+
+# True: Apple's sandbox (development builds) instead of production.
+# APNS_SANDBOX = False
+
+# host:port replacing Apple's host (for a local fake APNs: python -m sandbox).
+# APNS_ENDPOINT = ""
+
+# A CA file to trust for APNS_ENDPOINT's certificate (the sandbox's test CA). None: the
+# system's trusted CAs.
+# APNS_CA_FILE = None
+
+# HTTP/2 connections to APNs; each carries up to 1,000 concurrent streams.
+# APNS_CONNECTIONS = 4
+
+# Most APNs pushes awaiting an answer at once.
+# APNS_MAX_IN_FLIGHT = 1000
+
+# -- Delivery: FCM ------------------------------------------------------------------------
+# The Google service account key (JSON) of the Firebase project. Its token_uri is where the
+# OAuth token comes from.
+# FCM_SERVICE_ACCOUNT_FILE = None
+
+# The Firebase project id; empty: the service account's.
+# FCM_PROJECT_ID = ""
+
+# A URL replacing https://fcm.googleapis.com (for a local fake FCM: python -m sandbox).
+# FCM_ENDPOINT = ""
+
+# Most FCM pushes awaiting an answer at once.
+# FCM_MAX_IN_FLIGHT = 1000
+
+# -- Delivery: retries --------------------------------------------------------------------
+# Seconds after a notify during which a push is retried (provider down, throttled); after
+# that it is dropped and counted. Also sent to APNs as apns-expiration.
+# PUSH_MAX_AGE = 3600.0
+
+# Seconds a dispatcher holds a push it is sending. If the process dies meanwhile, the push
+# is sent again when the lease runs out (delivery is at-least-once).
+# DELIVERY_LEASE = 60.0

@@ -34,10 +34,15 @@ from lsrpc.keys import (
     load_or_create_keypair,
 )
 from lsrpc.route import LsrpcHandler
+from push.dispatcher import Dispatcher, DispatchSettings, ProviderLane
+from push.outcome import ProviderSender
+from push.senders import DeliveryConfigError, build_senders
 from settings import Settings, SettingsError, load_settings
 from stats.counters import Counters
 from storage.engine import DatabaseConfigError, create_schema, make_engine
 from storage.protect import IdentifierProtector
+from storage.queue import DeliveryQueue
+from storage.records import Provider
 from storage.store import RelayStore
 from storage.writer import BatchWriter
 
@@ -117,10 +122,23 @@ class Relay:
         except DatabaseConfigError as exc:
             self.engine.dispose()
             raise StartupError(str(exc)) from None
+        try:
+            senders = build_senders(settings)
+        except DeliveryConfigError as exc:
+            self.engine.dispose()
+            raise StartupError(str(exc)) from None
         self.writer = BatchWriter(self.engine, max_batch=settings.WRITE_BATCH_MAX)
         self.store = RelayStore(self.engine, self.writer, self.protector, now_ms)
         self.counters = Counters()
-        self._wakeups: list[Callable[[], None]] = []
+        self.dispatcher = build_dispatcher(
+            senders,
+            writer=self.writer,
+            engine=self.engine,
+            protector=self.protector,
+            counters=self.counters,
+            settings=settings,
+        )
+        self._wakeups: list[Callable[[], None]] = [self.dispatcher.wake]
         handlers = HandlerContext(
             store=self.store,
             counters=self.counters,
@@ -167,13 +185,16 @@ class Relay:
             log_function=log_server_errors,
         )
 
-    async def start(self) -> None:
+    async def start(self, *, dispatch: bool = True) -> None:
+        """Listen, and (unless `dispatch` is False: tests that inspect the queue) push."""
         # Tornado refuses bodies past its own limit with a bare 400 before any handler sees
         # them; keep it well above MAX_BODY_BYTES so oversized bodies get a clear 413.
         tornado_limit = max(4 * self.settings.MAX_BODY_BYTES, 1024 * 1024)
         self.http = HTTPServer(self.tornado_app(), max_body_size=tornado_limit, xheaders=False)
         self.http.listen(self.settings.PORT, address=self.settings.HOST)
         self.port = _bound_port(self.http)
+        if dispatch:
+            self.dispatcher.start()
         log.info(
             "pn-relay listening on http://%s:%d (server public key %s)",
             self.settings.HOST,
@@ -189,6 +210,7 @@ class Relay:
                 await asyncio.sleep(0.01)
             await asyncio.sleep(0.05)  # let the IOLoop write the last answers
             await self.http.close_all_connections()
+        await self.dispatcher.stop(timeout=grace_seconds)
         await asyncio.get_running_loop().run_in_executor(None, self._close_blocking)
         log.info("pn-relay stopped")
 
@@ -196,6 +218,34 @@ class Relay:
         self.executor.shutdown(wait=True)
         self.writer.close()
         self.engine.dispose()
+
+
+def build_dispatcher(
+    senders: dict[Provider, ProviderSender | None],
+    *,
+    writer: BatchWriter,
+    engine: Engine,
+    protector: IdentifierProtector,
+    counters: Counters,
+    settings: Settings,
+) -> Dispatcher:
+    dispatch_settings = DispatchSettings(
+        lease_ms=int(settings.DELIVERY_LEASE * 1000), max_age_ms=int(settings.PUSH_MAX_AGE * 1000)
+    )
+    queue = DeliveryQueue(engine)
+    lanes = [
+        ProviderLane(
+            provider,
+            sender,
+            writer=writer,
+            queue=queue,
+            protector=protector,
+            counters=counters,
+            settings=dispatch_settings,
+        )
+        for provider, sender in senders.items()
+    ]
+    return Dispatcher(lanes)
 
 
 def log_server_errors(handler: RequestHandler) -> None:

@@ -37,6 +37,23 @@ class Settings:
     WRITE_BATCH_MAX: int = 256
     DEDUP_WINDOW: float = 600.0
     LOG_LEVEL: str = "INFO"
+    # -- delivery ----------------------------------------------------------------------
+    APNS_TOPIC: str = "com.loki-project.loki-messenger"
+    APNS_KEY_FILE: Path | None = None
+    APNS_KEY_ID: str = ""
+    APNS_TEAM_ID: str = ""
+    APNS_CERT_FILE: Path | None = None
+    APNS_SANDBOX: bool = False
+    APNS_ENDPOINT: str = ""
+    APNS_CA_FILE: Path | None = None
+    APNS_CONNECTIONS: int = 4
+    APNS_MAX_IN_FLIGHT: int = 1000
+    FCM_SERVICE_ACCOUNT_FILE: Path | None = None
+    FCM_PROJECT_ID: str = ""
+    FCM_ENDPOINT: str = ""
+    FCM_MAX_IN_FLIGHT: int = 1000
+    PUSH_MAX_AGE: float = 3600.0
+    DELIVERY_LEASE: float = 60.0
 
     # -- derived paths ------------------------------------------------------------------
     @property
@@ -68,6 +85,11 @@ _LIMITS: dict[str, tuple[float, float]] = {
     "DB_POOL_SIZE": (0, 1024),
     "WRITE_BATCH_MAX": (1, 100_000),
     "DEDUP_WINDOW": (0, 7 * 24 * 3600),
+    "APNS_CONNECTIONS": (1, 100),
+    "APNS_MAX_IN_FLIGHT": (1, 100_000),
+    "FCM_MAX_IN_FLIGHT": (1, 100_000),
+    "PUSH_MAX_AGE": (1, 28 * 24 * 3600),
+    "DELIVERY_LEASE": (1, 3600),
 }
 _CHOICES: dict[str, tuple[str, ...]] = {
     "LOG_LEVEL": ("DEBUG", "INFO", "WARNING", "ERROR"),

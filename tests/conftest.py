@@ -50,9 +50,9 @@ def sqlite_url(tmp_path: Path) -> str:
 def start_relay(tmp_path: Path) -> Iterator[Callable[..., RunningRelay]]:
     started: list[RunningRelay] = []
 
-    def start(database_url: str, **overrides: Any) -> RunningRelay:
+    def start(database_url: str, *, dispatch: bool = False, **overrides: Any) -> RunningRelay:
         data_dir = tmp_path / f"data{len(started)}"
-        running = RunningRelay(relay_settings(data_dir, database_url, **overrides))
+        running = RunningRelay(relay_settings(data_dir, database_url, **overrides), dispatch)
         started.append(running)
         return running
 

@@ -43,6 +43,7 @@ class RunningRelay:
     """A Relay listening on 127.0.0.1:<ephemeral port>, driven from test threads."""
 
     settings: Settings
+    dispatch: bool = False
     relay: Relay = field(init=False)
     loop: asyncio.AbstractEventLoop = field(init=False)
     _thread: threading.Thread = field(init=False)
@@ -59,7 +60,7 @@ class RunningRelay:
 
     async def _build(self) -> Relay:
         relay = Relay(self.settings)
-        await relay.start()
+        await relay.start(dispatch=self.dispatch)
         return relay
 
     def call(self, coroutine: Any, timeout: float = 60) -> Any:

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from lsrpc.client import OnionClient
+from sandbox.certs import generate_apns_key
 from tests.support import random_apns_token, random_session_id
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,7 +137,15 @@ def test_start_serve_and_stop_on_sigterm(workdir: Path) -> None:
 
 
 def test_sigterm_finishes_in_flight_requests_and_loses_no_accepted_notify(workdir: Path) -> None:
-    server = ServerProcess(workdir)
+    # APNs is configured but unreachable, so every accepted notify stays queued for a retry.
+    key = generate_apns_key(workdir)
+    server = ServerProcess(
+        workdir,
+        PN_APNS_KEY_FILE=str(key.key_file),
+        PN_APNS_KEY_ID=key.key_id,
+        PN_APNS_TEAM_ID=key.team_id,
+        PN_APNS_ENDPOINT="127.0.0.1:9",
+    )
     client = OnionClient(bytes.fromhex(server.public_key))
     recipient = random_session_id()
     register = client.v2("register", {"token": random_apns_token(), "pubKey": recipient})

@@ -1,0 +1,335 @@
+"""The dispatcher: turns queued deliveries into pushes, on the IOLoop.
+
+One lane per provider, so a provider that is slow, down or misconfigured never delays the
+other (a bulkhead). Each lane keeps up to `max_in_flight` pushes outstanding: it claims due
+rows (leased, see storage/queue.py), sends them, and settles every answer through the
+writer: accepted → row deleted; dead token → registration deleted (compare-and-set on the
+APNs timestamp); configuration error → nothing deleted, the lane pauses and says which
+setting to check; transient → retried with exponential backoff and jitter, honouring
+Retry-After, until PUSH_MAX_AGE after the notify, then dropped and counted.
+
+`wake()` may be called from any thread; a notify calls it, so a push starts without waiting
+for a poll. Rows left from before a restart are picked up on start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from push.outcome import ProviderSender, Push, PushOutcome, Verdict
+from stats.counters import Counters
+from storage.protect import IdentifierProtector, SealedTokenError
+from storage.queue import NEVER, ClaimedDelivery, DeliveryQueue, Settlement
+from storage.records import Provider
+from storage.writer import BatchWriter, StorageError
+
+log = logging.getLogger(__name__)
+
+COUNTERS = {
+    Provider.APNS: ("ios_pn_number", "ios_pn_failed"),
+    Provider.FCM: ("android_pn_number", "android_pn_failed"),
+}
+PROVIDER_NAMES = {Provider.APNS: "APNs", Provider.FCM: "FCM"}
+
+
+@dataclass(frozen=True)
+class DispatchSettings:
+    lease_ms: int = 60_000
+    max_age_ms: int = 3_600_000
+    claim_batch: int = 500
+    idle_poll_s: float = 2.0
+    backoff_base_s: float = 1.0
+    backoff_cap_s: float = 300.0
+    config_pause_s: float = 30.0
+    config_pause_cap_s: float = 600.0
+
+
+LatencyObserver = Callable[[Provider, float], None]
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class ProviderLane:
+    def __init__(
+        self,
+        provider: Provider,
+        sender: ProviderSender | None,
+        *,
+        writer: BatchWriter,
+        queue: DeliveryQueue,
+        protector: IdentifierProtector,
+        counters: Counters,
+        settings: DispatchSettings,
+        observe_latency: LatencyObserver | None = None,
+        clock_ms: Callable[[], int] = now_ms,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.provider = provider
+        self.name = PROVIDER_NAMES[provider]
+        self._sender = sender
+        self._writer = writer
+        self._queue = queue
+        self._protector = protector
+        self._counters = counters
+        self._ok_counter, self._failed_counter = COUNTERS[provider]
+        self._settings = settings
+        self._observe_latency = observe_latency
+        self._now = clock_ms
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not secrecy
+        self.max_in_flight = sender.max_in_flight if sender else settings.claim_batch
+        self.in_flight = 0
+        self._wake = asyncio.Event()
+        self._slot_freed = asyncio.Event()
+        self._paused_until_ms = 0
+        self._pause_s = 0.0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stopping = False
+
+    # -- the feeding loop ----------------------------------------------------------------
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while not self._stopping:
+            try:
+                await self._step(loop)
+            except StorageError as exc:
+                log.error("%s dispatcher: database unavailable (%s); retrying", self.name, exc)
+                await self._sleep_or_wake(1.0)
+
+    async def _step(self, loop: asyncio.AbstractEventLoop) -> None:
+        now = self._now()
+        if self._paused_until_ms > now:
+            await asyncio.sleep((self._paused_until_ms - now) / 1000)
+            return
+        free = self.max_in_flight - self.in_flight
+        if free <= 0:
+            self._slot_freed.clear()
+            await self._slot_freed.wait()
+            return
+        self._wake.clear()
+        claim = self._queue.claim_op(
+            self.provider, min(free, self._settings.claim_batch), now, self._settings.lease_ms
+        )
+        claimed = await self._writer.submit_on_loop(claim, loop)
+        if claimed:
+            self._launch(claimed, now)
+            return
+        next_due_op = self._queue.next_due_op(self.provider, now)
+        next_due = await self._writer.submit_on_loop(next_due_op, loop)
+        timeout = self._settings.idle_poll_s
+        if next_due is not None:
+            timeout = min(timeout, max(0.005, (next_due - now) / 1000))
+        await self._sleep_or_wake(timeout)
+
+    async def _sleep_or_wake(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+
+    def _launch(self, claimed: list[ClaimedDelivery], now: int) -> None:
+        immediate = Settlement()
+        pushes: list[tuple[ClaimedDelivery, Push]] = []
+        expiration_s = 0
+        for delivery in claimed:
+            if delivery.token_sealed is None:  # unregistered since the notify: nobody to push
+                immediate.done.append(delivery)
+                continue
+            if self._sender is None or now - delivery.created_at > self._settings.max_age_ms:
+                self._counters.incr(self._failed_counter)
+                immediate.done.append(delivery)
+                continue
+            try:
+                token = self._protector.open_token(delivery.token_sealed)
+            except SealedTokenError:
+                log.error("a stored %s token does not open with TOKEN_KEY_FILE; dropped", self.name)
+                self._counters.incr(self._failed_counter)
+                immediate.done.append(delivery)
+                continue
+            expiration_s = (delivery.created_at + self._settings.max_age_ms) // 1000
+            push = Push(
+                delivery_id=delivery.delivery_id,
+                provider=self.provider,
+                token=token,
+                data=delivery.data,
+                apns_id=delivery.apns_id,
+                expiration_s=expiration_s,
+            )
+            pushes.append((delivery, push))
+        if immediate:
+            self._spawn(self._settle(immediate))
+        if not pushes or self._sender is None:
+            return
+        size = max(1, self._sender.batch_size)
+        for start in range(0, len(pushes), size):
+            chunk = pushes[start : start + size]
+            self.in_flight += len(chunk)
+            self._spawn(self._send(self._sender, chunk))
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- sending and judging ------------------------------------------------------------
+
+    async def _send(
+        self, sender: ProviderSender, chunk: list[tuple[ClaimedDelivery, Push]]
+    ) -> None:
+        try:
+            outcomes = await sender.send([push for _, push in chunk])
+        except Exception as exc:  # noqa: BLE001 - a sender bug must not lose the pushes
+            log.error("%s sender failed: %s", self.name, type(exc).__name__)
+            outcomes = [PushOutcome.transient(type(exc).__name__)] * len(chunk)
+        finally:
+            self.in_flight -= len(chunk)
+            self._slot_freed.set()
+        now = self._now()
+        settlement = Settlement()
+        for (delivery, _), outcome in zip(chunk, outcomes, strict=True):
+            self._judge(delivery, outcome, settlement, now)
+        await self._settle(settlement)
+
+    def _judge(
+        self, delivery: ClaimedDelivery, outcome: PushOutcome, settlement: Settlement, now: int
+    ) -> None:
+        counters = self._counters
+        if outcome.trimmed:
+            counters.incr("payload_trimmed_number")
+        verdict = outcome.verdict
+        if verdict is Verdict.ACCEPTED:
+            counters.incr(self._ok_counter)
+            settlement.done.append(delivery)
+            if self._observe_latency is not None:
+                self._observe_latency(self.provider, max(0.0, (now - delivery.created_at) / 1000))
+            return
+        counters.incr(self._failed_counter)
+        if verdict is Verdict.DEAD_TOKEN:
+            invalid_since = outcome.invalid_since_ms if outcome.invalid_since_ms else NEVER
+            settlement.dead_tokens.append((delivery, invalid_since))
+        elif verdict is Verdict.REJECTED:
+            log.warning("%s refused a push for good (%s); dropped", self.name, outcome.reason)
+            settlement.done.append(delivery)
+        elif verdict is Verdict.CONFIG_ERROR:
+            self._pause(outcome, now)
+            settlement.retry.append((delivery, self._paused_until_ms))
+        else:
+            delay_ms = self._backoff_ms(delivery.attempts + 1, outcome.retry_after)
+            if now + delay_ms - delivery.created_at > self._settings.max_age_ms:
+                log.warning(
+                    "%s push dropped after %d attempts within PUSH_MAX_AGE (last: %s)",
+                    self.name,
+                    delivery.attempts + 1,
+                    outcome.reason,
+                )
+                settlement.done.append(delivery)
+            else:
+                settlement.retry.append((delivery, now + delay_ms))
+
+    def _backoff_ms(self, attempt: int, retry_after: float | None) -> int:
+        settings = self._settings
+        delay = min(settings.backoff_cap_s, settings.backoff_base_s * 2 ** (attempt - 1))
+        delay *= self._rng.uniform(0.5, 1.5)
+        if retry_after is not None:
+            delay = max(delay, retry_after)
+        return int(delay * 1000)
+
+    def _pause(self, outcome: PushOutcome, now: int) -> None:
+        if self._paused_until_ms > now:
+            return  # already paused: say it once
+        settings = self._settings
+        self._pause_s = min(
+            settings.config_pause_cap_s, max(settings.config_pause_s, self._pause_s * 2)
+        )
+        self._paused_until_ms = now + int(self._pause_s * 1000)
+        log.error(
+            "%s refused our configuration (%s): check %s. Pausing %s pushes for %.0f s;"
+            " nothing is deleted.",
+            self.name,
+            outcome.reason or "unknown reason",
+            outcome.hint or "the provider settings",
+            self.name,
+            self._pause_s,
+        )
+
+    async def _settle(self, settlement: Settlement) -> None:
+        if not settlement:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            pruned = await self._writer.submit_on_loop(self._queue.settle_op(settlement), loop)
+        except StorageError as exc:
+            # The leases run out and the pushes go again: at-least-once, nothing lost.
+            log.error("%s results could not be written (%s); they will be retried", self.name, exc)
+            return
+        if pruned:
+            self._counters.incr("tokens_pruned", pruned)
+        provider_answered = bool(settlement.done or settlement.dead_tokens)
+        if provider_answered and self._pause_s and self._paused_until_ms <= self._now():
+            self._pause_s = 0.0  # the provider works again
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def drain(self, timeout: float) -> None:
+        """Stop claiming; give the pushes in flight `timeout` seconds to finish and settle."""
+        self._stopping = True
+        self._wake.set()
+        self._slot_freed.set()
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
+            for task in pending:
+                task.cancel()
+        if self._sender is not None:
+            await self._sender.close()
+
+
+class Dispatcher:
+    def __init__(self, lanes: list[ProviderLane]) -> None:
+        self.lanes = lanes
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
+        self._runners: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._runners = [
+            asyncio.create_task(lane.run(), name=f"lane-{lane.name}") for lane in self.lanes
+        ]
+
+    def alive(self) -> bool:
+        return bool(self._runners) and all(not task.done() for task in self._runners)
+
+    def wake(self) -> None:
+        """New deliveries were queued: from any thread."""
+        if self._loop is None:
+            return
+        if threading.get_ident() == self._loop_thread:
+            self._wake_lanes()
+        else:
+            with contextlib.suppress(RuntimeError):  # the loop is closing
+                self._loop.call_soon_threadsafe(self._wake_lanes)
+
+    def _wake_lanes(self) -> None:
+        for lane in self.lanes:
+            lane.wake()
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        await asyncio.gather(*(lane.drain(timeout) for lane in self.lanes))
+        for task in self._runners:
+            task.cancel()
+        for task in self._runners:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._runners = []

@@ -1,0 +1,52 @@
+"""The bytes APNs and FCM receive (PROTOCOL.md section 6). Pure functions.
+
+When the message data would push a payload over the provider's 4096-byte limit, the push
+goes out without it: the app then shows its generic notification, which beats a push that is
+refused or dropped. Callers count those (`payload_trimmed_number`).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+APNS_MAX_PAYLOAD_BYTES = 4096
+FCM_MAX_DATA_BYTES = 4096
+
+_APS = {
+    "alert": {"title": "Session", "body": "You've got a new message"},
+    "badge": 1,
+    "sound": "default",
+    "mutable-content": 1,
+    "category": "SECRET",
+}
+
+
+def _compact(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def apns_payload(data: str) -> tuple[bytes, bool]:
+    """The APNs body for `data`, and whether the data had to be left out to fit."""
+    full = _compact({"aps": _APS, "ENCRYPTED_DATA": data, "remote": 1})
+    if len(full) <= APNS_MAX_PAYLOAD_BYTES:
+        return full, False
+    return _compact({"aps": _APS, "remote": 1}), True
+
+
+def fcm_data(data: str) -> tuple[dict[str, str], bool]:
+    """The FCM data map for `data`, and whether the data had to be left out to fit.
+
+    FCM counts the keys and values of the data map against its 4096-byte limit.
+    """
+    size = len("ENCRYPTED_DATA") + len(data.encode())
+    if size <= FCM_MAX_DATA_BYTES:
+        return {"ENCRYPTED_DATA": data}, False
+    return {}, True
+
+
+def fcm_message(token: str, data: str) -> tuple[dict[str, Any], bool]:
+    """The HTTP v1 request body (as firebase-admin sends it) for one push."""
+    data_map, trimmed = fcm_data(data)
+    message = {"token": token, "data": data_map, "android": {"priority": "high"}}
+    return {"message": message}, trimmed
