@@ -109,6 +109,10 @@
 # that it is dropped and counted. Also sent to APNs as apns-expiration.
 # PUSH_MAX_AGE = 3600.0
 
+# Seconds before the first retry of a push that failed transiently; each further retry waits
+# twice as long (with jitter, at most 5 minutes), or longer if the provider says Retry-After.
+# PUSH_RETRY_BASE = 1.0
+
 # Seconds a dispatcher holds a push it is sending. If the process dies meanwhile, the push
 # is sent again when the lease runs out (delivery is at-least-once).
 # DELIVERY_LEASE = 60.0

@@ -230,7 +230,10 @@ def build_dispatcher(
     settings: Settings,
 ) -> Dispatcher:
     dispatch_settings = DispatchSettings(
-        lease_ms=int(settings.DELIVERY_LEASE * 1000), max_age_ms=int(settings.PUSH_MAX_AGE * 1000)
+        lease_ms=int(settings.DELIVERY_LEASE * 1000),
+        max_age_ms=int(settings.PUSH_MAX_AGE * 1000),
+        backoff_base_s=settings.PUSH_RETRY_BASE,
+        config_pause_s=max(settings.PUSH_RETRY_BASE, 1.0) * 30,
     )
     queue = DeliveryQueue(engine)
     lanes = [
@@ -282,6 +285,9 @@ def configure_logging(level: str) -> None:
     # Tornado's per-request access line costs throughput and says nothing an operator needs
     # (every request comes from a service node); the statistics endpoint counts instead.
     logging.getLogger("tornado.access").setLevel(logging.WARNING)
+    # aioapns logs every failed attempt (a flood while APNs is down); the dispatcher logs a
+    # summary a minute instead.
+    logging.getLogger("aioapns").setLevel(logging.CRITICAL)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -53,6 +53,7 @@ class Settings:
     FCM_ENDPOINT: str = ""
     FCM_MAX_IN_FLIGHT: int = 1000
     PUSH_MAX_AGE: float = 3600.0
+    PUSH_RETRY_BASE: float = 1.0
     DELIVERY_LEASE: float = 60.0
 
     # -- derived paths ------------------------------------------------------------------
@@ -89,6 +90,7 @@ _LIMITS: dict[str, tuple[float, float]] = {
     "APNS_MAX_IN_FLIGHT": (1, 100_000),
     "FCM_MAX_IN_FLIGHT": (1, 100_000),
     "PUSH_MAX_AGE": (1, 28 * 24 * 3600),
+    "PUSH_RETRY_BASE": (0.01, 3600),
     "DELIVERY_LEASE": (1, 3600),
 }
 _CHOICES: dict[str, tuple[str, ...]] = {

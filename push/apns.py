@@ -80,6 +80,7 @@ class RelayAPNsProtocol(APNsTLSClientProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.retry_after: dict[str, str] = {}
+        self._bodies: dict[int, bytearray] = {}
 
     async def send_notification(self, request: NotificationRequest) -> NotificationResult:
         if not isinstance(request, _Request):
@@ -114,9 +115,24 @@ class RelayAPNsProtocol(APNsTLSClientProtocol):
         super().on_response_received(headers)
 
     def on_data_received(self, raw_data: bytes, stream_id: int) -> None:
-        # The fix aioapns lacks: give the window back, or the server stops sending.
+        # The fix aioapns lacks: give the window back, or the server stops sending. And keep
+        # the body until the stream ends: it may come in several DATA frames, which aioapns
+        # would each parse as JSON on their own.
         self.conn.acknowledge_received_data(len(raw_data), stream_id)
-        super().on_data_received(raw_data, stream_id)
+        self._bodies.setdefault(stream_id, bytearray()).extend(raw_data)
+
+    def on_stream_ended(self, stream_id: int) -> None:
+        body = self._bodies.pop(stream_id, None)
+        if body:
+            try:
+                super().on_data_received(bytes(body), stream_id)
+            except ValueError:  # not JSON: answer the request as a transient failure
+                apns_id = self.request_streams.pop(stream_id, None) or ""
+                request = self.requests.pop(apns_id, None)
+                if request is not None and not request.done():
+                    status = self.request_statuses.pop(apns_id, "500")
+                    request.set_result(NotificationResult(apns_id, status, "UnreadableBody"))
+        super().on_stream_ended(stream_id)
 
 
 def _protocol_class(host: str, port: int) -> type[RelayAPNsProtocol]:

@@ -38,6 +38,7 @@ COUNTERS = {
     Provider.FCM: ("android_pn_number", "android_pn_failed"),
 }
 PROVIDER_NAMES = {Provider.APNS: "APNs", Provider.FCM: "FCM"}
+TRANSIENT_LOG_INTERVAL_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,8 @@ class ProviderLane:
         self._pause_s = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
+        self._transient_logged_at = 0.0
+        self._transient_unlogged = 0
 
     # -- the feeding loop ----------------------------------------------------------------
 
@@ -225,6 +228,7 @@ class ProviderLane:
             self._pause(outcome, now)
             settlement.retry.append((delivery, self._paused_until_ms))
         else:
+            self._note_transient(outcome)
             delay_ms = self._backoff_ms(delivery.attempts + 1, outcome.retry_after)
             if now + delay_ms - delivery.created_at > self._settings.max_age_ms:
                 log.warning(
@@ -236,6 +240,20 @@ class ProviderLane:
                 settlement.done.append(delivery)
             else:
                 settlement.retry.append((delivery, now + delay_ms))
+
+    def _note_transient(self, outcome: PushOutcome) -> None:
+        """One warning a minute at most, however many pushes fail while a provider is down."""
+        self._transient_unlogged += 1
+        now = time.monotonic()
+        if now - self._transient_logged_at >= TRANSIENT_LOG_INTERVAL_S:
+            log.warning(
+                "%s: %d push(es) failed for now (latest: %s); retrying with backoff",
+                self.name,
+                self._transient_unlogged,
+                outcome.reason,
+            )
+            self._transient_logged_at = now
+            self._transient_unlogged = 0
 
     def _backoff_ms(self, attempt: int, retry_after: float | None) -> int:
         settings = self._settings
@@ -275,6 +293,8 @@ class ProviderLane:
             return
         if pruned:
             self._counters.incr("tokens_pruned", pruned)
+        if settlement.retry:
+            self._wake.set()  # a retry may now be due sooner than the lane's idle sleep
         provider_answered = bool(settlement.done or settlement.dead_tokens)
         if provider_answered and self._pause_s and self._paused_until_ms <= self._now():
             self._pause_s = 0.0  # the provider works again

@@ -3,8 +3,9 @@
 - The app is a named firebase-admin App of our own (deleted on close), built on first use,
   because its HTTP client binds to the first event loop it meets: the IOLoop.
 - FCM_ENDPOINT replaces https://fcm.googleapis.com (path unchanged). firebase-admin has no
-  public option: this module sets the messaging service's private `_fcm_url`, the one place
-  it is touched, and tests/test_fcm_sender.py fails if that attribute disappears.
+  public option: `_build_app` is the one place its private parts are touched (the service's
+  `_fcm_url`, and its `_async_client` replaced by one that does not retry on its own), and
+  tests/test_delivery.py fails if they disappear.
 - The OAuth token comes from the service account's own `token_uri`. firebase-admin refreshes
   it synchronously inside the request; we refresh it ahead of time in a worker thread so the
   IOLoop never waits on Google's token endpoint.
@@ -18,13 +19,15 @@ import asyncio
 import datetime
 import itertools
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import firebase_admin
 import google.auth.transport.requests
-from firebase_admin import credentials, exceptions, messaging
+from firebase_admin import _http_client, credentials, exceptions, messaging
+from firebase_admin._retry import HttpxRetry
 
 from push.outcome import ProviderSender, Push, PushOutcome, Verdict
 from push.payloads import fcm_data
@@ -105,6 +108,7 @@ class FCMSender(ProviderSender):
         self.max_in_flight = max_in_flight
         self.batch_size = min(batch_size, 500)  # send_each_async takes at most 500
         self._app: firebase_admin.App | None = None
+        self._service: Any = None
         self._credential: Any = None
         self._refreshing: asyncio.Future[None] | None = None
 
@@ -117,6 +121,14 @@ class FCMSender(ProviderSender):
             certificate, options, name=f"pn-relay-fcm-{next(_app_names)}"
         )
         service = messaging._get_messaging_service(app)  # private: see the module docstring
+        # firebase-admin would retry 500/503 itself (4 times, ignoring Retry-After) while the
+        # dispatcher waits; the dispatcher's own backoff honours Retry-After instead.
+        service._async_client = _http_client.HttpxAsyncClient(
+            credential=service._credential,
+            timeout=self.config.timeout_s,
+            retry_config=HttpxRetry(max_retries=0),
+        )
+        self._service = service
         if self.config.endpoint:
             project = app.project_id
             service._fcm_url = (
@@ -155,13 +167,13 @@ class FCMSender(ProviderSender):
         for push in pushes:
             data, trimmed = fcm_data(push.data)
             trimmed_flags.append(trimmed)
-            messages.append(
-                messaging.Message(
-                    token=push.token,
-                    data=data,
-                    android=messaging.AndroidConfig(priority="high"),
+            with warnings.catch_warnings():
+                # firebase-admin 7.7 nudges towards `fid`; Session's apps register tokens.
+                warnings.simplefilter("ignore", DeprecationWarning)
+                message = messaging.Message(
+                    token=push.token, data=data, android=messaging.AndroidConfig(priority="high")
                 )
-            )
+            messages.append(message)
         batch = await messaging.send_each_async(messages, app=self._app)
         outcomes = []
         for response, trimmed in zip(batch.responses, trimmed_flags, strict=True):
@@ -183,8 +195,11 @@ class FCMSender(ProviderSender):
 
     async def close(self) -> None:
         if self._app is not None:
-            firebase_admin.delete_app(self._app)
-            self._app = None
+            app, self._app = self._app, None
+            # Close the HTTP client on the loop it belongs to; delete_app (which runs its own
+            # asyncio.run) then finds it closed, so it goes to a worker thread.
+            await self._service._async_client.aclose()
+            await asyncio.get_running_loop().run_in_executor(None, firebase_admin.delete_app, app)
 
 
 def classify_token_error(error: Exception) -> PushOutcome:

@@ -11,6 +11,7 @@ from urllib.parse import quote
 import psycopg
 import pytest
 
+from tests.providers import Providers, start_providers
 from tests.support import POSTGRES_URL_VARIABLE, RunningRelay, postgres_base_url, relay_settings
 
 BACKENDS = ["sqlite", "postgresql"]
@@ -69,3 +70,17 @@ def relay(start_relay: Callable[..., RunningRelay], database_url: str) -> Runnin
 @pytest.fixture
 def sqlite_relay(start_relay: Callable[..., RunningRelay], sqlite_url: str) -> RunningRelay:
     return start_relay(sqlite_url)
+
+
+@pytest.fixture
+def providers(tmp_path: Path) -> Iterator[Providers]:
+    """A fake APNs and a fake FCM (sandbox/), real servers on 127.0.0.1."""
+    yield from start_providers(tmp_path / "providers")
+
+
+@pytest.fixture
+def pushing_relay(
+    start_relay: Callable[..., RunningRelay], sqlite_url: str, providers: Providers
+) -> RunningRelay:
+    """A relay on SQLite whose dispatcher pushes to the sandbox providers."""
+    return start_relay(sqlite_url, dispatch=True, **providers.settings)

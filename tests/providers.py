@@ -1,0 +1,41 @@
+"""The sandbox providers, started for a test, and the settings that point a relay at them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sandbox.apns import FakeApns
+from sandbox.fcm import FakeFcm
+
+
+@dataclass
+class Providers:
+    apns: FakeApns
+    fcm: FakeFcm
+    settings: dict[str, Any]
+
+
+def start_providers(directory: Path) -> Iterator[Providers]:
+    apns = FakeApns.create(directory / "apns")
+    apns.start()
+    fcm = FakeFcm.create(directory / "fcm")
+    fcm.start()
+    try:
+        account = fcm.write_service_account(directory / "service-account.json")
+        settings: dict[str, Any] = {
+            "APNS_KEY_FILE": apns.apns_key.key_file,
+            "APNS_KEY_ID": apns.key_id,
+            "APNS_TEAM_ID": apns.team_id,
+            "APNS_ENDPOINT": apns.endpoint,
+            "APNS_CA_FILE": apns.tls.ca_file,
+            "FCM_SERVICE_ACCOUNT_FILE": account.file,
+            "FCM_ENDPOINT": fcm.base_url,
+            "PUSH_RETRY_BASE": 0.05,
+        }
+        yield Providers(apns=apns, fcm=fcm, settings=settings)
+    finally:
+        apns.stop()
+        fcm.stop()
