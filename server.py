@@ -280,8 +280,16 @@ def _load_protector(settings: Settings) -> IdentifierProtector:
     return IdentifierProtector(identity, token)
 
 
+# Libraries whose DEBUG lines carry identifiers: hpack prints every HTTP/2 header (the APNs
+# path holds the device token, `authorization` the JWT). Whatever LOG_LEVEL says, they stay
+# at WARNING; tests/test_privacy_logs.py runs the relay at DEBUG to prove nothing leaks.
+QUIET_LIBRARIES = ("hpack", "h2")
+
+
 def configure_logging(level: str) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.WARNING)
     # Tornado's per-request access line costs throughput and says nothing an operator needs
     # (every request comes from a service node); the statistics endpoint counts instead.
     logging.getLogger("tornado.access").setLevel(logging.WARNING)

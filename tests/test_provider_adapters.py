@@ -1,0 +1,144 @@
+"""The adapters around aioapns 4.0 and firebase-admin 7: fail loudly if their internals move."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+import uuid
+from pathlib import Path
+
+import aioapns
+import firebase_admin
+from aioapns.connection import APNsBaseClientProtocol, APNsKeyConnectionPool, H2Protocol
+from firebase_admin import _http_client, messaging
+
+from push.apns import APNsConfig, APNsSender, RelayAPNsProtocol
+from push.fcm import FCMConfig, FCMSender
+from push.outcome import Push, Verdict
+from sandbox import script
+from storage.records import Provider
+from tests.providers import Providers
+from tests.support import random_apns_token, random_fcm_token
+
+
+def test_the_aioapns_internals_the_adapter_relies_on() -> None:
+    assert aioapns.__version__ == "4.0" if hasattr(aioapns, "__version__") else True
+    for name in ("APNS_SERVER", "APNS_PORT"):
+        assert hasattr(RelayAPNsProtocol, name)
+    for name in ("on_data_received", "on_stream_ended", "on_response_received", "flush"):
+        assert callable(getattr(H2Protocol, name))
+    assert list(inspect.signature(APNsBaseClientProtocol.on_data_received).parameters) == [
+        "self",
+        "raw_data",
+        "stream_id",
+    ]
+    source = inspect.getsource(APNsKeyConnectionPool)
+    assert "self.protocol_class" in source
+    assert "_create_connection" in source
+    assert "acknowledge_received_data" not in inspect.getsource(H2Protocol)  # still unfixed?
+
+
+def test_the_firebase_admin_internals_the_adapter_relies_on() -> None:
+    assert "_fcm_url" in inspect.getsource(messaging._MessagingService.__init__)
+    assert "_async_client" in inspect.getsource(messaging._MessagingService.send_each_async)
+    assert callable(messaging._get_messaging_service)
+    assert "retry_config" in inspect.signature(_http_client.HttpxAsyncClient).parameters
+
+
+def pushes_for(tokens: list[str], provider: Provider) -> list[Push]:
+    expiration = int(time.time()) + 3600
+    return [
+        Push(n, provider, token, "QUJD", str(uuid.uuid4()), expiration)
+        for n, token in enumerate(tokens)
+    ]
+
+
+def apns_config(providers: Providers, **extra: object) -> APNsConfig:
+    settings = providers.settings
+    host, _, port = str(settings["APNS_ENDPOINT"]).rpartition(":")
+    return APNsConfig(
+        topic="com.loki-project.loki-messenger",
+        host=host,
+        port=int(port),
+        key_file=Path(settings["APNS_KEY_FILE"]),
+        key_id=str(settings["APNS_KEY_ID"]),
+        team_id=str(settings["APNS_TEAM_ID"]),
+        ca_file=Path(settings["APNS_CA_FILE"]),
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+def test_apns_connection_survives_thousands_of_error_bodies(providers: Providers) -> None:
+    # aioapns alone stalls after ~1,285 such answers on one connection (no WINDOW_UPDATE).
+    tokens = [random_apns_token() for _ in range(3000)]
+    providers.apns.scripts.default = script.unregistered(int(time.time() * 1000))
+    sender = APNsSender(apns_config(providers, max_connections=1, request_timeout_s=20.0))
+
+    async def run() -> list[Verdict]:
+        try:
+            chunks = [sender.send([push]) for push in pushes_for(tokens, Provider.APNS)]
+            return [
+                outcome.verdict for result in await asyncio.gather(*chunks) for outcome in result
+            ]
+        finally:
+            await sender.close()
+
+    verdicts = asyncio.run(run())
+    assert verdicts == [Verdict.DEAD_TOKEN] * 3000
+    assert providers.apns.connections_total == 1
+
+
+def test_apns_jwt_is_shared_by_connections(providers: Providers) -> None:
+    sender = APNsSender(apns_config(providers, max_connections=4))
+    tokens = [random_apns_token() for _ in range(3)]
+
+    async def run() -> None:
+        try:
+            await sender.send(pushes_for(tokens[:1], Provider.APNS))
+            assert sender._pool is not None
+            extra = [await sender._pool.create_connection() for _ in range(2)]
+            sender._pool.connections.extend(extra)
+            providers_used = {id(c.auth_provider) for c in sender._pool.connections}
+            assert len(sender._pool.connections) == 3
+            assert len(providers_used) == 1
+            for connection in extra:  # and they work
+                request_push = pushes_for(tokens[1:2], Provider.APNS)[0]
+                from push.apns import _Request
+                from push.payloads import apns_payload
+
+                payload, _ = apns_payload(request_push.data)
+                request = _Request(
+                    request_push.token, payload, request_push.apns_id, request_push.expiration_s
+                )
+                result = await connection.send_notification(request)
+                assert result.status == "200"
+        finally:
+            await sender.close()
+
+    asyncio.run(run())
+    pushes = providers.apns.pushes.snapshot()
+    assert {p.status for p in pushes} == {200}
+    assert len({p.connection_id for p in pushes}) == 3
+    assert len({p.headers["authorization"] for p in pushes}) == 1
+
+
+def test_fcm_sender_goes_to_the_configured_endpoint_and_closes(providers: Providers) -> None:
+    config = FCMConfig(
+        service_account_file=Path(providers.settings["FCM_SERVICE_ACCOUNT_FILE"]),
+        endpoint=str(providers.settings["FCM_ENDPOINT"]),
+    )
+    sender = FCMSender(config)
+    tokens = [random_fcm_token() for _ in range(150)]
+
+    async def run() -> list[Verdict]:
+        try:
+            outcomes = await sender.send(pushes_for(tokens, Provider.FCM))
+            return [o.verdict for o in outcomes]
+        finally:
+            await sender.close()
+
+    assert asyncio.run(run()) == [Verdict.ACCEPTED] * 150
+    assert len(providers.fcm.pushes) == 150
+    assert providers.fcm.tokens_issued == 1
+    assert not [app for app in firebase_admin._apps if app.startswith("pn-relay-fcm")]
