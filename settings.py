@@ -47,11 +47,11 @@ class Settings:
     APNS_ENDPOINT: str = ""
     APNS_CA_FILE: Path | None = None
     APNS_CONNECTIONS: int = 4
-    APNS_MAX_IN_FLIGHT: int = 1000
+    APNS_MAX_IN_FLIGHT: int = 250
     FCM_SERVICE_ACCOUNT_FILE: Path | None = None
     FCM_PROJECT_ID: str = ""
     FCM_ENDPOINT: str = ""
-    FCM_MAX_IN_FLIGHT: int = 1000
+    FCM_MAX_IN_FLIGHT: int = 100
     PUSH_MAX_AGE: float = 3600.0
     PUSH_RETRY_BASE: float = 1.0
     DELIVERY_LEASE: float = 60.0

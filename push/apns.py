@@ -34,8 +34,11 @@ from aioapns.connection import (
     JWTAuthorizationHeaderProvider,
 )
 from aioapns.exceptions import ConnectionClosed, MaxAttemptsExceeded
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from hpack import Encoder
 
-from push.outcome import ProviderSender, Push, PushOutcome, Verdict
+from push.outcome import ACCEPTED, ProviderSender, Push, PushOutcome, Verdict
 from push.payloads import apns_payload
 from storage.records import Provider
 
@@ -74,11 +77,28 @@ class _Request(NotificationRequest):
         self.expiration = expiration
 
 
+class _PlainEncoder(Encoder):
+    def encode(self, headers: Any, huffman: bool = False) -> bytes:
+        return bytes(super().encode(headers, huffman=False))
+
+
 class RelayAPNsProtocol(APNsTLSClientProtocol):
     """aioapns' protocol with flow control, our bytes, and Retry-After kept."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # Our headers are fixed names and checked values: skip h2's per-header validation and
+        # normalisation, and Huffman coding (CPU, for ~30% fewer header bytes). Measured:
+        # together they were a third of the dispatcher's time at 1,000 pushes/s.
+        self.conn = H2Connection(
+            config=H2Configuration(
+                client_side=True,
+                header_encoding=None,
+                validate_outbound_headers=False,
+                normalize_outbound_headers=False,
+            )
+        )
+        self.conn.encoder = _PlainEncoder()
         self.retry_after: dict[str, str] = {}
         self._bodies: dict[int, bytearray] = {}
 
@@ -171,7 +191,7 @@ def classify(result: NotificationResult, retry_after: str | None) -> PushOutcome
     status = str(result.status)
     reason = str(result.description or "")
     if status == "200":
-        return PushOutcome.accepted()
+        return ACCEPTED
     if reason in DEAD_TOKEN_REASONS or status == "410":
         timestamp = result.timestamp if status == "410" else None
         return PushOutcome(
@@ -199,7 +219,7 @@ class APNsSender(ProviderSender):
     name = "APNs"
     batch_size = 1
 
-    def __init__(self, config: APNsConfig, *, max_in_flight: int = 1000) -> None:
+    def __init__(self, config: APNsConfig, *, max_in_flight: int = 250) -> None:
         self.config = config
         self.max_in_flight = max_in_flight
         self._pool: APNsKeyConnectionPool | APNsCertConnectionPool | None = None
@@ -237,9 +257,9 @@ class APNsSender(ProviderSender):
         payload, trimmed = apns_payload(push.data)
         request = _Request(push.token, payload, push.apns_id, push.expiration_s)
         try:
-            result = await asyncio.wait_for(
-                self._pool.send_notification(request), self.config.request_timeout_s
-            )
+            # asyncio.timeout, unlike wait_for, adds no task per push.
+            async with asyncio.timeout(self.config.request_timeout_s):
+                result = await self._pool.send_notification(request)
         except TimeoutError:
             return PushOutcome.transient("timeout")
         except (ConnectionError, ConnectionClosed, MaxAttemptsExceeded, OSError) as exc:

@@ -97,6 +97,9 @@ class ProviderLane:
         self._stopping = False
         self._transient_logged_at = 0.0
         self._transient_unlogged = 0
+        # Results of pushes that finished in the same loop iteration, written as one operation.
+        self._unsettled = Settlement()
+        self._flush_scheduled = False
 
     # -- the feeding loop ----------------------------------------------------------------
 
@@ -199,10 +202,17 @@ class ProviderLane:
             self.in_flight -= len(chunk)
             self._slot_freed.set()
         now = self._now()
-        settlement = Settlement()
         for (delivery, _), outcome in zip(chunk, outcomes, strict=True):
-            self._judge(delivery, outcome, settlement, now)
-        await self._settle(settlement)
+            self._judge(delivery, outcome, self._unsettled, now)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """Write every result gathered since the last flush in one writer operation."""
+        self._flush_scheduled = False
+        settlement, self._unsettled = self._unsettled, Settlement()
+        self._spawn(self._settle(settlement))
 
     def _judge(
         self, delivery: ClaimedDelivery, outcome: PushOutcome, settlement: Settlement, now: int

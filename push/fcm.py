@@ -102,7 +102,7 @@ class FCMSender(ProviderSender):
     name = "FCM"
 
     def __init__(
-        self, config: FCMConfig, *, max_in_flight: int = 1000, batch_size: int = 100
+        self, config: FCMConfig, *, max_in_flight: int = 100, batch_size: int = 25
     ) -> None:
         self.config = config
         self.max_in_flight = max_in_flight

@@ -38,6 +38,9 @@ class PushOutcome:
         return cls(Verdict.TRANSIENT, reason=reason, retry_after=retry_after)
 
 
+ACCEPTED = PushOutcome(Verdict.ACCEPTED)
+
+
 @dataclass(frozen=True)
 class Push:
     """One push to send: everything a sender needs, nothing it does not."""

@@ -1,0 +1,218 @@
+"""Pushes per second to the sandbox providers, and notify→push latency.
+
+    python bench/push_bench.py [--provider apns|fcm|both] [--pushes 10000] [--rate 100]
+
+Starts the fake APNs and FCM in this process and a relay (`server.py`, its own process, on
+SQLite in a temporary directory) pointed at them.
+
+- Throughput: a closed group of 100 members with one device each; notifies to the group are
+  fanned out by the relay, so the figure is the dispatcher's, not the intake's. Measured from
+  the first notify sent to the last push received.
+- Latency: one-to-one notifies at a steady --rate for --seconds; for each, the time from
+  sending the onion request to the fake receiving the push (same machine, same clock).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import http.client
+import os
+import re
+import secrets
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from lsrpc.client import OnionClient  # noqa: E402
+from sandbox.apns import FakeApns  # noqa: E402
+from sandbox.fcm import FakeFcm  # noqa: E402
+
+
+class Relay:
+    def __init__(self, workdir: Path, env: dict[str, str]) -> None:
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("PN_")}
+        full_env.update(env)
+        self.process = subprocess.Popen(
+            [sys.executable, str(ROOT / "server.py"), "--port", "0"],
+            cwd=workdir,
+            env=full_env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            found = re.search(
+                r"listening on http://127.0.0.1:(\d+) \(server public key (\w+)\)", line
+            )
+            if found:
+                self.port = int(found.group(1))
+                self.client = OnionClient(bytes.fromhex(found.group(2)))
+                break
+        else:
+            sys.exit("the relay did not start")
+        threading.Thread(
+            target=lambda: [None for _ in self.process.stderr or []], daemon=True
+        ).start()
+        self._local = threading.local()
+
+    def call(self, endpoint: str, params: dict[str, Any]) -> None:
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = self._local.connection = http.client.HTTPConnection("127.0.0.1", self.port)
+        request = self.client.v2(endpoint, params)
+        connection.request("POST", "/loki/v2/lsrpc", body=request.body)
+        response = connection.getresponse()
+        status, body = request.open_v2_reply(response.read())
+        if status != 200 or body.get("code") != 1:
+            raise RuntimeError(f"{endpoint} failed: {status} {body}")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(30)
+
+
+def run_parallel(jobs: list[Callable[[], None]], threads: int = 8) -> None:
+    lock = threading.Lock()
+
+    def worker() -> None:
+        while True:
+            with lock:
+                if not jobs:
+                    return
+                job = jobs.pop()
+            job()
+
+    pool = [threading.Thread(target=worker) for _ in range(threads)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+
+
+def token_for(provider: str) -> str:
+    if provider == "apns":
+        return secrets.token_hex(32)
+    return secrets.token_urlsafe(120) + ":APA91b"
+
+
+def throughput(relay: Relay, fake: Any, provider: str, pushes: int) -> None:
+    group = "05" + secrets.token_hex(32)
+    members = ["05" + secrets.token_hex(32) for _ in range(100)]
+    jobs: list[Callable[[], None]] = []
+    for member in members:
+        jobs.append(
+            partial(relay.call, "register", {"token": token_for(provider), "pubKey": member})
+        )
+        membership = {"closedGroupPublicKey": group, "pubKey": member}
+        jobs.append(partial(relay.call, "subscribe_closed_group", membership))
+    run_parallel(jobs)
+    fake.pushes.clear()
+    notifies = pushes // 100
+    started = time.monotonic()
+    run_parallel(
+        [
+            (
+                lambda: relay.call(
+                    "notify", {"data": base64.b64encode(os.urandom(200)).decode(), "send_to": group}
+                )
+            )
+            for _ in range(notifies)
+        ]
+    )
+    received = fake.pushes.wait_for(notifies * 100, timeout=300)
+    elapsed = max(p.received_at for p in received) - started
+    ok = sum(1 for p in received if p.status == 200)
+    rate = len(received) / elapsed
+    print(
+        f"{provider}: {len(received)} pushes ({ok} accepted)"
+        f" in {elapsed:.2f} s = {rate:.0f} pushes/s"
+    )
+
+
+def latency(relay: Relay, fake: Any, provider: str, rate: float, seconds: float) -> None:
+    recipients = []
+    for _ in range(50):
+        member = "05" + secrets.token_hex(32)
+        relay.call("register", {"token": token_for(provider), "pubKey": member})
+        recipients.append(member)
+    fake.pushes.clear()
+    sent: dict[str, float] = {}
+    interval = 1 / rate
+    count = int(rate * seconds)
+    start = time.monotonic()
+    for n in range(count):
+        data = base64.b64encode(os.urandom(60)).decode()
+        target = start + n * interval
+        pause = target - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)
+        sent[data] = time.monotonic()
+        relay.call("notify", {"data": data, "send_to": recipients[n % len(recipients)]})
+    received = fake.pushes.wait_for(count, timeout=60)
+    delays = []
+    for push in received:
+        data = push.json()["ENCRYPTED_DATA"] if provider == "apns" else push.data["ENCRYPTED_DATA"]
+        delays.append((push.received_at - sent[data]) * 1000)
+    delays.sort()
+    p99 = delays[max(0, int(len(delays) * 0.99) - 1)]
+    print(
+        f"{provider}: notify→push latency over {count} notifies at {rate:.0f}/s:"
+        f" p50 {statistics.median(delays):.1f} ms, p99 {p99:.1f} ms, max {delays[-1]:.1f} ms"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--provider", choices=["apns", "fcm", "both"], default="both")
+    parser.add_argument("--pushes", type=int, default=10_000)
+    parser.add_argument("--rate", type=float, default=100.0)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="NAME=VALUE", help="extra relay setting"
+    )
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as directory:
+        workdir = Path(directory)
+        apns = FakeApns.create(workdir / "apns")
+        apns.start()
+        fcm = FakeFcm.create(workdir / "fcm")
+        fcm.start()
+        account = fcm.write_service_account(workdir / "sa.json")
+        env = {
+            "PN_APNS_KEY_FILE": str(apns.apns_key.key_file),
+            "PN_APNS_KEY_ID": apns.key_id,
+            "PN_APNS_TEAM_ID": apns.team_id,
+            "PN_APNS_ENDPOINT": apns.endpoint,
+            "PN_APNS_CA_FILE": str(apns.tls.ca_file),
+            "PN_FCM_SERVICE_ACCOUNT_FILE": str(account.file),
+            "PN_FCM_ENDPOINT": fcm.base_url,
+            "PN_LOG_LEVEL": "INFO",  # the "listening" line tells the port
+        }
+        env.update(("PN_" + item.partition("=")[0], item.partition("=")[2]) for item in args.set)
+        relay = Relay(workdir, env)
+        try:
+            for provider in ("apns", "fcm") if args.provider == "both" else (args.provider,):
+                fake = apns if provider == "apns" else fcm
+                throughput(relay, fake, provider, args.pushes)
+                latency(relay, fake, provider, args.rate, args.seconds)
+        finally:
+            relay.stop()
+            apns.stop()
+            fcm.stop()
+
+
+if __name__ == "__main__":
+    main()
