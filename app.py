@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from flask import Flask, Response
+from sqlalchemy import Engine
 from werkzeug.exceptions import HTTPException
 
 from handlers.endpoints import HandlerContext, Outcome, handle
@@ -14,6 +17,9 @@ from lsrpc.endpoint import OnionEndpoint
 from lsrpc.keys import ServerKeypair
 from lsrpc.route import create_lsrpc_blueprint
 from lsrpc.v2 import ClientCall
+from stats.auth import StatsAuth
+from stats.endpoint import create_stats_blueprint
+from stats.metrics import RelayMetrics, create_metrics_blueprint
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +30,13 @@ class AppParts:
     handlers: HandlerContext
     runner: OutcomeRunner
     max_body_bytes: int
+    # Statistics, metrics and health (stats/). Without an engine, /healthz only says "ok".
+    engine: Engine | None = None
+    stats_auth: StatsAuth = field(default_factory=lambda: StatsAuth(None))
+    metrics: RelayMetrics | None = None
+    metrics_public: bool = False
+    dispatcher_alive: Callable[[], bool] | None = None
+    clock_ms: Callable[[], int] = field(default=lambda: time.time_ns() // 1_000_000)
 
 
 def plain_error(status: int, reason: str) -> Response:
@@ -42,9 +55,23 @@ def create_app(parts: AppParts, onion: OnionEndpoint | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = parts.max_body_bytes
     app.register_blueprint(create_lsrpc_blueprint(onion or create_onion_endpoint(parts)))
 
-    @app.get("/healthz")
-    def healthz() -> Response:
-        return Response("ok\n", mimetype="text/plain")
+    if parts.engine is not None:
+        app.register_blueprint(
+            create_stats_blueprint(parts.engine, parts.stats_auth, parts.clock_ms)
+        )
+        app.register_blueprint(
+            create_metrics_blueprint(
+                parts.engine,
+                parts.metrics,
+                parts.dispatcher_alive,
+                auth=None if parts.metrics_public else parts.stats_auth,
+            )
+        )
+    else:
+
+        @app.get("/healthz")
+        def healthz() -> Response:
+            return Response("ok\n", mimetype="text/plain")
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:

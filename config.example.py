@@ -118,3 +118,25 @@
 # Seconds a dispatcher holds a push it is sending. If the process dies meanwhile, the push
 # is sent again when the lease runs out (delivery is at-least-once).
 # DELIVERY_LEASE = 60.0
+
+# -- Statistics and metrics ---------------------------------------------------------------
+# POST /get_statistics_data answers only HTTP Basic credentials matching these. With no user
+# set it refuses everyone (and the start-up log says so). There is no default password.
+# STATS_USERNAME = ""
+
+# The password, in clear. Prefer STATS_PASSWORD_HASH; set one, not both.
+# STATS_PASSWORD = ""
+
+# A pbkdf2_sha256$... line from `python -m stats.hash_password`.
+# STATS_PASSWORD_HASH = ""
+
+# Days of per-minute statistics kept; a daily job (one process, even when several share the
+# database) deletes older rows. 0 keeps them forever.
+# STATS_RETENTION_DAYS = 400
+
+# Serve Prometheus metrics at GET /metrics (counters by provider and outcome, push latency,
+# in-flight gauges, queue depth and age). Same credentials as the statistics endpoint...
+# METRICS_ENABLED = True
+
+# ...unless this is True (for a scraper on a private network).
+# METRICS_PUBLIC = False

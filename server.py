@@ -34,11 +34,15 @@ from lsrpc.keys import (
     load_or_create_keypair,
 )
 from lsrpc.route import LsrpcHandler
-from push.dispatcher import Dispatcher, DispatchSettings, ProviderLane
+from push.dispatcher import Dispatcher, DispatchSettings, LatencyObserver, ProviderLane
 from push.outcome import ProviderSender
 from push.senders import DeliveryConfigError, build_senders
 from settings import Settings, SettingsError, load_settings
+from stats.auth import StatsAuth
 from stats.counters import Counters
+from stats.metrics import RelayMetrics
+from stats.rollup import MinuteRollup, RetentionJob, StatsJobs
+from stats.schema import create_stats_schema
 from storage.engine import DatabaseConfigError, create_schema, make_engine
 from storage.protect import IdentifierProtector
 from storage.queue import DeliveryQueue
@@ -118,7 +122,8 @@ class Relay:
             log.info("generated a new server key in %s", settings.key_file)
         self.protector = _load_protector(settings)
         try:
-            create_schema(self.engine)
+            create_schema(self.engine)  # stats.schema is imported above: its tables too
+            create_stats_schema(self.engine)  # and columns for counters added since
         except DatabaseConfigError as exc:
             self.engine.dispose()
             raise StartupError(str(exc)) from None
@@ -130,13 +135,50 @@ class Relay:
         self.writer = BatchWriter(self.engine, max_batch=settings.WRITE_BATCH_MAX)
         self.store = RelayStore(self.engine, self.writer, self.protector, now_ms)
         self.counters = Counters()
+        self.in_flight = InFlight()
+        try:
+            stats_auth = StatsAuth(
+                settings.STATS_USERNAME,
+                settings.STATS_PASSWORD or None,
+                settings.STATS_PASSWORD_HASH or None,
+            )
+        except ValueError as exc:  # both set, or a malformed hash: one line, at start
+            self.writer.close()
+            self.engine.dispose()
+            raise StartupError(str(exc)) from None
+        if not stats_auth.configured:
+            log.warning(
+                "the statistics endpoint refuses everyone: set STATS_USERNAME and"
+                " STATS_PASSWORD_HASH (python -m stats.hash_password)"
+            )
+        self.queue = DeliveryQueue(self.engine)
+        self._dispatching = False
+        self.metrics = (
+            RelayMetrics(
+                self.counters,
+                self.queue_stats,
+                requests_in_flight=lambda: self.in_flight.count,
+                pushes_in_flight=lambda: [
+                    (lane.provider, lane.in_flight) for lane in self.dispatcher.lanes
+                ],
+            )
+            if settings.METRICS_ENABLED
+            else None
+        )
+        self.stats_jobs = StatsJobs(
+            MinuteRollup(self.engine, self.counters, now_ms),
+            RetentionJob(self.engine, now_ms, settings.STATS_RETENTION_DAYS)
+            if settings.STATS_RETENTION_DAYS
+            else None,
+        )
         self.dispatcher = build_dispatcher(
             senders,
             writer=self.writer,
-            engine=self.engine,
             protector=self.protector,
             counters=self.counters,
             settings=settings,
+            queue=self.queue,
+            observe_latency=self.metrics.observe_push_latency if self.metrics else None,
         )
         self._wakeups: list[Callable[[], None]] = [self.dispatcher.wake]
         handlers = HandlerContext(
@@ -151,13 +193,27 @@ class Relay:
             handlers=handlers,
             runner=OutcomeRunner(self.writer),
             max_body_bytes=settings.MAX_BODY_BYTES,
+            engine=self.engine,
+            stats_auth=stats_auth,
+            metrics=self.metrics,
+            metrics_public=settings.METRICS_PUBLIC,
+            dispatcher_alive=self._dispatcher_alive,
+            clock_ms=now_ms,
         )
         self.onion = create_onion_endpoint(parts)
         self.app = create_app(parts, self.onion)
         self.executor = ThreadPoolExecutor(settings.WEB_THREADS, thread_name_prefix="web")
-        self.in_flight = InFlight()
         self.http: HTTPServer | None = None
         self.port: int | None = None
+
+    def _dispatcher_alive(self) -> bool:
+        """For /healthz: the dispatcher runs (or was deliberately not started, in tests)."""
+        return not self._dispatching or self.dispatcher.alive()
+
+    def queue_stats(self) -> tuple[int, float]:
+        """(deliveries waiting, age in seconds of the oldest) for /metrics, at scrape time."""
+        count, oldest = self.writer.submit(self.queue.depth_op())
+        return count, 0.0 if oldest is None else max(0.0, (now_ms() - oldest) / 1000)
 
     def _notify_queued(self) -> None:
         for wake in self._wakeups:
@@ -195,6 +251,8 @@ class Relay:
         self.port = _bound_port(self.http)
         if dispatch:
             self.dispatcher.start()
+        self._dispatching = dispatch
+        self.stats_jobs.start()
         log.info(
             "pn-relay listening on http://%s:%d (server public key %s)",
             self.settings.HOST,
@@ -211,6 +269,9 @@ class Relay:
             await asyncio.sleep(0.05)  # let the IOLoop write the last answers
             await self.http.close_all_connections()
         await self.dispatcher.stop(timeout=grace_seconds)
+        # Nothing counts any more: stop the roll-up and write the last, partial minute
+        # while the engine is still open.
+        await self.stats_jobs.stop()
         await asyncio.get_running_loop().run_in_executor(None, self._close_blocking)
         log.info("pn-relay stopped")
 
@@ -224,10 +285,11 @@ def build_dispatcher(
     senders: dict[Provider, ProviderSender | None],
     *,
     writer: BatchWriter,
-    engine: Engine,
     protector: IdentifierProtector,
     counters: Counters,
     settings: Settings,
+    queue: DeliveryQueue,
+    observe_latency: LatencyObserver | None = None,
 ) -> Dispatcher:
     dispatch_settings = DispatchSettings(
         lease_ms=int(settings.DELIVERY_LEASE * 1000),
@@ -235,7 +297,6 @@ def build_dispatcher(
         backoff_base_s=settings.PUSH_RETRY_BASE,
         config_pause_s=max(settings.PUSH_RETRY_BASE, 1.0) * 30,
     )
-    queue = DeliveryQueue(engine)
     lanes = [
         ProviderLane(
             provider,
@@ -245,6 +306,7 @@ def build_dispatcher(
             protector=protector,
             counters=counters,
             settings=dispatch_settings,
+            observe_latency=observe_latency,
         )
         for provider, sender in senders.items()
     ]
@@ -296,6 +358,8 @@ def configure_logging(level: str) -> None:
     # aioapns logs every failed attempt (a flood while APNs is down); the dispatcher logs a
     # summary a minute instead.
     logging.getLogger("aioapns").setLevel(logging.CRITICAL)
+    # APScheduler logs each minute's roll-up run at INFO; keep its warnings and errors.
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

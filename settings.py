@@ -55,6 +55,13 @@ class Settings:
     PUSH_MAX_AGE: float = 3600.0
     PUSH_RETRY_BASE: float = 1.0
     DELIVERY_LEASE: float = 60.0
+    # -- statistics and metrics --------------------------------------------------------
+    STATS_USERNAME: str = ""
+    STATS_PASSWORD: str = ""
+    STATS_PASSWORD_HASH: str = ""
+    STATS_RETENTION_DAYS: int = 400
+    METRICS_ENABLED: bool = True
+    METRICS_PUBLIC: bool = False
 
     # -- derived paths ------------------------------------------------------------------
     @property
@@ -92,6 +99,7 @@ _LIMITS: dict[str, tuple[float, float]] = {
     "PUSH_MAX_AGE": (1, 28 * 24 * 3600),
     "PUSH_RETRY_BASE": (0.01, 3600),
     "DELIVERY_LEASE": (1, 3600),
+    "STATS_RETENTION_DAYS": (0, 36500),
 }
 _CHOICES: dict[str, tuple[str, ...]] = {
     "LOG_LEVEL": ("DEBUG", "INFO", "WARNING", "ERROR"),

@@ -1,0 +1,304 @@
+"""Prometheus metrics (`GET /metrics`) and the health check (`GET /healthz`).
+
+Everything lives in one `CollectorRegistry` per `RelayMetrics` (never prometheus_client's
+global registry), so two apps in one process (tests) never share or collide. Metrics are
+per process: each relay process is its own scrape target.
+
+Exposed families (labels are fixed words, never an identifier):
+
+- ``pn_relay_pushes_total{provider="apns"|"fcm", outcome="sent"|"failed"}``: from the lifetime
+  counters ``ios_pn_number``, ``ios_pn_failed``, ``android_pn_number``, ``android_pn_failed``.
+- ``pn_relay_events_total{event=<counter name>}``: every other counter of `COUNTER_NAMES`
+  (``total_message_number``, ``closed_group_message_number``, ``tokens_pruned``, ...).
+- ``pn_relay_push_latency_seconds{provider}``: histogram, fed by `observe_push_latency` (the
+  dispatcher's `observe_latency` hook: notify accepted -> provider accepted).
+- ``pn_relay_pushes_in_flight{provider}``: gauge; read at scrape time from the
+  `pushes_in_flight` callable if one is given (e.g. the dispatcher lanes' own `in_flight`),
+  else kept by `push_started` / `push_finished` (or the `track_push` context manager, which
+  also observes the latency).
+- ``pn_relay_queue_depth`` and ``pn_relay_queue_oldest_age_seconds``: read at scrape time from
+  the `queue_stats` callable, if one is given; omitted from a scrape where it raises.
+- ``pn_relay_requests_in_flight``: read from the `requests_in_flight` callable, if given.
+- ``process_*``: prometheus_client's process collector (CPU, memory, open files) on Linux.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+
+from flask import Blueprint, Response, request
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import Engine, text
+
+from stats.auth import WWW_AUTHENTICATE, StatsAuth
+from stats.counters import COUNTER_NAMES, Counters
+from storage.records import Provider
+
+log = logging.getLogger(__name__)
+
+PROVIDERS = ("apns", "fcm")
+PUSH_COUNTERS: dict[str, tuple[str, str]] = {
+    "ios_pn_number": ("apns", "sent"),
+    "ios_pn_failed": ("apns", "failed"),
+    "android_pn_number": ("fcm", "sent"),
+    "android_pn_failed": ("fcm", "failed"),
+}
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, float("inf"))
+
+QueueStats = Callable[[], tuple[int, float]]
+ProviderKey = str | Provider
+# (provider, pushes in flight) pairs, e.g. `[(lane.provider, lane.in_flight) for lane in lanes]`
+InFlightPushes = Callable[[], Iterable[tuple[ProviderKey, int]]]
+
+
+def provider_label(provider: ProviderKey) -> str:
+    """A provider as a label value: "apns", "fcm", or "other" (bounded cardinality).
+
+    Takes the `storage.records.Provider` enum (what the dispatcher passes) or its name.
+    """
+    if isinstance(provider, Provider):
+        return provider.name.lower()
+    return provider if provider in PROVIDERS else "other"
+
+
+class _CountersCollector(Collector):
+    def __init__(self, counters: Counters) -> None:
+        self._counters = counters
+
+    @staticmethod
+    def _families() -> tuple[CounterMetricFamily, CounterMetricFamily]:
+        pushes = CounterMetricFamily(
+            "pn_relay_pushes",
+            "Pushes handed to a provider since this process started, by outcome.",
+            labels=["provider", "outcome"],
+        )
+        events = CounterMetricFamily(
+            "pn_relay_events",
+            "Relay events since this process started (statistics counter names).",
+            labels=["event"],
+        )
+        return pushes, events
+
+    def describe(self) -> Iterable[Metric]:
+        return self._families()
+
+    def collect(self) -> Iterable[Metric]:
+        lifetime = self._counters.lifetime()
+        pushes, events = self._families()
+        for name in COUNTER_NAMES:
+            if name in PUSH_COUNTERS:
+                pushes.add_metric(list(PUSH_COUNTERS[name]), lifetime.get(name, 0))
+            else:
+                events.add_metric([name], lifetime.get(name, 0))
+        return [pushes, events]
+
+
+def _gauge(name: str, documentation: str, labels: list[str] | None = None) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, documentation, labels=labels)
+
+
+class _CallbackCollector(Collector):
+    """Gauges read from callables at scrape time (never at registration: `describe`)."""
+
+    def __init__(
+        self,
+        queue_stats: QueueStats | None,
+        requests_in_flight: Callable[[], int] | None,
+        pushes_in_flight: InFlightPushes,
+    ) -> None:
+        self._queue_stats = queue_stats
+        self._requests_in_flight = requests_in_flight
+        self._pushes_in_flight = pushes_in_flight
+
+    def _families(self) -> dict[str, GaugeMetricFamily]:
+        families = {
+            "pushes": _gauge(
+                "pn_relay_pushes_in_flight",
+                "Pushes sent to a provider and not yet answered.",
+                ["provider"],
+            )
+        }
+        if self._queue_stats is not None:
+            families["depth"] = _gauge("pn_relay_queue_depth", "Deliveries waiting to be pushed.")
+            families["age"] = _gauge(
+                "pn_relay_queue_oldest_age_seconds",
+                "Age of the oldest delivery waiting to be pushed (0 when none).",
+            )
+        if self._requests_in_flight is not None:
+            families["requests"] = _gauge(
+                "pn_relay_requests_in_flight",
+                "HTTP requests being answered by the worker threads.",
+            )
+        return families
+
+    def describe(self) -> Iterable[Metric]:
+        return list(self._families().values())
+
+    def collect(self) -> Iterable[Metric]:
+        families = self._families()
+        found: list[Metric] = []
+        totals = dict.fromkeys(PROVIDERS, 0)
+        try:
+            for provider, count in self._pushes_in_flight():
+                label = provider_label(provider)
+                totals[label] = totals.get(label, 0) + count
+        except Exception as exc:  # noqa: BLE001 - the rest of the scrape still answers
+            log.warning("in-flight pushes unavailable for /metrics (%s)", type(exc).__name__)
+        else:
+            for label, count in totals.items():
+                families["pushes"].add_metric([label], count)
+            found.append(families["pushes"])
+        if self._queue_stats is not None:
+            try:
+                depth, oldest_age = self._queue_stats()
+            except Exception as exc:  # noqa: BLE001 - the rest of the scrape still answers
+                log.warning("queue statistics unavailable for /metrics (%s)", type(exc).__name__)
+            else:
+                families["depth"].add_metric([], depth)
+                families["age"].add_metric([], oldest_age)
+                found += [families["depth"], families["age"]]
+        if self._requests_in_flight is not None:
+            families["requests"].add_metric([], self._requests_in_flight())
+            found.append(families["requests"])
+        return found
+
+
+class RelayMetrics:
+    """One process's metrics, in its own registry, with hooks for the delivery code."""
+
+    def __init__(
+        self,
+        counters: Counters,
+        queue_stats: QueueStats | None = None,
+        *,
+        requests_in_flight: Callable[[], int] | None = None,
+        pushes_in_flight: InFlightPushes | None = None,
+        process_metrics: bool = True,
+    ) -> None:
+        self._in_flight: dict[str, int] = dict.fromkeys(PROVIDERS, 0)
+        self._in_flight_lock = threading.Lock()
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(_CountersCollector(counters))
+        self.registry.register(
+            _CallbackCollector(
+                queue_stats, requests_in_flight, pushes_in_flight or self._own_in_flight
+            )
+        )
+        self._latency = Histogram(
+            "pn_relay_push_latency_seconds",
+            "Push latency by provider, as the dispatcher observes it (from the notify's"
+            " acceptance to the provider accepting the push).",
+            ["provider"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        for provider in PROVIDERS:  # show zeros before the first push
+            self._latency.labels(provider)
+        if process_metrics:
+            ProcessCollector(registry=self.registry)
+
+    # -- hooks for push/ -------------------------------------------------------------------
+    def observe_push_latency(self, provider: ProviderKey, seconds: float) -> None:
+        """Fits `push.dispatcher.LatencyObserver`: pass this method as `observe_latency`."""
+        self._latency.labels(provider_label(provider)).observe(max(0.0, seconds))
+
+    def push_started(self, provider: ProviderKey, count: int = 1) -> None:
+        label = provider_label(provider)
+        with self._in_flight_lock:
+            self._in_flight[label] = self._in_flight.get(label, 0) + count
+
+    def push_finished(self, provider: ProviderKey, count: int = 1) -> None:
+        self.push_started(provider, -count)
+
+    def _own_in_flight(self) -> list[tuple[ProviderKey, int]]:
+        with self._in_flight_lock:
+            return list(self._in_flight.items())
+
+    @contextmanager
+    def track_push(self, provider: ProviderKey) -> Iterator[None]:
+        """Count a push in flight for the block's duration and observe its latency."""
+        self.push_started(provider)
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.push_finished(provider)
+            self.observe_push_latency(provider, time.monotonic() - started)
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every metric in this registry."""
+        return generate_latest(self.registry)
+
+
+def _plain(status: int, line: str, headers: list[tuple[str, str]] | None = None) -> Response:
+    return Response(line + "\n", status=status, mimetype="text/plain", headers=headers or [])
+
+
+def database_ok(engine: Engine) -> bool:
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception as exc:  # noqa: BLE001 - any failure means: not healthy
+        log.warning("health check: database unreachable (%s)", type(exc).__name__)
+        return False
+    return True
+
+
+def health(engine: Engine, dispatcher_alive: Callable[[], bool] | None) -> tuple[int, str]:
+    """(200, "ok") or (503, "<one-line reason>")."""
+    if not database_ok(engine):
+        return 503, "database unreachable"
+    if dispatcher_alive is not None:
+        try:
+            alive = bool(dispatcher_alive())
+        except Exception as exc:  # noqa: BLE001 - any failure means: not healthy
+            log.warning("health check: dispatcher check failed (%s)", type(exc).__name__)
+            return 503, "dispatcher check failed"
+        if not alive:
+            return 503, "dispatcher not running"
+    return 200, "ok"
+
+
+def create_metrics_blueprint(
+    engine: Engine,
+    metrics: RelayMetrics | None,
+    dispatcher_alive: Callable[[], bool] | None = None,
+    *,
+    auth: StatsAuth | None = None,
+) -> Blueprint:
+    """`GET /healthz` always; `GET /metrics` when `metrics` is given.
+
+    With `auth`, /metrics asks for the same Basic credentials as the statistics endpoint (its
+    numbers are the same traffic figures); /healthz is open and says only ok or why not.
+    `dispatcher_alive` None means there is no dispatcher to check.
+    """
+    blueprint = Blueprint("metrics", __name__)
+
+    @blueprint.get("/healthz")
+    def healthz() -> Response:
+        status, reason = health(engine, dispatcher_alive)
+        return _plain(status, reason)
+
+    if metrics is not None:
+
+        @blueprint.get("/metrics")
+        def prometheus_metrics() -> Response:
+            if auth is not None and not auth.check_header(request.headers.get("Authorization")):
+                return _plain(
+                    401, "authentication required", [("WWW-Authenticate", WWW_AUTHENTICATE)]
+                )
+            return Response(metrics.render(), status=200, content_type=CONTENT_TYPE_LATEST)
+
+    return blueprint
