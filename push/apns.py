@@ -269,16 +269,7 @@ class APNsSender(ProviderSender):
             if isinstance(connection, RelayAPNsProtocol):
                 retry_after = connection.retry_after.pop(push.apns_id, None) or retry_after
         outcome = classify(result, retry_after)
-        if trimmed:
-            return PushOutcome(
-                outcome.verdict,
-                outcome.reason,
-                outcome.retry_after,
-                outcome.invalid_since_ms,
-                outcome.hint,
-                trimmed=True,
-            )
-        return outcome
+        return outcome.with_trimmed() if trimmed else outcome
 
     async def close(self) -> None:
         if self._pool is not None:

@@ -29,7 +29,7 @@ import google.auth.transport.requests
 from firebase_admin import _http_client, credentials, exceptions, messaging
 from firebase_admin._retry import HttpxRetry
 
-from push.outcome import ProviderSender, Push, PushOutcome, Verdict
+from push.outcome import ACCEPTED, ProviderSender, Push, PushOutcome, Verdict
 from push.payloads import fcm_data
 from storage.records import Provider
 
@@ -177,20 +177,8 @@ class FCMSender(ProviderSender):
         batch = await messaging.send_each_async(messages, app=self._app)
         outcomes = []
         for response, trimmed in zip(batch.responses, trimmed_flags, strict=True):
-            if response.success:
-                outcomes.append(PushOutcome.accepted(trimmed=trimmed))
-            else:
-                outcome = classify(response.exception)
-                outcomes.append(
-                    PushOutcome(
-                        outcome.verdict,
-                        outcome.reason,
-                        outcome.retry_after,
-                        outcome.invalid_since_ms,
-                        outcome.hint,
-                        trimmed=trimmed,
-                    )
-                )
+            outcome = ACCEPTED if response.success else classify(response.exception)
+            outcomes.append(outcome.with_trimmed() if trimmed else outcome)
         return outcomes
 
     async def close(self) -> None:

@@ -6,6 +6,7 @@ provider's status codes. (Sygnal's small exception taxonomy, as values.)
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from dataclasses import dataclass
 
@@ -32,6 +33,10 @@ class PushOutcome:
     @classmethod
     def accepted(cls, *, trimmed: bool = False) -> PushOutcome:
         return cls(Verdict.ACCEPTED, trimmed=trimmed)
+
+    def with_trimmed(self) -> PushOutcome:
+        """The same outcome, for a push that went without its data to fit the size limit."""
+        return dataclasses.replace(self, trimmed=True)
 
     @classmethod
     def transient(cls, reason: str, retry_after: float | None = None) -> PushOutcome:
