@@ -10,6 +10,11 @@
 # TCP port. Service nodes POST onion requests to /loki/v2/lsrpc and /oxen/v4/lsrpc here.
 # PORT = 3000
 
+# True: several `python server.py` processes may listen on the same port (SO_REUSEPORT); the
+# kernel spreads connections over them. Give them one PostgreSQL DATABASE_URL and the same
+# key files (bench/README.md measures what they add up to).
+# REUSE_PORT = False
+
 # -- Files --------------------------------------------------------------------------------
 # Where the relay keeps its key files and (by default) its SQLite database.
 # DATA_DIR = "./data"

@@ -247,7 +247,9 @@ class Relay:
         # them; keep it well above MAX_BODY_BYTES so oversized bodies get a clear 413.
         tornado_limit = max(4 * self.settings.MAX_BODY_BYTES, 1024 * 1024)
         self.http = HTTPServer(self.tornado_app(), max_body_size=tornado_limit, xheaders=False)
-        self.http.listen(self.settings.PORT, address=self.settings.HOST)
+        self.http.listen(
+            self.settings.PORT, address=self.settings.HOST, reuse_port=self.settings.REUSE_PORT
+        )
         self.port = _bound_port(self.http)
         if dispatch:
             self.dispatcher.start()

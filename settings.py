@@ -25,6 +25,7 @@ class SettingsError(Exception):
 class Settings:
     HOST: str = "127.0.0.1"
     PORT: int = 3000
+    REUSE_PORT: bool = False
     DATA_DIR: Path = Path("./data")
     DATABASE_URL: str = ""
     KEY_FILE: Path | None = None

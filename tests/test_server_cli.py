@@ -238,3 +238,31 @@ def test_port_in_use_is_one_line(workdir: Path) -> None:
         assert "Traceback" not in result.stderr
     finally:
         server.terminate()
+
+
+def test_reuse_port_lets_two_processes_share_a_port(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {"PN_REUSE_PORT": "true", "PN_PORT": str(port)}
+    first = subprocess.Popen(
+        [*SERVER], cwd=tmp_path, env=clean_env(**env), stderr=subprocess.PIPE, text=True
+    )
+    second = subprocess.Popen(
+        [*SERVER], cwd=tmp_path, env=clean_env(**env), stderr=subprocess.PIPE, text=True
+    )
+    try:
+        for process in (first, second):
+            assert process.stderr is not None
+            for line in process.stderr:
+                if "listening on" in line:
+                    assert f":{port} " in line
+                    break
+            else:
+                raise AssertionError("a process did not start")
+    finally:
+        for process in (first, second):
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(30) == 0
