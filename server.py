@@ -48,7 +48,7 @@ from storage.protect import IdentifierProtector
 from storage.queue import DeliveryQueue
 from storage.records import Provider
 from storage.store import RelayStore
-from storage.writer import BatchWriter
+from storage.writer import BatchWriter, StorageError
 
 log = logging.getLogger("pn_relay")
 
@@ -205,6 +205,7 @@ class Relay:
         self.executor = ThreadPoolExecutor(settings.WEB_THREADS, thread_name_prefix="web")
         self.http: HTTPServer | None = None
         self.port: int | None = None
+        self._housekeeping: asyncio.Task[None] | None = None
 
     def _dispatcher_alive(self) -> bool:
         """For /healthz: the dispatcher runs (or was deliberately not started, in tests)."""
@@ -255,12 +256,24 @@ class Relay:
             self.dispatcher.start()
         self._dispatching = dispatch
         self.stats_jobs.start()
+        self._housekeeping = asyncio.create_task(self._purge_dedup_periodically())
         log.info(
             "pn-relay listening on http://%s:%d (server public key %s)",
             self.settings.HOST,
             self.port,
             self.keypair.public_hex,
         )
+
+    async def _purge_dedup_periodically(self) -> None:
+        """Expired dedup fingerprints are useless: delete them every window (at most hourly)."""
+        interval = min(max(self.settings.DEDUP_WINDOW, 60.0), 3600.0)
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.writer.submit_on_loop(self.store.purge_expired_dedup_op(), loop)
+            except StorageError as exc:
+                log.warning("could not purge expired dedup entries: %s", exc)
 
     async def stop(self, grace_seconds: float = 10.0) -> None:
         if self.http is not None:
@@ -270,6 +283,8 @@ class Relay:
                 await asyncio.sleep(0.01)
             await asyncio.sleep(0.05)  # let the IOLoop write the last answers
             await self.http.close_all_connections()
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
         await self.dispatcher.stop(timeout=grace_seconds)
         # Nothing counts any more: stop the roll-up and write the last, partial minute
         # while the engine is still open.

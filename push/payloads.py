@@ -53,10 +53,3 @@ def fcm_data(data: str) -> tuple[dict[str, str], bool]:
     if size <= FCM_MAX_DATA_BYTES:
         return {"ENCRYPTED_DATA": data}, False
     return {}, True
-
-
-def fcm_message(token: str, data: str) -> tuple[dict[str, Any], bool]:
-    """The HTTP v1 request body (as firebase-admin sends it) for one push."""
-    data_map, trimmed = fcm_data(data)
-    message = {"token": token, "data": data_map, "android": {"priority": "high"}}
-    return {"message": message}, trimmed

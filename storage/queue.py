@@ -8,7 +8,7 @@ out, and the pushes go again: delivery is at-least-once. PostgreSQL claims with
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -193,7 +193,3 @@ class DeliveryQueue:
             return int(count), oldest
 
         return operation
-
-
-def notification_ids(claimed: Iterable[ClaimedDelivery]) -> set[int]:
-    return {c.notification_id for c in claimed}

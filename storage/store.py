@@ -2,8 +2,7 @@
 
 Statements are SQLAlchemy Core, compiled once for the engine's dialect (storage/sql.py).
 The `*_op` methods do the per-request work that needs no database (hashing, sealing) and
-return the operation for the BatchWriter; `run` submits one and blocks until it committed
-(never on the IOLoop).
+return the operation for the BatchWriter, which runs it (see handlers/runner.py).
 """
 
 from __future__ import annotations
@@ -148,10 +147,6 @@ class RelayStore:
     def _upsert_device(self, tx: Tx, row: dict[str, Any]) -> None:
         tx.execute(self._sql.upsert_device, {**row, "registered_at": self._now()})
 
-    def run(self, operation: Callable[[Tx], T]) -> T:
-        """Run one operation through the writer; block until it committed."""
-        return self._writer.submit(operation)
-
     def register_op(self, token: str, session_id: str, provider: Provider) -> Callable[[Tx], None]:
         """The token now belongs to `session_id` (moved there if another owned it)."""
         row = self._device_row(token, session_id, provider)
@@ -241,7 +236,6 @@ class RelayStore:
 
         return operation
 
-    def purge_expired_dedup(self) -> int:
-        return self._writer.submit(
-            lambda tx: tx.execute(self._sql.purge_dedup, {"now": self._now()})
-        )
+    def purge_expired_dedup_op(self) -> Callable[[Tx], int]:
+        """Forget dedup fingerprints whose window has passed (run periodically)."""
+        return lambda tx: tx.execute(self._sql.purge_dedup, {"now": self._now()})

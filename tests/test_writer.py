@@ -70,10 +70,7 @@ def test_a_failing_operation_does_not_fail_its_batch(engine_and_insert) -> None:
     writer = BatchWriter(engine)
     release = threading.Event()
     blocker = writer.submit_async(lambda tx: release.wait(5))  # holds the writer busy
-    good = [
-        writer.submit_async(inserter(insert_meta, f"k{n}"))
-        for n in range(5)
-    ]
+    good = [writer.submit_async(inserter(insert_meta, f"k{n}")) for n in range(5)]
     duplicate = writer.submit_async(
         lambda tx: tx.execute(insert_meta, {"key": "schema_version", "value": ""})
     )
@@ -99,10 +96,7 @@ def test_loop_submissions_resolve_on_the_loop(engine_and_insert) -> None:
 
     async def main() -> list[int]:
         loop = asyncio.get_running_loop()
-        futures = [
-            writer.submit_on_loop(inserter(insert_meta, f"a{n}"), loop)
-            for n in range(50)
-        ]
+        futures = [writer.submit_on_loop(inserter(insert_meta, f"a{n}"), loop) for n in range(50)]
         return list(await asyncio.gather(*futures))
 
     assert asyncio.run(main()) == [1] * 50
@@ -112,11 +106,34 @@ def test_loop_submissions_resolve_on_the_loop(engine_and_insert) -> None:
 def test_close_finishes_queued_work_then_refuses(engine_and_insert, tmp_path: Path) -> None:
     engine, insert_meta = engine_and_insert
     writer = BatchWriter(engine)
-    futures = [
-        writer.submit_async(inserter(insert_meta, f"c{n}"))
-        for n in range(20)
-    ]
+    futures = [writer.submit_async(inserter(insert_meta, f"c{n}")) for n in range(20)]
     writer.close()
     assert all(f.result(0) == 1 for f in futures)
     with pytest.raises(WriterClosedError):
         writer.submit(lambda tx: None)
+
+
+def test_expired_dedup_fingerprints_are_purged(tmp_path: Path) -> None:
+    from storage.protect import IdentifierProtector
+    from storage.schema import notify_dedup
+    from storage.store import RelayStore
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'd.sqlite3'}", pool_size=2)
+    create_schema(engine)
+    writer = BatchWriter(engine)
+    clock = [1_000_000]
+    store = RelayStore(engine, writer, IdentifierProtector(b"i" * 32, b"t" * 32), lambda: clock[0])
+    from storage.records import Provider
+
+    session = "05" + "ab" * 32
+    writer.submit(store.register_op("cd" * 32, session, Provider.APNS))
+    for n in range(3):
+        writer.submit(store.enqueue_notification_op(session, f"QUJ{n}", dedup_window_ms=1000))
+    clock[0] += 500
+    assert writer.submit(store.purge_expired_dedup_op()) == 0  # still inside the window
+    clock[0] += 600
+    assert writer.submit(store.purge_expired_dedup_op()) == 3
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(notify_dedup)).scalar_one() == 0
+    writer.close()
+    engine.dispose()
