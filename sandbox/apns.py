@@ -206,6 +206,7 @@ class _H2Protocol(asyncio.Protocol):
         self.server = server
         self.connection_id = connection_id
         self.transport: asyncio.Transport | None = None
+        self.certificate_authenticated = False
         self.conn = _ServerConnection(
             H2Configuration(
                 client_side=False,
@@ -227,6 +228,7 @@ class _H2Protocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        self.certificate_authenticated = bool(transport.get_extra_info("peercert"))
         server = self.server
         server.connections_total += 1
         if server.down:
@@ -429,6 +431,7 @@ class FakeApns(LoopServer):
         token_max_age: float = 3600.0,
         alpn: Iterable[str] | None = ("h2",),
         cache_huffman: bool = True,
+        client_ca_file: str | os.PathLike[str] | None = None,
     ) -> None:
         super().__init__()
         self.tls = tls
@@ -443,6 +446,10 @@ class FakeApns(LoopServer):
         self.token_max_age = token_max_age
         self._public_key: ec.EllipticCurvePublicKey = apns_key.public_key()
         self._ssl = server_ssl_context(tls, alpn)
+        if client_ca_file is not None:
+            # Certificate auth: a client certificate from this CA replaces the JWT.
+            self._ssl.verify_mode = ssl.CERT_OPTIONAL
+            self._ssl.load_verify_locations(str(client_ca_file))
         if cache_huffman:
             install_huffman_cache()
 
@@ -583,7 +590,7 @@ class FakeApns(LoopServer):
         token = path[len(PATH_PREFIX) :] if path.startswith(PATH_PREFIX) else ""
         apns_id = headers.get("apns-id") or str(uuid.uuid4())
 
-        failure = self._validate(headers, path, token, body)
+        failure = self._validate(headers, path, token, body, proto.certificate_authenticated)
         if failure is not None:
             behaviour: Behaviour | None = None
             status, reason = failure
@@ -625,7 +632,12 @@ class FakeApns(LoopServer):
             )
 
     def _validate(
-        self, headers: dict[str, str], path: str, token: str, body: bytes
+        self,
+        headers: dict[str, str],
+        path: str,
+        token: str,
+        body: bytes,
+        certificate_authenticated: bool = False,
     ) -> tuple[int, str] | None:
         if headers.get(":method") != "POST":
             return 405, "MethodNotAllowed"
@@ -633,9 +645,10 @@ class FakeApns(LoopServer):
             return 404, "BadPath"
         if not token:
             return 400, "MissingDeviceToken"
-        auth_failure = self._check_auth(headers.get("authorization"))
-        if auth_failure is not None:
-            return 403, auth_failure
+        if not (certificate_authenticated and "authorization" not in headers):
+            auth_failure = self._check_auth(headers.get("authorization"))
+            if auth_failure is not None:
+                return 403, auth_failure
         topic = headers.get("apns-topic")
         if not topic:
             return 400, "MissingTopic"

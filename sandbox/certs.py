@@ -222,6 +222,70 @@ def _random_id(length: int) -> str:
     return "".join(secrets.choice(_ALNUM) for _ in range(length))
 
 
+@dataclass(frozen=True, slots=True)
+class ApnsCertificate:
+    """An APNs provider certificate (certificate + key in one PEM, as APNS_CERT_FILE takes)
+    and the CA file a fake APNs trusts to accept it."""
+
+    cert_file: Path
+    ca_file: Path
+
+
+def generate_apns_certificate(
+    directory: str | os.PathLike[str], *, topic: str = "com.loki-project.loki-messenger"
+) -> ApnsCertificate:
+    """Write ``apns-client-ca.pem`` and ``apns-cert.pem`` (a client certificate whose UID is
+    the topic, like Apple's, signed by that CA) into ``directory``."""
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    now = _now()
+    start, end = now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=30)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pn-relay sandbox APNs CA")])
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    client_key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.USER_ID, topic),
+            x509.NameAttribute(NameOID.COMMON_NAME, f"Apple Push Services: {topic}"),
+        ]
+    )
+    client_cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(ca_name)
+        .public_key(client_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    files = ApnsCertificate(cert_file=out / "apns-cert.pem", ca_file=out / "apns-client-ca.pem")
+    files.ca_file.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    _write_private(
+        files.cert_file,
+        client_cert.public_bytes(serialization.Encoding.PEM)
+        + client_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+    )
+    return files
+
+
 def generate_apns_key(
     directory: str | os.PathLike[str],
     *,

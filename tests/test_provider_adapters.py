@@ -7,6 +7,7 @@ import inspect
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import aioapns
 import firebase_admin
@@ -142,3 +143,63 @@ def test_fcm_sender_goes_to_the_configured_endpoint_and_closes(providers: Provid
     assert len(providers.fcm.pushes) == 150
     assert providers.fcm.tokens_issued == 1
     assert not [app for app in firebase_admin._apps if app.startswith("pn-relay-fcm")]
+
+
+def test_apns_certificate_authentication(tmp_path: Path) -> None:
+    from sandbox.apns import FakeApns
+    from sandbox.certs import generate_apns_certificate, generate_apns_key, generate_tls
+
+    certificate = generate_apns_certificate(tmp_path / "cert")
+    fake = FakeApns(
+        generate_tls(tmp_path / "tls"),
+        generate_apns_key(tmp_path / "key"),
+        client_ca_file=certificate.ca_file,
+    )
+    fake.start()
+    try:
+        config = APNsConfig(
+            topic="com.loki-project.loki-messenger",
+            host="127.0.0.1",
+            port=fake.port,
+            cert_file=certificate.cert_file,
+            ca_file=fake.tls.ca_file,
+        )
+        sender = APNsSender(config)
+        token = random_apns_token()
+
+        async def run() -> list[Verdict]:
+            try:
+                return [o.verdict for o in await sender.send(pushes_for([token], Provider.APNS))]
+            finally:
+                await sender.close()
+
+        assert asyncio.run(run()) == [Verdict.ACCEPTED]
+        (push,) = fake.pushes.snapshot()
+        assert push.status == 200
+        assert "authorization" not in push.headers
+    finally:
+        fake.stop()
+
+
+def test_apns_without_certificate_or_jwt_is_a_configuration_error(providers: Providers) -> None:
+    config = APNsConfig(
+        topic="com.loki-project.loki-messenger",
+        host="127.0.0.1",
+        port=providers.apns.port,
+        key_file=Path(providers.settings["APNS_KEY_FILE"]),
+        key_id="WRONGKEYID",
+        team_id=str(providers.settings["APNS_TEAM_ID"]),
+        ca_file=Path(providers.settings["APNS_CA_FILE"]),
+    )
+    sender = APNsSender(config)
+
+    async def run() -> list[Any]:
+        try:
+            return list(await sender.send(pushes_for([random_apns_token()], Provider.APNS)))
+        finally:
+            await sender.close()
+
+    (outcome,) = asyncio.run(run())
+    assert outcome.verdict is Verdict.CONFIG_ERROR
+    assert outcome.reason == "InvalidProviderToken"
+    assert "APNS_KEY_ID" in outcome.hint
