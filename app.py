@@ -13,7 +13,7 @@ from werkzeug.exceptions import HTTPException
 
 from handlers.endpoints import HandlerContext, Outcome, handle
 from handlers.runner import OutcomeRunner
-from lsrpc.endpoint import OnionEndpoint
+from lsrpc.endpoint import OnionEndpoint, plain
 from lsrpc.keys import ServerKeypair
 from lsrpc.route import create_lsrpc_blueprint
 from lsrpc.v2 import ClientCall
@@ -40,7 +40,8 @@ class AppParts:
 
 
 def plain_error(status: int, reason: str) -> Response:
-    return Response(reason + "\n", status=status, mimetype="text/plain")
+    answer = plain(status, reason)  # the same short plain answer as the onion layer's
+    return Response(answer.body, status=answer.status, content_type=answer.content_type)
 
 
 def create_onion_endpoint(parts: AppParts) -> OnionEndpoint:

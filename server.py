@@ -180,13 +180,12 @@ class Relay:
             queue=self.queue,
             observe_latency=self.metrics.observe_push_latency if self.metrics else None,
         )
-        self._wakeups: list[Callable[[], None]] = [self.dispatcher.wake]
         handlers = HandlerContext(
             store=self.store,
             counters=self.counters,
             max_data_bytes=settings.MAX_DATA_BYTES,
             dedup_window_ms=int(settings.DEDUP_WINDOW * 1000),
-            on_queued=self._notify_queued,
+            on_queued=self.dispatcher.wake,
         )
         parts = AppParts(
             keypair=self.keypair,
@@ -215,14 +214,6 @@ class Relay:
         """(deliveries waiting, age in seconds of the oldest) for /metrics, at scrape time."""
         count, oldest = self.writer.submit(self.queue.depth_op())
         return count, 0.0 if oldest is None else max(0.0, (now_ms() - oldest) / 1000)
-
-    def _notify_queued(self) -> None:
-        for wake in self._wakeups:
-            wake()
-
-    def on_queued(self, wake: Callable[[], None]) -> None:
-        """Call `wake` (from a web thread) whenever new deliveries were queued."""
-        self._wakeups.append(wake)
 
     def tornado_app(self) -> Application:
         """The onion paths on Tornado directly (the fast path), all else on the Flask app."""

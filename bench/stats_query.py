@@ -35,7 +35,7 @@ from stats.endpoint import (
 from stats.rollup import MINUTE_MS
 from storage.engine import create_schema, make_engine
 from tests.test_stats_auth import header
-from tests.test_stats_rollup import ms
+from tests.test_stats_rollup import ms, range_query_plan
 
 YEAR_MINUTES = 525_600
 
@@ -70,18 +70,7 @@ def measure(tmp_path: Path) -> None:
         raw.close()
         filled = time.perf_counter() - started
 
-        with engine.connect() as conn:
-            plan = " ".join(
-                str(row[-1])
-                for row in conn.execute(
-                    text(
-                        "EXPLAIN QUERY PLAN SELECT minute_start, ios_pn_number"
-                        " FROM statistics_minutes WHERE minute_start >= :a AND minute_start <= :b"
-                        " ORDER BY minute_start"
-                    ),
-                    {"a": 0, "b": 1},
-                )
-            )
+        plan = range_query_plan(engine)
         assert "PRIMARY KEY" in plan and "TEMP B-TREE" not in plan, plan
 
         mid = ms("2021-07-01T00:00:00")

@@ -91,28 +91,12 @@ def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
 
-def generate_tls(
-    directory: str | os.PathLike[str],
-    *,
-    hostnames: Iterable[str] = ("localhost",),
-    ip_addresses: Iterable[str] = ("127.0.0.1", "::1"),
-    days: int = 30,
-) -> TlsFiles:
-    """Write ``ca.pem``, ``server.pem`` and ``server-key.pem`` into ``directory``.
-
-    The CA and the server key are P-256 (fast to make and to handshake). The server certificate
-    carries SANs for ``hostnames`` and ``ip_addresses``, serverAuth EKU, and SKI/AKI so that
-    strict verifiers (Python 3.13's default context) accept it.
-    """
-    out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
-    now = _now()
-    start = now - datetime.timedelta(minutes=5)
-    end = now + datetime.timedelta(days=days)
-
+def _make_ca(
+    common_name: str, start: datetime.datetime, end: datetime.datetime
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A throwaway P-256 CA: key usage, basic constraints and SKI as strict verifiers want."""
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pn-relay sandbox test CA")])
-    ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     ca_cert = (
         x509.CertificateBuilder()
         .subject_name(ca_name)
@@ -136,9 +120,36 @@ def generate_tls(
             ),
             critical=True,
         )
-        .add_extension(ca_ski, critical=False)
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
+        )
         .sign(ca_key, hashes.SHA256())
     )
+    return ca_key, ca_cert
+
+
+def generate_tls(
+    directory: str | os.PathLike[str],
+    *,
+    hostnames: Iterable[str] = ("localhost",),
+    ip_addresses: Iterable[str] = ("127.0.0.1", "::1"),
+    days: int = 30,
+) -> TlsFiles:
+    """Write ``ca.pem``, ``server.pem`` and ``server-key.pem`` into ``directory``.
+
+    The CA and the server key are P-256 (fast to make and to handshake). The server certificate
+    carries SANs for ``hostnames`` and ``ip_addresses``, serverAuth EKU, and SKI/AKI so that
+    strict verifiers (Python 3.13's default context) accept it.
+    """
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    now = _now()
+    start = now - datetime.timedelta(minutes=5)
+    end = now + datetime.timedelta(days=days)
+
+    ca_key, ca_cert = _make_ca("pn-relay sandbox test CA", start, end)
+    ca_name = ca_cert.subject
+    ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
 
     server_key = ec.generate_private_key(ec.SECP256R1())
     names: list[x509.GeneralName] = [x509.DNSName(h) for h in hostnames]
@@ -240,19 +251,8 @@ def generate_apns_certificate(
     out.mkdir(parents=True, exist_ok=True)
     now = _now()
     start, end = now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=30)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pn-relay sandbox APNs CA")])
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(end)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
+    ca_key, ca_cert = _make_ca("pn-relay sandbox APNs CA", start, end)
+    ca_name = ca_cert.subject
     client_key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name(
         [

@@ -341,25 +341,26 @@ def test_create_stats_schema_adds_new_counter_columns(sqlite_url: str) -> None:
         engine.dispose()
 
 
+def range_query_plan(engine: Engine) -> str:
+    """SQLite's plan for the statistics range query (also printed by bench/stats_query.py)."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "EXPLAIN QUERY PLAN SELECT minute_start, ios_pn_number"
+                " FROM statistics_minutes WHERE minute_start >= :a AND minute_start <= :b"
+                " ORDER BY minute_start"
+            ),
+            {"a": 0, "b": 1},
+        )
+        return " ".join(str(row[-1]) for row in rows)
+
+
 def test_range_queries_use_the_primary_key(sqlite_url: str) -> None:
     # What keeps a query over a year of minute rows fast (figures: bench/stats_query.py).
-    from sqlalchemy import text as sql_text
-
     engine = make_engine(sqlite_url, pool_size=2)
     try:
         create_schema(engine)
-        with engine.connect() as conn:
-            plan = " ".join(
-                str(row[-1])
-                for row in conn.execute(
-                    sql_text(
-                        "EXPLAIN QUERY PLAN SELECT minute_start, ios_pn_number"
-                        " FROM statistics_minutes WHERE minute_start >= :a AND minute_start <= :b"
-                        " ORDER BY minute_start"
-                    ),
-                    {"a": 0, "b": 1},
-                )
-            )
+        plan = range_query_plan(engine)
         assert "PRIMARY KEY" in plan and "TEMP B-TREE" not in plan, plan
     finally:
         engine.dispose()
