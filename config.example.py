@@ -60,6 +60,12 @@
 # clients retry an onion request up to four times. 0 turns deduplication off.
 # DEDUP_WINDOW = 600.0
 
+# SQLite only. "FULL": a notify is answered only after its commit is on disk and survives a
+# power cut or kernel crash (one fsync per group commit, shared by every write in it).
+# "NORMAL": faster, and safe when the process is killed, but a power loss or kernel crash
+# can roll back the last notifies already answered Success: those pushes are then lost.
+# SQLITE_SYNCHRONOUS = "FULL"
+
 # -- Logging ------------------------------------------------------------------------------
 # DEBUG, INFO, WARNING or ERROR. No level ever logs a Session ID, key, token or message.
 # LOG_LEVEL = "INFO"

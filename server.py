@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
@@ -43,6 +44,7 @@ from stats.counters import Counters
 from stats.metrics import RelayMetrics
 from stats.rollup import MinuteRollup, RetentionJob, StatsJobs
 from stats.schema import create_stats_schema
+from storage.clock import HeartbeatWriter, RelayClock, boot_id, resume_clock
 from storage.engine import DatabaseConfigError, create_schema, make_engine
 from storage.protect import IdentifierProtector
 from storage.queue import DeliveryQueue
@@ -61,7 +63,12 @@ class StartupError(Exception):
 
 
 def now_ms() -> int:
+    """Wall-clock milliseconds: for the statistics' UTC minutes, which follow the calendar."""
     return time.time_ns() // 1_000_000
+
+
+HEARTBEAT_INTERVAL_S = 30.0  # how often the relay clock's heartbeat row is written
+QUEUE_STATS_CACHE_S = 2.0  # scrapes closer together than this share one count
 
 
 class InFlight:
@@ -109,11 +116,13 @@ class InFlight:
 class Relay:
     """Every part of a running relay, built once from Settings."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, clock: RelayClock | None = None) -> None:
         self.settings = settings
         try:  # a wrong URL is refused before any file is written
             self.engine: Engine = make_engine(
-                settings.database_url, pool_size=settings.db_pool_size
+                settings.database_url,
+                pool_size=settings.db_pool_size,
+                sqlite_synchronous=settings.SQLITE_SYNCHRONOUS,
             )
         except DatabaseConfigError as exc:
             raise StartupError(str(exc)) from None
@@ -132,8 +141,14 @@ class Relay:
         except DeliveryConfigError as exc:
             self.engine.dispose()
             raise StartupError(str(exc)) from None
+        boot = boot_id()
+        if clock is None:
+            with self.engine.connect() as conn:
+                clock = resume_clock(conn, boot=boot)
+        self.clock = clock
+        self.heartbeat = HeartbeatWriter(self.engine, clock, boot)
         self.writer = BatchWriter(self.engine, max_batch=settings.WRITE_BATCH_MAX)
-        self.store = RelayStore(self.engine, self.writer, self.protector, now_ms)
+        self.store = RelayStore(self.engine, self.writer, self.protector, clock.now_ms)
         self.counters = Counters()
         self.in_flight = InFlight()
         try:
@@ -152,6 +167,7 @@ class Relay:
                 " STATS_PASSWORD_HASH (python -m stats.hash_password)"
             )
         self.queue = DeliveryQueue(self.engine)
+        self._queue_stats_cache: tuple[float, tuple[int, float]] | None = None
         self._dispatching = False
         self.metrics = (
             RelayMetrics(
@@ -179,6 +195,7 @@ class Relay:
             settings=settings,
             queue=self.queue,
             observe_latency=self.metrics.observe_push_latency if self.metrics else None,
+            clock=clock,
         )
         handlers = HandlerContext(
             store=self.store,
@@ -211,9 +228,18 @@ class Relay:
         return not self._dispatching or self.dispatcher.alive()
 
     def queue_stats(self) -> tuple[int, float]:
-        """(deliveries waiting, age in seconds of the oldest) for /metrics, at scrape time."""
-        count, oldest = self.writer.submit(self.queue.depth_op())
-        return count, 0.0 if oldest is None else max(0.0, (now_ms() - oldest) / 1000)
+        """(deliveries waiting, age in seconds of the oldest) for /metrics, at scrape time.
+
+        Read on a connection of its own, never through the writer (see DeliveryQueue.depth).
+        """
+        now = time.monotonic()
+        cached = self._queue_stats_cache
+        if cached is not None and now - cached[0] < QUEUE_STATS_CACHE_S:
+            return cached[1]
+        count, oldest = self.queue.depth(self.engine)
+        age = 0.0 if oldest is None else max(0.0, (self.clock.now_ms() - oldest) / 1000)
+        self._queue_stats_cache = (now, (count, age))
+        return count, age
 
     def tornado_app(self) -> Application:
         """The onion paths on Tornado directly (the fast path), all else on the Flask app."""
@@ -247,7 +273,7 @@ class Relay:
             self.dispatcher.start()
         self._dispatching = dispatch
         self.stats_jobs.start()
-        self._housekeeping = asyncio.create_task(self._purge_dedup_periodically())
+        self._housekeeping = asyncio.create_task(self._housekeep())
         log.info(
             "pn-relay listening on http://%s:%d (server public key %s)",
             self.settings.HOST,
@@ -255,16 +281,21 @@ class Relay:
             self.keypair.public_hex,
         )
 
-    async def _purge_dedup_periodically(self) -> None:
-        """Expired dedup fingerprints are useless: delete them every window (at most hourly)."""
-        interval = min(max(self.settings.DEDUP_WINDOW, 60.0), 3600.0)
+    async def _housekeep(self) -> None:
+        """The clock's heartbeat every HEARTBEAT_INTERVAL_S; expired dedup fingerprints purged
+        every window (at most hourly)."""
+        purge_every = min(max(self.settings.DEDUP_WINDOW, 60.0), 3600.0)
         loop = asyncio.get_running_loop()
+        last_purge = time.monotonic()
         while True:
-            await asyncio.sleep(interval)
             try:
-                await self.writer.submit_on_loop(self.store.purge_expired_dedup_op(), loop)
+                await self.writer.submit_on_loop(self.heartbeat.op(), loop)
+                if time.monotonic() - last_purge >= purge_every:
+                    last_purge = time.monotonic()
+                    await self.writer.submit_on_loop(self.store.purge_expired_dedup_op(), loop)
             except StorageError as exc:
-                log.warning("could not purge expired dedup entries: %s", exc)
+                log.warning("housekeeping write failed: %s", exc)
+            await asyncio.sleep(HEARTBEAT_INTERVAL_S)
 
     async def stop(self, grace_seconds: float = 10.0) -> None:
         if self.http is not None:
@@ -285,6 +316,8 @@ class Relay:
 
     def _close_blocking(self) -> None:
         self.executor.shutdown(wait=True)
+        with contextlib.suppress(StorageError):
+            self.writer.submit(self.heartbeat.op())
         self.writer.close()
         self.engine.dispose()
 
@@ -298,6 +331,7 @@ def build_dispatcher(
     settings: Settings,
     queue: DeliveryQueue,
     observe_latency: LatencyObserver | None = None,
+    clock: RelayClock | None = None,
 ) -> Dispatcher:
     dispatch_settings = DispatchSettings(
         lease_ms=int(settings.DELIVERY_LEASE * 1000),
@@ -315,6 +349,7 @@ def build_dispatcher(
             counters=counters,
             settings=dispatch_settings,
             observe_latency=observe_latency,
+            clock=clock,
         )
         for provider, sender in senders.items()
     ]

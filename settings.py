@@ -37,6 +37,7 @@ class Settings:
     DB_POOL_SIZE: int = 0
     WRITE_BATCH_MAX: int = 256
     DEDUP_WINDOW: float = 600.0
+    SQLITE_SYNCHRONOUS: str = "FULL"
     LOG_LEVEL: str = "INFO"
     # -- delivery ----------------------------------------------------------------------
     APNS_TOPIC: str = "com.loki-project.loki-messenger"
@@ -104,6 +105,7 @@ _LIMITS: dict[str, tuple[float, float]] = {
 }
 _CHOICES: dict[str, tuple[str, ...]] = {
     "LOG_LEVEL": ("DEBUG", "INFO", "WARNING", "ERROR"),
+    "SQLITE_SYNCHRONOUS": ("FULL", "NORMAL"),
 }
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")

@@ -10,6 +10,15 @@ Retry-After, until PUSH_MAX_AGE after the notify, then dropped and counted.
 
 `wake()` may be called from any thread; a notify calls it, so a push starts without waiting
 for a poll. Rows left from before a restart are picked up on start.
+
+Leases (storage/queue.py): while a push is being sent, its lease is renewed every third of
+`lease_ms`, so however slow the provider, no other dispatcher takes it over while this one
+still waits for the answer; and if one is taken over anyway (this process stalled past its
+lease), the answer that finally comes is stale and changes nothing. A claim that returns a
+push this lane is still sending adopts the new lease instead of sending it twice.
+
+Time: persisted times come from the relay clock (storage/clock.py, never jumps); pauses,
+log intervals and renewal use the monotonic clock.
 """
 
 from __future__ import annotations
@@ -19,13 +28,13 @@ import contextlib
 import logging
 import random
 import threading
-import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from push.outcome import ProviderSender, Push, PushOutcome, Verdict
 from stats.counters import Counters
+from storage.clock import RelayClock
 from storage.protect import IdentifierProtector, SealedTokenError
 from storage.queue import NEVER, ClaimedDelivery, DeliveryQueue, Settlement
 from storage.records import Provider
@@ -56,8 +65,10 @@ class DispatchSettings:
 LatencyObserver = Callable[[Provider, float], None]
 
 
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
+class Clock(Protocol):
+    def now_ms(self) -> int: ...
+
+    def monotonic_s(self) -> float: ...
 
 
 class ProviderLane:
@@ -72,7 +83,7 @@ class ProviderLane:
         counters: Counters,
         settings: DispatchSettings,
         observe_latency: LatencyObserver | None = None,
-        clock_ms: Callable[[], int] = now_ms,
+        clock: Clock | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self.provider = provider
@@ -85,18 +96,21 @@ class ProviderLane:
         self._ok_counter, self._failed_counter = COUNTERS[provider]
         self._settings = settings
         self._observe_latency = observe_latency
-        self._now = clock_ms
+        self._clock: Clock = clock or RelayClock()
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not secrecy
         self.max_in_flight = sender.max_in_flight if sender else settings.claim_batch
         self.in_flight = 0
         self._wake = asyncio.Event()
         self._slot_freed = asyncio.Event()
-        self._paused_until_ms = 0
+        self._paused_until_s = 0.0  # monotonic
         self._pause_s = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
+        self._settling: set[asyncio.Task[None]] = set()
         self._stopping = False
-        self._transient_logged_at = 0.0
+        self._transient_logged_at: float | None = None
         self._transient_unlogged = 0
+        # The pushes being sent, by delivery id, with the lease this lane holds on each now.
+        self._sending: dict[int, ClaimedDelivery] = {}
         # Results of pushes that finished in the same loop iteration, written as one operation.
         self._unsettled = Settlement()
         self._flush_scheduled = False
@@ -106,19 +120,29 @@ class ProviderLane:
     def wake(self) -> None:
         self._wake.set()
 
-    async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while not self._stopping:
-            try:
-                await self._step(loop)
-            except StorageError as exc:
-                log.error("%s dispatcher: database unavailable (%s); retrying", self.name, exc)
-                await self._sleep_or_wake(1.0)
+    @property
+    def paused(self) -> bool:
+        """A configuration error paused this lane (for /healthz)."""
+        return self._paused_until_s > self._clock.monotonic_s()
 
-    async def _step(self, loop: asyncio.AbstractEventLoop) -> None:
-        now = self._now()
-        if self._paused_until_ms > now:
-            await asyncio.sleep((self._paused_until_ms - now) / 1000)
+    async def run(self) -> None:
+        renewer = asyncio.ensure_future(self._renew_forever())
+        try:
+            while not self._stopping:
+                try:
+                    await self._step()
+                except StorageError as exc:
+                    log.error("%s dispatcher: database unavailable (%s); retrying", self.name, exc)
+                    await self._sleep_or_wake(1.0)
+        finally:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
+
+    async def _step(self) -> None:
+        pause_left = self._paused_until_s - self._clock.monotonic_s()
+        if pause_left > 0:
+            await asyncio.sleep(pause_left)
             return
         free = self.max_in_flight - self.in_flight
         if free <= 0:
@@ -126,19 +150,49 @@ class ProviderLane:
             await self._slot_freed.wait()
             return
         self._wake.clear()
-        claim = self._queue.claim_op(
-            self.provider, min(free, self._settings.claim_batch), now, self._settings.lease_ms
-        )
-        claimed = await self._writer.submit_on_loop(claim, loop)
-        if claimed:
-            self._launch(claimed, now)
+        if await self.claim_once(free):
             return
+        now = self._clock.now_ms()
+        loop = asyncio.get_running_loop()
         next_due_op = self._queue.next_due_op(self.provider, now)
         next_due = await self._writer.submit_on_loop(next_due_op, loop)
         timeout = self._settings.idle_poll_s
         if next_due is not None:
             timeout = min(timeout, max(0.005, (next_due - now) / 1000))
         await self._sleep_or_wake(timeout)
+
+    async def claim_once(self, limit: int | None = None) -> int:
+        """Claim due pushes (up to `limit`) and start sending them; returns how many claimed."""
+        now = self._clock.now_ms()
+        size = self._settings.claim_batch
+        if limit is not None:
+            size = min(size, limit)
+        claim_op = self._queue.claim_op(self.provider, size, now, self._settings.lease_ms)
+        claim = await self._writer.submit_on_loop(claim_op, asyncio.get_running_loop())
+        if claim.dropped_unregistered:
+            self._counters.incr("pushes_dropped_unregistered", claim.dropped_unregistered)
+        if claim.deliveries:
+            self._launch(claim.deliveries, now)
+        return len(claim.deliveries) + claim.dropped_unregistered
+
+    async def _renew_forever(self) -> None:
+        interval = max(0.05, self._settings.lease_ms / 3000)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.renew_leases()
+            except StorageError as exc:
+                log.error("%s: leases could not be renewed (%s)", self.name, exc)
+
+    async def renew_leases(self) -> int:
+        """Extend the lease of every push still being sent; returns how many were extended."""
+        if not self._sending:
+            return 0
+        held = [(d.delivery_id, d.lease_token) for d in self._sending.values()]
+        lease_until = self._clock.now_ms() + self._settings.lease_ms
+        renew = self._queue.renew_op(held, lease_until)
+        renewed: int = await self._writer.submit_on_loop(renew, asyncio.get_running_loop())
+        return renewed
 
     async def _sleep_or_wake(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -149,8 +203,10 @@ class ProviderLane:
         pushes: list[tuple[ClaimedDelivery, Push]] = []
         expiration_s = 0
         for delivery in claimed:
-            if delivery.token_sealed is None:  # unregistered since the notify: nobody to push
-                immediate.done.append(delivery)
+            if delivery.delivery_id in self._sending:
+                # Still being sent here (the lease ran out while we waited): keep the new lease
+                # for the answer to come, rather than sending the push a second time.
+                self._sending[delivery.delivery_id] = delivery
                 continue
             if self._sender is None or now - delivery.created_at > self._settings.max_age_ms:
                 self._counters.incr(self._failed_counter)
@@ -174,19 +230,35 @@ class ProviderLane:
             )
             pushes.append((delivery, push))
         if immediate:
-            self._spawn(self._settle(immediate))
+            self._spawn_settle(immediate)
         if not pushes or self._sender is None:
             return
+        for delivery, _ in pushes:
+            self._sending[delivery.delivery_id] = delivery
         size = max(1, self._sender.batch_size)
         for start in range(0, len(pushes), size):
             chunk = pushes[start : start + size]
             self.in_flight += len(chunk)
             self._spawn(self._send(self._sender, chunk))
 
-    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.ensure_future(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _spawn_settle(self, settlement: Settlement) -> None:
+        task = self._spawn(self._settle(settlement))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    async def quiesce(self) -> None:
+        """Wait until every answer received so far is written (pushes may still be in flight)."""
+        while self._flush_scheduled or self._settling:
+            if self._settling:
+                await asyncio.wait(set(self._settling))
+            else:
+                await asyncio.sleep(0)
 
     # -- sending and judging ------------------------------------------------------------
 
@@ -201,8 +273,10 @@ class ProviderLane:
         finally:
             self.in_flight -= len(chunk)
             self._slot_freed.set()
-        now = self._now()
-        for (delivery, _), outcome in zip(chunk, outcomes, strict=True):
+        now = self._clock.now_ms()
+        for (sent, _), outcome in zip(chunk, outcomes, strict=True):
+            # The lease held now: a re-claim while this send ran may have replaced it.
+            delivery = self._sending.pop(sent.delivery_id, sent)
             self._judge(delivery, outcome, self._unsettled, now)
         if not self._flush_scheduled:
             self._flush_scheduled = True
@@ -212,7 +286,7 @@ class ProviderLane:
         """Write every result gathered since the last flush in one writer operation."""
         self._flush_scheduled = False
         settlement, self._unsettled = self._unsettled, Settlement()
-        self._spawn(self._settle(settlement))
+        self._spawn_settle(settlement)
 
     def _judge(
         self, delivery: ClaimedDelivery, outcome: PushOutcome, settlement: Settlement, now: int
@@ -235,8 +309,9 @@ class ProviderLane:
             log.warning("%s refused a push for good (%s); dropped", self.name, outcome.reason)
             settlement.done.append(delivery)
         elif verdict is Verdict.CONFIG_ERROR:
-            self._pause(outcome, now)
-            settlement.retry.append((delivery, self._paused_until_ms))
+            self._pause(outcome)
+            retry_at = now + int(max(0.0, self._paused_until_s - self._clock.monotonic_s()) * 1000)
+            settlement.retry.append((delivery, retry_at))
         else:
             self._note_transient(outcome)
             delay_ms = self._backoff_ms(delivery.attempts + 1, outcome.retry_after)
@@ -254,8 +329,9 @@ class ProviderLane:
     def _note_transient(self, outcome: PushOutcome) -> None:
         """One warning a minute at most, however many pushes fail while a provider is down."""
         self._transient_unlogged += 1
-        now = time.monotonic()
-        if now - self._transient_logged_at >= TRANSIENT_LOG_INTERVAL_S:
+        now = self._clock.monotonic_s()
+        last = self._transient_logged_at
+        if last is None or now - last >= TRANSIENT_LOG_INTERVAL_S:
             log.warning(
                 "%s: %d push(es) failed for now (latest: %s); retrying with backoff",
                 self.name,
@@ -273,14 +349,15 @@ class ProviderLane:
             delay = max(delay, retry_after)
         return int(delay * 1000)
 
-    def _pause(self, outcome: PushOutcome, now: int) -> None:
-        if self._paused_until_ms > now:
+    def _pause(self, outcome: PushOutcome) -> None:
+        now = self._clock.monotonic_s()
+        if self._paused_until_s > now:
             return  # already paused: say it once
         settings = self._settings
         self._pause_s = min(
             settings.config_pause_cap_s, max(settings.config_pause_s, self._pause_s * 2)
         )
-        self._paused_until_ms = now + int(self._pause_s * 1000)
+        self._paused_until_s = now + self._pause_s
         log.error(
             "%s refused our configuration (%s): check %s. Pausing %s pushes for %.0f s;"
             " nothing is deleted.",
@@ -296,17 +373,19 @@ class ProviderLane:
             return
         loop = asyncio.get_running_loop()
         try:
-            pruned = await self._writer.submit_on_loop(self._queue.settle_op(settlement), loop)
+            result = await self._writer.submit_on_loop(self._queue.settle_op(settlement), loop)
         except StorageError as exc:
             # The leases run out and the pushes go again: at-least-once, nothing lost.
             log.error("%s results could not be written (%s); they will be retried", self.name, exc)
             return
-        if pruned:
-            self._counters.incr("tokens_pruned", pruned)
+        if result.pruned:
+            self._counters.incr("tokens_pruned", result.pruned)
+        if result.stale:
+            self._counters.incr("stale_results", result.stale)
         if settlement.retry:
             self._wake.set()  # a retry may now be due sooner than the lane's idle sleep
         provider_answered = bool(settlement.done or settlement.dead_tokens)
-        if provider_answered and self._pause_s and self._paused_until_ms <= self._now():
+        if provider_answered and self._pause_s and not self.paused:
             self._pause_s = 0.0  # the provider works again
 
     # -- lifecycle ----------------------------------------------------------------------

@@ -16,6 +16,10 @@ COUNTER_NAMES = (
     "tokens_pruned",
     "deduplicated_number",
     "payload_trimmed_number",
+    # a queued push whose registration was gone or had changed hands when its turn came
+    "pushes_dropped_unregistered",
+    # a provider's answer that arrived after its lease had been taken over: nothing changed
+    "stale_results",
 )
 
 

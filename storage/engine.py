@@ -2,21 +2,30 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, insert, select
+from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
-from storage.schema import SCHEMA_VERSION, Base, schema_meta
+from storage.migrations import SchemaVersionError, upgrade
+
+log = logging.getLogger(__name__)
 
 
 class DatabaseConfigError(Exception):
     """DATABASE_URL names something the relay cannot use; the message says what."""
 
 
-def _sqlite_engine(url: str) -> Engine:
+# SQLITE_SYNCHRONOUS: FULL makes every commit durable across power loss (an fsync of the WAL
+# per commit, shared by every write of a group commit); NORMAL only survives a crash of the
+# process, and an answered notify may be rolled back by a power cut or kernel panic.
+SQLITE_SYNCHRONOUS_MODES = ("FULL", "NORMAL")
+
+
+def _sqlite_engine(url: str, synchronous: str) -> Engine:
     engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
     @event.listens_for(engine, "connect")
@@ -26,7 +35,7 @@ def _sqlite_engine(url: str) -> Engine:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute(f"PRAGMA synchronous={synchronous}")
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
@@ -38,7 +47,7 @@ def _sqlite_engine(url: str) -> Engine:
     return engine
 
 
-def make_engine(url: str, *, pool_size: int) -> Engine:
+def make_engine(url: str, *, pool_size: int, sqlite_synchronous: str = "FULL") -> Engine:
     try:
         parsed = make_url(url)
     except ArgumentError:
@@ -51,7 +60,11 @@ def make_engine(url: str, *, pool_size: int) -> Engine:
                     "DATABASE_URL: an in-memory SQLite database would lose every notification;"
                     " name a file"
                 )
-            return _sqlite_engine(url)
+            if sqlite_synchronous.upper() not in SQLITE_SYNCHRONOUS_MODES:
+                raise DatabaseConfigError(
+                    f"SQLITE_SYNCHRONOUS: expected FULL or NORMAL, got {sqlite_synchronous!r}"
+                )
+            return _sqlite_engine(url, sqlite_synchronous.upper())
         if backend == "postgresql":
             if parsed.get_driver_name() != "psycopg":
                 raise DatabaseConfigError(
@@ -68,27 +81,22 @@ def make_engine(url: str, *, pool_size: int) -> Engine:
 
 
 def create_schema(engine: Engine) -> None:
-    """Create missing tables (existing ones and their data are left alone)."""
+    """Create missing tables, or bring an earlier release's up to date (storage/migrations.py).
+
+    Existing data is kept. A database written by a newer release is refused.
+    """
     database = engine.url.database
     if engine.dialect.name == "sqlite" and database:
         Path(database).parent.mkdir(parents=True, exist_ok=True)
     try:
-        Base.metadata.create_all(engine)
         with engine.begin() as conn:
-            found = conn.execute(
-                select(schema_meta.c.value).where(schema_meta.c.key == "schema_version")
-            ).scalar()
-            if found is None:
-                conn.execute(
-                    insert(schema_meta).values(key="schema_version", value=str(SCHEMA_VERSION))
-                )
-            elif int(found) > SCHEMA_VERSION:
-                raise DatabaseConfigError(
-                    f"the database was written by a newer pn-relay (schema {found});"
-                    f" this one knows schema {SCHEMA_VERSION}"
-                )
+            found, now = upgrade(conn)
+    except SchemaVersionError as exc:
+        raise DatabaseConfigError(str(exc)) from None
     except SQLAlchemyError as exc:
         cause = getattr(exc, "orig", None) or exc
         raise DatabaseConfigError(
             f"cannot open the database: {type(cause).__name__}: {cause}"
         ) from exc
+    if found is not None and found != now:
+        log.info("database schema upgraded from version %d to %d", found, now)

@@ -4,8 +4,12 @@ Identifiers never appear in clear: Session IDs and group keys are keyed hashes (
 device tokens are sealed with an AEAD (`token_sealed`) beside a keyed hash for uniqueness.
 Times are integer milliseconds since the Unix epoch, UTC.
 
-Later features add tables; they never change these columns in place. `schema_meta` records
-the layout version so a future migration can tell what it is looking at.
+`schema_meta` records the layout version; storage/migrations.py brings a database written by
+an earlier release up to `SCHEMA_VERSION` at start, one numbered step at a time.
+
+Row ids are never handed out twice (SQLite `AUTOINCREMENT`, PostgreSQL sequences): a queued
+delivery names its registration by `(device_id, device_generation)`, and a reused id would
+let a push meant for one person's device reach another's.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # SQLite only autoincrements an INTEGER PRIMARY KEY; PostgreSQL gets a real BIGINT identity.
 Id64 = BigInteger().with_variant(Integer(), "sqlite")
@@ -41,7 +45,11 @@ class SchemaMeta(Base):
 
 
 class Device(Base):
-    """One device token, owned by exactly one Session ID."""
+    """One device token, owned by exactly one Session ID.
+
+    `generation` grows whenever the token changes owner or provider: a registration is the
+    pair (id, generation), and deliveries written for an earlier one are never pushed.
+    """
 
     __tablename__ = "devices"
     id: Mapped[int] = mapped_column(Id64, primary_key=True, autoincrement=True)
@@ -50,6 +58,8 @@ class Device(Base):
     session_hash: Mapped[bytes] = mapped_column(LargeBinary(32), index=True)
     provider: Mapped[int] = mapped_column(SmallInteger)
     registered_at: Mapped[int] = mapped_column(BigInteger)
+    generation: Mapped[int] = mapped_column(BigInteger, default=1, server_default="1")
+    __table_args__ = ({"sqlite_autoincrement": True},)
 
 
 class GroupMember(Base):
@@ -68,22 +78,33 @@ class Notification(Base):
     id: Mapped[int] = mapped_column(Id64, primary_key=True, autoincrement=True)
     data: Mapped[str] = mapped_column(Text)
     created_at: Mapped[int] = mapped_column(BigInteger)
+    __table_args__ = ({"sqlite_autoincrement": True},)
 
 
 class Delivery(Base):
-    """One push still owed to one device: the delivery queue (outbox)."""
+    """One push still owed to one registration: the delivery queue (outbox).
+
+    `(device_id, device_generation)` is the registration it was written for. A claim sets
+    `lease_until` and a fresh `lease_token`; a settlement changes the row only while it still
+    carries that token (compare-and-set), so a late answer to an expired lease changes nothing.
+    """
 
     __tablename__ = "deliveries"
     id: Mapped[int] = mapped_column(Id64, primary_key=True, autoincrement=True)
     notification_id: Mapped[int] = mapped_column(BigInteger, index=True)
-    device_id: Mapped[int] = mapped_column(BigInteger)
+    device_id: Mapped[int] = mapped_column(BigInteger, index=True)
+    device_generation: Mapped[int] = mapped_column(BigInteger, default=1, server_default="1")
     provider: Mapped[int] = mapped_column(SmallInteger)
     apns_id: Mapped[str] = mapped_column(String(36))
-    created_at: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[int] = mapped_column(BigInteger, index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     not_before: Mapped[int] = mapped_column(BigInteger)
     lease_until: Mapped[int] = mapped_column(BigInteger, default=0)
-    __table_args__ = (Index("ix_deliveries_due", "provider", "not_before"),)
+    lease_token: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    __table_args__ = (
+        Index("ix_deliveries_due", "provider", "not_before"),
+        {"sqlite_autoincrement": True},
+    )
 
 
 class NotifyDedup(Base):

@@ -52,8 +52,10 @@ class Tx:
         self._cursor.execute(statement.sql, statement.bind(values))
         return int(self._cursor.rowcount)
 
-    def execute_many(self, statement: Prepared, rows: Iterable[Mapping[str, Any]]) -> None:
+    def execute_many(self, statement: Prepared, rows: Iterable[Mapping[str, Any]]) -> int:
+        """Run a statement once per row; return the rows changed, summed over all of them."""
         self._cursor.executemany(statement.sql, [statement.bind(row) for row in rows])
+        return int(self._cursor.rowcount)
 
     def all(self, statement: Prepared, values: Mapping[str, Any]) -> list[tuple[Any, ...]]:
         self._cursor.execute(statement.sql, statement.bind(values))

@@ -16,9 +16,11 @@ from sqlalchemy import (
     LargeBinary,
     and_,
     bindparam,
+    case,
     delete,
     insert,
     literal_column,
+    or_,
     select,
     union_all,
 )
@@ -33,16 +35,25 @@ from storage.writer import BatchWriter
 Clock = Callable[[], int]
 T = TypeVar("T")
 
-DEVICE_COLUMNS = ("token_hash", "token_sealed", "session_hash", "provider", "registered_at")
+DEVICE_COLUMNS = (
+    "token_hash",
+    "token_sealed",
+    "session_hash",
+    "provider",
+    "registered_at",
+    "generation",
+)
 DELIVERY_COLUMNS = (
     "notification_id",
     "device_id",
+    "device_generation",
     "provider",
     "apns_id",
     "created_at",
     "attempts",
     "not_before",
     "lease_until",
+    "lease_token",
 )
 
 
@@ -57,6 +68,13 @@ class Statements:
             return Prepared.compile(statement, dialect, list(columns) if columns else None)
 
         upsert = dialect_insert(devices)
+        # A token that changes owner or provider is a new registration: its generation grows,
+        # and what was queued for the old one is deleted (below) or, if a concurrent notify
+        # slips one in, refused at claim time (storage/queue.py).
+        changed_hands = or_(
+            devices.c.session_hash != upsert.excluded.session_hash,
+            devices.c.provider != upsert.excluded.provider,
+        )
         self.upsert_device = prepare(
             upsert.on_conflict_do_update(
                 index_elements=[devices.c.token_hash],
@@ -65,12 +83,28 @@ class Statements:
                     "session_hash": upsert.excluded.session_hash,
                     "provider": upsert.excluded.provider,
                     "registered_at": upsert.excluded.registered_at,
+                    "generation": case(
+                        (changed_hands, devices.c.generation + 1), else_=devices.c.generation
+                    ),
                 },
-            ),
+            ).returning(devices.c.id, devices.c.generation),
             DEVICE_COLUMNS,
         )
+        self.drop_stale_deliveries = prepare(
+            delete(deliveries).where(
+                and_(
+                    deliveries.c.device_id == bindparam("device_id"),
+                    deliveries.c.device_generation != bindparam("generation"),
+                )
+            )
+        )
         self.delete_device = prepare(
-            delete(devices).where(devices.c.token_hash == bindparam("token_hash"))
+            delete(devices)
+            .where(devices.c.token_hash == bindparam("token_hash"))
+            .returning(devices.c.id)
+        )
+        self.drop_device_deliveries = prepare(
+            delete(deliveries).where(deliveries.c.device_id == bindparam("device_id"))
         )
         self.subscribe = prepare(
             dialect_insert(group_members).on_conflict_do_nothing(),
@@ -87,14 +121,16 @@ class Statements:
         self.clear_groups = prepare(
             delete(group_members).where(group_members.c.session_hash == bindparam("session_hash"))
         )
-        self.insert_member = prepare(insert(group_members), ("group_hash", "session_hash"))
 
         target = bindparam("target", type_=LargeBinary)
         own_devices = select(
-            devices.c.id, devices.c.provider, literal_column("0").label("via_group")
+            devices.c.id,
+            devices.c.generation,
+            devices.c.provider,
+            literal_column("0").label("via_group"),
         ).where(devices.c.session_hash == target)
         member_devices = (
-            select(devices.c.id, devices.c.provider, literal_column("1"))
+            select(devices.c.id, devices.c.generation, devices.c.provider, literal_column("1"))
             .select_from(
                 group_members.join(devices, devices.c.session_hash == group_members.c.session_hash)
             )
@@ -142,10 +178,16 @@ class RelayStore:
             "token_sealed": self._protect.seal_token(token),
             "session_hash": self._protect.identity(session_id),
             "provider": int(provider),
+            "generation": 1,
         }
 
     def _upsert_device(self, tx: Tx, row: dict[str, Any]) -> None:
-        tx.execute(self._sql.upsert_device, {**row, "registered_at": self._now()})
+        ((device_id, generation),) = tx.all(
+            self._sql.upsert_device, {**row, "registered_at": self._now()}
+        )
+        tx.execute(
+            self._sql.drop_stale_deliveries, {"device_id": device_id, "generation": generation}
+        )
 
     def register_op(self, token: str, session_id: str, provider: Provider) -> Callable[[Tx], None]:
         """The token now belongs to `session_id` (moved there if another owned it)."""
@@ -167,14 +209,24 @@ class RelayStore:
             self._upsert_device(tx, row)
             tx.execute(self._sql.clear_groups, {"session_hash": session_hash})
             if members:
-                tx.execute_many(self._sql.insert_member, members)
+                # "do nothing" on a conflict: a concurrent writer (another process, on
+                # PostgreSQL) may have inserted the same membership since our delete.
+                tx.execute_many(self._sql.subscribe, members)
 
         return operation
 
     def unregister_op(self, token: str) -> Callable[[Tx], bool]:
-        """Forget the token; True if it was registered."""
+        """Forget the token and what was queued for it; True if it was registered."""
         params = {"token_hash": self._protect.token_hash(token)}
-        return lambda tx: tx.execute(self._sql.delete_device, params) > 0
+        sql = self._sql
+
+        def operation(tx: Tx) -> bool:
+            removed = tx.all(sql.delete_device, params)
+            for (device_id,) in removed:
+                tx.execute(sql.drop_device_deliveries, {"device_id": device_id})
+            return bool(removed)
+
+        return operation
 
     def _membership(self, group_key: str, session_id: str) -> dict[str, bytes]:
         return {
@@ -208,31 +260,37 @@ class RelayStore:
             rows = tx.all(sql.recipients, target)
             if not rows:
                 return NotifyOutcome(deliveries=0, via_group=False, duplicate=False)
-            via_group = any(via for _, _, via in rows)
+            via_group = any(via for *_, via in rows)
             now = self._now()
             if dedup_key is not None:
                 claim = {"key_hash": dedup_key, "expires_at": now + dedup_window_ms, "now": now}
                 if not tx.execute(sql.claim_dedup, claim):
                     return NotifyOutcome(deliveries=0, via_group=via_group, duplicate=True)
             notification_id = tx.scalar(sql.insert_notification, {"data": data, "created_at": now})
-            providers = {device_id: provider for device_id, provider, _ in rows}
+            registrations = {
+                device_id: (generation, provider) for device_id, generation, provider, _ in rows
+            }
             tx.execute_many(
                 sql.insert_delivery,
                 [
                     {
                         "notification_id": notification_id,
                         "device_id": device_id,
+                        "device_generation": generation,
                         "provider": provider,
                         "apns_id": str(uuid.uuid4()),
                         "created_at": now,
                         "attempts": 0,
                         "not_before": now,
                         "lease_until": 0,
+                        "lease_token": 0,
                     }
-                    for device_id, provider in providers.items()
+                    for device_id, (generation, provider) in registrations.items()
                 ],
             )
-            return NotifyOutcome(deliveries=len(providers), via_group=via_group, duplicate=False)
+            return NotifyOutcome(
+                deliveries=len(registrations), via_group=via_group, duplicate=False
+            )
 
         return operation
 

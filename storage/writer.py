@@ -43,6 +43,8 @@ class WriterClosedError(StorageError):
 
 
 _STOP = object()
+RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})  # deadlock detected, serialization failure
+RETRIES_ON_CONFLICT = 4
 
 # Where an operation's result goes: a thread's Future, or an asyncio future on some loop.
 Target = Future[Any] | tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]"]
@@ -145,7 +147,7 @@ class BatchWriter:
         settled: list[Settled] = []
         for operation, target in batch:
             try:
-                (result,) = self._transaction([operation])
+                (result,) = self._transaction_retrying([operation])
             except self._dbapi_error as exc:
                 settled.append((target, False, StorageError(type(exc).__name__)))
             except Exception as exc:  # noqa: BLE001 - handed to the waiting caller
@@ -171,6 +173,19 @@ class BatchWriter:
             # RuntimeError: the loop closed while we wrote, so nobody is waiting.
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_resolve_on_loop, items)
+
+    def _transaction_retrying(self, operations: list[Operation]) -> list[Any]:
+        """A transaction, run again when PostgreSQL chose it as a deadlock's or a
+        serialisation conflict's victim: another process's concurrent write, not our error."""
+        for attempt in range(RETRIES_ON_CONFLICT):
+            try:
+                return self._transaction(operations)
+            except self._dbapi_error as exc:
+                sqlstate = getattr(exc, "sqlstate", None)
+                if sqlstate not in RETRYABLE_SQLSTATES or attempt == RETRIES_ON_CONFLICT - 1:
+                    raise
+                log.debug("write conflict (%s); running the transaction again", sqlstate)
+        raise AssertionError("unreachable")
 
     def _transaction(self, operations: list[Operation]) -> list[Any]:
         if self._connection is None:
