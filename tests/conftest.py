@@ -2,33 +2,22 @@
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
-import psycopg
 import pytest
 
 from tests.providers import Providers, start_providers
-from tests.support import POSTGRES_URL_VARIABLE, RunningRelay, postgres_base_url, relay_settings
+from tests.support import (
+    POSTGRES_URL_VARIABLE,
+    RunningRelay,
+    postgres_base_url,
+    postgres_schema_url,
+    relay_settings,
+)
 
 BACKENDS = ["sqlite", "postgresql"]
-
-
-def _postgres_schema_url(base: str) -> Iterator[str]:
-    """A fresh schema per test, so tests never see each other's rows."""
-    schema = "t_" + secrets.token_hex(6)
-    plain = base.replace("postgresql+psycopg://", "postgresql://")
-    with psycopg.connect(plain, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-    separator = "&" if "?" in base else "?"
-    try:
-        yield f"{base}{separator}options={quote(f'-csearch_path={schema}')}"
-    finally:
-        with psycopg.connect(plain, autocommit=True) as conn:
-            conn.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
 @pytest.fixture(params=BACKENDS)
@@ -39,7 +28,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     base = postgres_base_url()
     if base is None:
         pytest.skip(f"PostgreSQL tests need {POSTGRES_URL_VARIABLE} (set by .ci/run)")
-    yield from _postgres_schema_url(base)
+    yield from postgres_schema_url(base)
 
 
 @pytest.fixture
