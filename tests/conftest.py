@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -73,3 +73,53 @@ def pushing_relay(
 ) -> RunningRelay:
     """A relay on SQLite whose dispatcher pushes to the sandbox providers."""
     return start_relay(sqlite_url, dispatch=True, **providers.settings)
+
+
+# -- interop tests may not be skipped (issue 8) ------------------------------------------------
+
+INTEROP_MARK = "pytest.mark.interop"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "interop: checked against public vectors; a skip of one fails the run"
+    )
+
+
+def _skip_reason(report: pytest.TestReport | pytest.CollectReport) -> str:
+    if isinstance(report.longrepr, tuple):  # (path, line, "Skipped: reason")
+        return str(report.longrepr[2])
+    return str(report.longrepr)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A skipped (or xfailed) `interop` test is reported as a failure that says why."""
+    report = yield
+    if report.skipped and item.get_closest_marker("interop") is not None:
+        reason = getattr(report, "wasxfail", "") or _skip_reason(report)
+        if hasattr(report, "wasxfail"):
+            del report.wasxfail
+        report.outcome = "failed"
+        report.longrepr = f"an interop test may not skip or xfail, and this one did: {reason}"
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(
+    collector: pytest.Collector,
+) -> Generator[None, pytest.CollectReport, pytest.CollectReport]:
+    """The same for a whole module of interop tests skipped at import (importorskip...)."""
+    report = yield
+    if (
+        report.skipped
+        and isinstance(collector, pytest.Module)
+        and INTEROP_MARK in collector.path.read_text()
+    ):
+        report.outcome = "failed"
+        report.longrepr = (
+            f"a module of interop tests may not skip, and this one did: {_skip_reason(report)}"
+        )
+    return report
