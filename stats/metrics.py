@@ -42,7 +42,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine, text
 
-from stats.auth import WWW_AUTHENTICATE, StatsAuth
+from stats.auth import THROTTLED_MESSAGE, WWW_AUTHENTICATE, StatsAuth, Verdict
 from stats.counters import COUNTER_NAMES, Counters
 from storage.records import Provider
 
@@ -295,10 +295,16 @@ def create_metrics_blueprint(
 
         @blueprint.get("/metrics")
         def prometheus_metrics() -> Response:
-            if auth is not None and not auth.check_header(request.headers.get("Authorization")):
-                return _plain(
-                    401, "authentication required", [("WWW-Authenticate", WWW_AUTHENTICATE)]
-                )
+            if auth is not None:
+                verdict = auth.verify_header(request.headers.get("Authorization"))
+                if verdict is Verdict.THROTTLED:
+                    return _plain(
+                        429, THROTTLED_MESSAGE, [("Retry-After", str(auth.retry_after()))]
+                    )
+                if verdict is not Verdict.OK:
+                    return _plain(
+                        401, "authentication required", [("WWW-Authenticate", WWW_AUTHENTICATE)]
+                    )
             return Response(metrics.render(), status=200, content_type=CONTENT_TYPE_LATEST)
 
     return blueprint
