@@ -109,6 +109,8 @@ def without_onion_routes(app: Flask) -> WSGIApp:
             endpoint, _ = app.url_map.bind_to_environ(environ).match()
         except HTTPException:  # 404, 405, a redirect: the app answers those itself
             endpoint = ""
+        except Exception:  # noqa: BLE001 - unroutable: Flask's own handlers answer it
+            endpoint = ""
         if isinstance(endpoint, str) and endpoint.startswith(f"{ONION_BLUEPRINT}."):
             response: Iterable[bytes] = plain_error(404, "Not Found")(environ, start_response)
             return response

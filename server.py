@@ -245,7 +245,7 @@ class Relay:
             [
                 *onion_routes,
                 (HEALTH_PATH, HealthHandler, {"probe": self.health, "errors": errors}),
-                (r".*", GuardedFallbackHandler, {"fallback": wsgi}),
+                (r".*", GuardedFallbackHandler, {"fallback": wsgi, "errors": errors}),
             ],
             log_function=lambda handler: log_server_errors(handler, errors),
         )

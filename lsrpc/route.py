@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from flask import Blueprint, Response, request
+from tornado.httputil import HTTPServerRequest
 from tornado.web import FallbackHandler
 
 from lsrpc.endpoint import HttpAnswer, OnionEndpoint
@@ -61,7 +62,7 @@ class LsrpcHandler(PlainErrorsHandler):
         self.finish(answer.body)
 
 
-class GuardedFallbackHandler(FallbackHandler):
+class GuardedFallbackHandler(PlainErrorsHandler, FallbackHandler):
     """Everything but the exact onion paths goes to the WSGI app, except aliases of them.
 
     `POST /loki/v2/%6Csrpc`, `//loki/v2/lsrpc`, `/LOKI/v2/lsrpc/` and the like miss the fast
@@ -70,11 +71,16 @@ class GuardedFallbackHandler(FallbackHandler):
     on the IOLoop, with the same plain 404 as any unknown path.
     """
 
+    def initialize(  # type: ignore[override]
+        self, fallback: Callable[[HTTPServerRequest], None], errors: RateLimitedLog
+    ) -> None:
+        PlainErrorsHandler.initialize(self, errors)
+        FallbackHandler.initialize(self, fallback)
+
     def prepare(self) -> None:
         if is_onion_alias(self.request.path):
             self.set_status(404)
             self.set_header("Content-Type", "text/plain; charset=utf-8")
-            self.clear_header("Server")
             self.finish("Not Found\n")
             return
         super().prepare()
