@@ -46,7 +46,8 @@
 # are pushed without their data, and the app shows a generic notification.
 # MAX_DATA_BYTES = 8192
 
-# Worker threads for the Flask routes (statistics, health). Onion requests do not use them.
+# Worker threads for the Flask routes (statistics, metrics). Onion requests and /healthz do
+# not use them.
 # WEB_THREADS = 16
 
 # Database connection pool size; 0: WEB_THREADS + 4.

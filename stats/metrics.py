@@ -281,7 +281,8 @@ def create_metrics_blueprint(
     """`GET /healthz` always; `GET /metrics` when `metrics` is given.
 
     With `auth`, /metrics asks for the same Basic credentials as the statistics endpoint (its
-    numbers are the same traffic figures); /healthz is open and says only ok or why not.
+    numbers are the same traffic figures); /healthz is open and says only ok or why not. (A
+    running relay serves /healthz on the IOLoop instead, with the same answer: stats/healthz.py.)
     `dispatcher_alive` None means there is no dispatcher to check.
     """
     blueprint = Blueprint("metrics", __name__)
