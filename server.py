@@ -21,26 +21,28 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Engine
 from tornado.httpserver import HTTPServer
-from tornado.web import Application, FallbackHandler, RequestHandler
+from tornado.web import Application, RequestHandler
 from tornado.wsgi import WSGIContainer
 
-from app import AppParts, create_app, create_onion_endpoint
+from app import AppParts, create_app, create_onion_endpoint, without_onion_routes
 from handlers.endpoints import HandlerContext
 from handlers.runner import OutcomeRunner
-from lsrpc.endpoint import V2_PATH, V4_PATH
 from lsrpc.keys import (
     KeyFileError,
     ServerKeypair,
     load_or_create_hex_secret,
     load_or_create_keypair,
 )
-from lsrpc.route import LsrpcHandler
+from lsrpc.paths import V2_PATH, V4_PATH
+from lsrpc.route import GuardedFallbackHandler, LsrpcHandler
 from push.dispatcher import Dispatcher, DispatchSettings, LatencyObserver, ProviderLane
 from push.outcome import ProviderSender
 from push.senders import DeliveryConfigError, build_senders
 from settings import Settings, SettingsError, load_settings
 from stats.auth import StatsAuth
 from stats.counters import Counters
+from stats.healthz import PATH as HEALTH_PATH
+from stats.healthz import HealthHandler, HealthProbe
 from stats.metrics import RelayMetrics
 from stats.rollup import MinuteRollup, RetentionJob, StatsJobs
 from stats.schema import create_stats_schema
@@ -51,6 +53,8 @@ from storage.queue import DeliveryQueue
 from storage.records import Provider
 from storage.store import RelayStore
 from storage.writer import BatchWriter, StorageError
+from web.connections import CappedHTTPServer, fit_to_file_limit
+from web.errorlog import RateLimitedLog
 
 log = logging.getLogger("pn_relay")
 
@@ -151,16 +155,21 @@ class Relay:
         self.store = RelayStore(self.engine, self.writer, self.protector, clock.now_ms)
         self.counters = Counters()
         self.in_flight = InFlight()
+        self.errors = RateLimitedLog(log)  # unexpected errors: a line per kind and minute
         try:
             stats_auth = StatsAuth(
                 settings.STATS_USERNAME,
                 settings.STATS_PASSWORD or None,
                 settings.STATS_PASSWORD_HASH or None,
+                threads=settings.STATS_AUTH_THREADS,
+                max_pending=settings.STATS_AUTH_MAX_PENDING,
+                failures_per_minute=settings.STATS_AUTH_FAILURES_PER_MINUTE,
             )
         except ValueError as exc:  # both set, or a malformed hash: one line, at start
             self.writer.close()
             self.engine.dispose()
             raise StartupError(str(exc)) from None
+        self.stats_auth = stats_auth
         if not stats_auth.configured:
             log.warning(
                 "the statistics endpoint refuses everyone: set STATS_USERNAME and"
@@ -215,11 +224,13 @@ class Relay:
             metrics_public=settings.METRICS_PUBLIC,
             dispatcher_alive=self._dispatcher_alive,
             clock_ms=now_ms,
+            errors=self.errors,
         )
         self.onion = create_onion_endpoint(parts)
+        self.health = HealthProbe(self.engine, self._dispatcher_alive)
         self.app = create_app(parts, self.onion)
         self.executor = ThreadPoolExecutor(settings.WEB_THREADS, thread_name_prefix="web")
-        self.http: HTTPServer | None = None
+        self.http: CappedHTTPServer | None = None
         self.port: int | None = None
         self._housekeeping: asyncio.Task[None] | None = None
 
@@ -242,21 +253,27 @@ class Relay:
         return count, age
 
     def tornado_app(self) -> Application:
-        """The onion paths on Tornado directly (the fast path), all else on the Flask app."""
+        """The onion paths and /healthz on Tornado directly (on the IOLoop), all else on the
+        Flask app; aliases of the onion paths reach neither Flask nor a web thread."""
         wsgi = WSGIContainer(
-            self.in_flight.wrap_wsgi(self.app.wsgi_app),
+            self.in_flight.wrap_wsgi(without_onion_routes(self.app)),
             executor=self.executor,
         )
+        errors = self.errors
         onion_routes = [
-            (path, LsrpcHandler, {"answer": self.in_flight.wrap_async(answer)})
+            (path, LsrpcHandler, {"answer": self.in_flight.wrap_async(answer), "errors": errors})
             for path, answer in (
                 (V2_PATH, self.onion.answer_v2_async),
                 (V4_PATH, self.onion.answer_v4_async),
             )
         ]
         return Application(
-            [*onion_routes, (r".*", FallbackHandler, {"fallback": wsgi})],
-            log_function=log_server_errors,
+            [
+                *onion_routes,
+                (HEALTH_PATH, HealthHandler, {"probe": self.health, "errors": errors}),
+                (r".*", GuardedFallbackHandler, {"fallback": wsgi, "errors": errors}),
+            ],
+            log_function=lambda handler: log_server_errors(handler, errors),
         )
 
     async def start(self, *, dispatch: bool = True) -> None:
@@ -264,7 +281,14 @@ class Relay:
         # Tornado refuses bodies past its own limit with a bare 400 before any handler sees
         # them; keep it well above MAX_BODY_BYTES so oversized bodies get a clear 413.
         tornado_limit = max(4 * self.settings.MAX_BODY_BYTES, 1024 * 1024)
-        self.http = HTTPServer(self.tornado_app(), max_body_size=tornado_limit, xheaders=False)
+        self.http = CappedHTTPServer(
+            self.tornado_app(),
+            max_body_size=tornado_limit,
+            xheaders=False,
+            idle_connection_timeout=self.settings.IDLE_CONNECTION_TIMEOUT,
+            body_timeout=self.settings.BODY_TIMEOUT,
+            max_connections=fit_to_file_limit(self.settings.MAX_CONNECTIONS),
+        )
         self.http.listen(
             self.settings.PORT, address=self.settings.HOST, reuse_port=self.settings.REUSE_PORT
         )
@@ -316,6 +340,8 @@ class Relay:
 
     def _close_blocking(self) -> None:
         self.executor.shutdown(wait=True)
+        self.health.close()
+        self.stats_auth.close()
         with contextlib.suppress(StorageError):
             self.writer.submit(self.heartbeat.op())
         self.writer.close()
@@ -356,11 +382,15 @@ def build_dispatcher(
     return Dispatcher(lanes)
 
 
-def log_server_errors(handler: RequestHandler) -> None:
-    """Tornado's per-request log, reduced to server errors (never a client's data)."""
+def log_server_errors(handler: RequestHandler, errors: RateLimitedLog) -> None:
+    """Tornado's per-request log, reduced to server errors (never a client's data), at most
+    a line per status and minute."""
     status = handler.get_status()
     if status >= 500:
-        log.error("%d %s %s", status, handler.request.method, handler.request.path)
+        method = handler.request.method
+        errors.log(
+            logging.ERROR, f"status {status}", "%d %s %s", status, method, type(handler).__name__
+        )
 
 
 def _bound_port(http: HTTPServer) -> int:
