@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +18,38 @@ class DatabaseConfigError(Exception):
     """DATABASE_URL names something the relay cannot use; the message says what."""
 
 
+PRIVATE_FILE_MODE = 0o600
+PRIVATE_DIR_MODE = 0o700
+
+
+def prepare_private_sqlite_file(database: str) -> None:
+    """Make the database file owner-only (0600) before SQLite opens it.
+
+    A directory we create for it is 0700. SQLite creates the -wal and -shm files with the
+    database file's own mode, so they are owner-only too; any left readable by an older
+    version are tightened here. Directories that already exist are left as they are.
+    """
+    path = Path(database)
+    # Any OSError here (no such directory, read-only, not ours) is left for SQLite to report
+    # when it opens the file, as the one-line DatabaseConfigError it becomes.
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+    with contextlib.suppress(OSError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE))
+    for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        with contextlib.suppress(OSError):
+            if name.stat().st_mode & 0o077:
+                name.chmod(PRIVATE_FILE_MODE)
+
+
 def _sqlite_engine(url: str) -> Engine:
     engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+    database = engine.url.database
+
+    @event.listens_for(engine, "do_connect")
+    def _before_connect(*_args: Any) -> None:
+        if database:
+            prepare_private_sqlite_file(database)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -71,7 +103,7 @@ def create_schema(engine: Engine) -> None:
     """Create missing tables (existing ones and their data are left alone)."""
     database = engine.url.database
     if engine.dialect.name == "sqlite" and database:
-        Path(database).parent.mkdir(parents=True, exist_ok=True)
+        Path(database).parent.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
     try:
         Base.metadata.create_all(engine)
         with engine.begin() as conn:
