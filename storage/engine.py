@@ -25,15 +25,14 @@ PRIVATE_DIR_MODE = 0o700
 def prepare_private_sqlite_file(database: str) -> None:
     """Make the database file owner-only (0600) before SQLite opens it.
 
-    A directory we create for it is 0700. SQLite creates the -wal and -shm files with the
-    database file's own mode, so they are owner-only too; any left readable by an older
-    version are tightened here. Directories that already exist are left as they are.
+    SQLite creates the -wal and -shm files with the database file's own mode, so they are
+    owner-only too; any left readable by an older version are tightened here. The directory
+    is create_schema's business (0700 when it makes it); a missing one is not made here, so
+    that a vanished directory still reads as an unreachable database.
     """
     path = Path(database)
     # Any OSError here (no such directory, read-only, not ours) is left for SQLite to report
     # when it opens the file, as the one-line DatabaseConfigError it becomes.
-    with contextlib.suppress(OSError):
-        path.parent.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
     with contextlib.suppress(OSError):
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE))
     for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
