@@ -53,7 +53,7 @@ def parse_key_text(text: str, *, where: str) -> bytes:
 
 def write_secret_file(path: Path, content: str) -> None:
     """Create `path` with mode 0600 atomically; never overwrite an existing file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # DATA_DIR: owner only
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(content)
