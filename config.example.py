@@ -107,8 +107,12 @@
 # A URL replacing https://fcm.googleapis.com (for a local fake FCM: python -m sandbox).
 # FCM_ENDPOINT = ""
 
-# Most FCM pushes awaiting an answer at once. firebase-admin's HTTP client keeps at most 100
-# connections; more in flight would only queue there and time out.
+# A CA file to trust for an https FCM_ENDPOINT's certificate (the sandbox's test CA), and for
+# the service account's token endpoint besides the usual CAs. None: the system's CAs only.
+# FCM_CA_FILE = None
+
+# Most FCM pushes awaiting an answer at once, multiplexed over a few HTTP/2 connections
+# (HTTP/1.1: a pool of 16 kept-alive connections, where more in flight only queue).
 # FCM_MAX_IN_FLIGHT = 100
 
 # -- Delivery: retries --------------------------------------------------------------------

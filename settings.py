@@ -63,6 +63,8 @@ class Settings:
     STATS_RETENTION_DAYS: int = 400
     METRICS_ENABLED: bool = True
     METRICS_PUBLIC: bool = False
+    # -- fcm-h2
+    FCM_CA_FILE: Path | None = None
 
     # -- derived paths ------------------------------------------------------------------
     @property

@@ -18,10 +18,12 @@ class Providers:
     settings: dict[str, Any]
 
 
-def start_providers(directory: Path) -> Iterator[Providers]:
+def start_providers(directory: Path, *, fcm_tls: bool = True) -> Iterator[Providers]:
+    """The fake FCM speaks HTTP/2 over TLS, as Google's does; `fcm_tls=False`: plain http://,
+    where the relay falls back to HTTP/1.1."""
     apns = FakeApns.create(directory / "apns")
     apns.start()
-    fcm = FakeFcm.create(directory / "fcm")
+    fcm = FakeFcm.create(directory / "fcm", use_tls=fcm_tls)
     fcm.start()
     try:
         account = fcm.write_service_account(directory / "service-account.json")
@@ -33,6 +35,7 @@ def start_providers(directory: Path) -> Iterator[Providers]:
             "APNS_CA_FILE": apns.tls.ca_file,
             "FCM_SERVICE_ACCOUNT_FILE": account.file,
             "FCM_ENDPOINT": fcm.base_url,
+            "FCM_CA_FILE": fcm.tls.ca_file if fcm.tls else None,
             "PUSH_RETRY_BASE": 0.05,
         }
         yield Providers(apns=apns, fcm=fcm, settings=settings)
