@@ -192,9 +192,7 @@ def endpoint_for(config: FCMConfig, project_id: str) -> Endpoint:
         raise ValueError(f"not an http(s) URL: {config.endpoint!r}")
     context: ssl.SSLContext | None = None
     if url.scheme == "https":
-        context = ssl.create_default_context(
-            cafile=str(config.ca_file) if config.ca_file else None
-        )
+        context = ssl.create_default_context(cafile=str(config.ca_file) if config.ca_file else None)
         context.set_alpn_protocols(["h2", "http/1.1"])
     port = url.port or (443 if context is not None else 80)
     path = f"{url.path.rstrip('/')}/v1/projects/{quote(project_id, safe='')}/messages:send"
@@ -293,9 +291,9 @@ class FCMSender(ProviderSender):
                     outcomes[index] = PushOutcome.transient("timeout")
                 break
         result: list[PushOutcome] = []
-        for outcome, cut in zip(outcomes, trimmed, strict=True):
-            assert outcome is not None
-            result.append(outcome.with_trimmed() if cut else outcome)
+        for answer, cut in zip(outcomes, trimmed, strict=True):
+            assert answer is not None
+            result.append(answer.with_trimmed() if cut else answer)
         return result
 
     async def _round(

@@ -55,9 +55,17 @@ class _TimedRequest(google.auth.transport.requests.Request):
         super().__init__(session)
         self._timeout_s = timeout_s
 
-    def __call__(self, url: str, method: str = "GET", **kwargs: Any) -> Any:
-        kwargs["timeout"] = self._timeout_s
-        return super().__call__(url, method, **kwargs)
+    def __call__(
+        self,
+        url: Any,
+        method: Any = "GET",
+        body: Any = None,
+        headers: Any = None,
+        timeout: Any = None,
+        **kwargs: Any,
+    ) -> Any:
+        call = super().__call__
+        return call(url, method, body, headers, timeout=self._timeout_s, **kwargs)  # type: ignore[no-untyped-call]
 
 
 class AccessTokens:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from typing import Any, Protocol
 
 from h2.config import H2Configuration
@@ -41,6 +42,9 @@ from h2.settings import SettingCodes
 from hpack import Encoder
 
 from push.exchange import Exchange
+
+# hpack logs every header it encodes or decodes at DEBUG, the bearer token included: never.
+logging.getLogger("hpack").setLevel(logging.WARNING)
 
 # Our receive windows: large, so the server never waits for our WINDOW_UPDATEs.
 RECEIVE_WINDOW = 1 << 20
@@ -82,9 +86,7 @@ class _Client(H2Connection):
 class H2ClientConnection(asyncio.Protocol):
     protocol = "h2"
 
-    def __init__(
-        self, listener: PoolListener, authority: str, path: str, max_streams: int
-    ) -> None:
+    def __init__(self, listener: PoolListener, authority: str, path: str, max_streams: int) -> None:
         self._listener = listener
         self._authority = authority.encode()
         self._path = path.encode()

@@ -269,6 +269,8 @@ class _Handler(web.RequestHandler):
 
 class _TokenHandler(_Handler):
     async def post(self) -> None:
+        if self.fake.token_delay > 0:
+            await asyncio.sleep(self.fake.token_delay)
         status, body = self.fake._grant(
             self.get_body_argument("grant_type", ""),
             self.get_body_argument("assertion", ""),
@@ -350,6 +352,8 @@ class FakeFcm(LoopServer):
         self.pushes: Recorder[FcmPush] = Recorder()
         #: Seconds added before every ``messages:send`` answer (a globally slow server).
         self.global_delay = 0.0
+        #: Seconds before every OAuth token answer (a slow or hung token endpoint).
+        self.token_delay = 0.0
         self.connections_total = 0
         self.tokens_issued = 0
         self._down = False
@@ -401,10 +405,11 @@ class FakeFcm(LoopServer):
     def connections_open(self) -> int:
         return sum(1 for stream in list(self._streams) if not stream.closed())
 
-    def client_ssl_context(self) -> ssl.SSLContext:
+    def client_ssl_context(self, alpn: Iterable[str] | None = None) -> ssl.SSLContext:
+        """A client context trusting this fake's CA (offering ALPN ``alpn``, if given)."""
         if self.tls is None:
             raise RuntimeError("this fake FCM runs without TLS")
-        return client_ssl_context(self.tls)
+        return client_ssl_context(self.tls, alpn)
 
     def write_service_account(self, path: str | os.PathLike[str]) -> ServiceAccount:
         """Write the service-account JSON (``token_uri`` → this fake) for firebase-admin."""
@@ -564,7 +569,7 @@ class FakeFcm(LoopServer):
             form.get("grant_type", [""])[0], form.get("assertion", [""])[0]
         )
         json_type["Cache-Control"] = "no-cache, no-store, max-age=0"
-        return Reply(status, json_type, answer)
+        return Reply(status, json_type, answer, self.token_delay)
 
     def _send(
         self, project: str, headers: Mapping[str, str], raw: bytes, http_version: str
@@ -699,7 +704,7 @@ class FakeFcm(LoopServer):
         if kind is Kind.OK:
             message_id = f"0:{time.time_ns() // 1000}%{secrets.token_hex(8)}"
             name = f"projects/{project}/messages/{message_id}"
-            body = json.dumps({"name": name}, indent=2).encode()
+            body = b'{\n  "name": ' + json.dumps(name).encode() + b"\n}"  # Google's indent
             return _Outcome(200, body, behaviour=behaviour, message_id=name, headers=headers)
         if kind is Kind.DROP or kind is Kind.GOAWAY:
             return _Outcome(0, b"", behaviour=behaviour)
