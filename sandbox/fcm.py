@@ -162,6 +162,7 @@ class FcmPush:
     message_id: str
     validate_only: bool
     http_version: str = "HTTP/1.1"
+    connection_id: int = 0  # which connection (numbered from 1 as they come) carried it
 
     @property
     def message(self) -> dict[str, Any]:
@@ -224,6 +225,8 @@ class _HTTPServer(HTTPServer):
             abort_stream(stream)
             return None
         fake._streams.add(stream)
+        fake._next_connection_id += 1
+        fake._connection_ids[stream] = fake._next_connection_id
         if isinstance(stream, iostream.SSLIOStream):
             return self._negotiate(stream, address)
         super().handle_stream(stream, address)
@@ -241,7 +244,8 @@ class _HTTPServer(HTTPServer):
         if alpn != "h2":
             super().handle_stream(stream, address)
             return
-        session = H2Session(self.fake, stream, self.fake._h2_request)
+        connection_id = self.fake._connection_ids.get(stream, 0)
+        session = H2Session(self.fake, stream, self.fake._h2_request, connection_id)
         self.fake._sessions.add(session)
         try:
             await session.run()
@@ -281,7 +285,10 @@ class _TokenHandler(_Handler):
 class _SendHandler(_Handler):
     async def post(self, project: str) -> None:
         headers = {name.lower(): value for name, value in self.request.headers.get_all()}
-        reply = self.fake._send(project, headers, self.request.body, "HTTP/1.1")
+        connection = self.request.connection
+        stream = getattr(connection, "stream", None)
+        connection_id = self.fake._connection_ids.get(stream, 0) if stream is not None else 0
+        reply = self.fake._send(project, headers, self.request.body, "HTTP/1.1", connection_id)
         if reply.delay > 0:
             await asyncio.sleep(reply.delay)
         if reply.action:  # drop or goaway: HTTP/1.1 can only close the connection
@@ -355,11 +362,18 @@ class FakeFcm(LoopServer):
         #: Seconds before every OAuth token answer (a slow or hung token endpoint).
         self.token_delay = 0.0
         self.connections_total = 0
+        #: HTTP/2 streams refused (over SETTINGS_MAX_CONCURRENT_STREAMS), reset by clients.
+        self.streams_refused = 0
+        self.streams_reset = 0
         self.tokens_issued = 0
         self._down = False
         self._server: _HTTPServer | None = None
         self._streams: weakref.WeakSet[iostream.IOStream] = weakref.WeakSet()
         self._sessions: set[H2Session] = set()
+        self._connection_ids: weakref.WeakKeyDictionary[iostream.IOStream, int] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._next_connection_id = 0
         self._app = web.Application(
             [
                 (r"/token", _TokenHandler, {"fake": self}),
@@ -551,7 +565,7 @@ class FakeFcm(LoopServer):
         return 200, json.dumps(body).encode()
 
     # -- requests --------------------------------------------------------------------------------
-    def _h2_request(self, headers: Mapping[str, str], body: bytes) -> Reply:
+    def _h2_request(self, headers: Mapping[str, str], body: bytes, connection_id: int) -> Reply:
         """Route one HTTP/2 request as the Tornado application routes HTTP/1.1 ones."""
         path = headers.get(":path", "").partition("?")[0]
         method = headers.get(":method", "")
@@ -563,7 +577,7 @@ class FakeFcm(LoopServer):
         if method != "POST":
             return Reply(405, json_type, fcm_error_body(405, "Method Not Allowed"))
         if sent is not None:
-            return self._send(sent.group(1), headers, body, "HTTP/2")
+            return self._send(sent.group(1), headers, body, "HTTP/2", connection_id)
         form = parse_qs(body.decode("utf-8", "replace"))
         status, answer = self._grant(
             form.get("grant_type", [""])[0], form.get("assertion", [""])[0]
@@ -572,7 +586,12 @@ class FakeFcm(LoopServer):
         return Reply(status, json_type, answer, self.token_delay)
 
     def _send(
-        self, project: str, headers: Mapping[str, str], raw: bytes, http_version: str
+        self,
+        project: str,
+        headers: Mapping[str, str],
+        raw: bytes,
+        http_version: str,
+        connection_id: int = 0,
     ) -> Reply:
         """Answer one ``messages:send`` (either protocol) and record it."""
         received_at = time.monotonic()
@@ -587,6 +606,7 @@ class FakeFcm(LoopServer):
                 message_id=outcome.message_id,
                 raw=raw,
                 http_version=http_version,
+                connection_id=connection_id,
                 **push_args,
             )
         )

@@ -124,11 +124,13 @@ class H2Session:
         self,
         fake: FakeFcm,
         stream: iostream.IOStream,
-        handle: Callable[[dict[str, str], bytes], Reply],
+        handle: Callable[[dict[str, str], bytes, int], Reply],
+        connection_id: int = 0,
     ) -> None:
         self.fake = fake
         self.stream = stream
         self.handle = handle
+        self.connection_id = connection_id
         self.conn = _ServerConnection(
             H2Configuration(
                 client_side=False,
@@ -191,6 +193,7 @@ class H2Session:
                 if len(self.active) >= self.fake.max_concurrent_streams:
                     with contextlib.suppress(H2Error):
                         conn.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
+                    self.fake.streams_refused += 1
                     continue
                 self.active.add(stream_id)
                 headers = {_text(k).lower(): _text(v) for k, v in event.headers or ()}
@@ -216,6 +219,7 @@ class H2Session:
                 if SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
                     self._drain_all()
             elif isinstance(event, StreamReset):
+                self.fake.streams_reset += 1
                 self.requests.pop(event.stream_id, None)
                 self.pending.pop(event.stream_id, None)
                 self._finished(event.stream_id)
@@ -227,7 +231,7 @@ class H2Session:
 
     # -- answering -------------------------------------------------------------------------
     def _on_request(self, stream_id: int, request: _Request) -> None:
-        reply = self.handle(request.headers, bytes(request.body))
+        reply = self.handle(request.headers, bytes(request.body), self.connection_id)
         if reply.delay > 0:
             holder: list[asyncio.TimerHandle] = []
 
