@@ -52,7 +52,7 @@ class Settings:
     FCM_SERVICE_ACCOUNT_FILE: Path | None = None
     FCM_PROJECT_ID: str = ""
     FCM_ENDPOINT: str = ""
-    FCM_MAX_IN_FLIGHT: int = 100
+    FCM_MAX_IN_FLIGHT: int = 250
     PUSH_MAX_AGE: float = 3600.0
     PUSH_RETRY_BASE: float = 1.0
     DELIVERY_LEASE: float = 60.0

@@ -1,7 +1,7 @@
 """FCM HTTP v1 over our own HTTP/2 client: many pushes multiplexed on few connections.
 
 firebase-admin's `send_each_async` made one HTTP/1.1 request per message through httpx, with
-its per-request authentication flow: ~255 pushes/s. Here (bench/README.md for the figures):
+its per-request authentication flow: ~255 pushes/s. Here (measured: bench/push_bench.py):
 
 - push/httppool.py keeps a bounded pool of connections to FCM_ENDPOINT (default
   https://fcm.googleapis.com): HTTP/2 when TLS negotiates ALPN "h2" (push/h2conn.py: many
@@ -204,7 +204,7 @@ class FCMSender(ProviderSender):
     name = "FCM"
 
     def __init__(
-        self, config: FCMConfig, *, max_in_flight: int = 100, batch_size: int = 50
+        self, config: FCMConfig, *, max_in_flight: int = 250, batch_size: int = 50
     ) -> None:
         self.config = config
         self.max_in_flight = max_in_flight

@@ -4,9 +4,9 @@ Made for one kind of request repeated (POST of a small JSON body to one path), f
 
 - no task or future per request: an `Exchange` is started with a few h2 calls and answered
   from `data_received`; writes are coalesced once per loop iteration;
-- h2's outbound header validation, normalisation and Huffman coding are off (our headers are
-  fixed and checked), and h2's count of open streams (a walk over every stream, per new
-  stream) is replaced by ours;
+- h2's header validation and normalisation are off (we send fixed headers and read two),
+  HPACK reuses the last header block while the table is unchanged (push/hpack_cache.py), and
+  h2's count of open streams (a walk over every stream, per new stream) is replaced by ours;
 - flow control both ways: a body larger than the stream's or the connection's window, or
   than the peer's frame size, waits and goes as WINDOW_UPDATEs arrive; received DATA is
   acknowledged at once, so the server never stalls on us;
@@ -39,9 +39,9 @@ from h2.events import (
 )
 from h2.exceptions import H2Error, ProtocolError
 from h2.settings import SettingCodes
-from hpack import Encoder
 
 from push.exchange import Exchange
+from push.hpack_cache import CachingDecoder, CachingEncoder
 
 # hpack logs every header it encodes or decodes at DEBUG, the bearer token included: never.
 logging.getLogger("hpack").setLevel(logging.WARNING)
@@ -57,11 +57,6 @@ class PoolListener(Protocol):
     def released(self, connection: Any) -> None: ...
 
     def lost(self, connection: Any) -> None: ...
-
-
-class _PlainEncoder(Encoder):
-    def encode(self, headers: Any, huffman: bool = False) -> bytes:
-        return bytes(super().encode(headers, huffman=False))
 
 
 class _Client(H2Connection):
@@ -97,9 +92,11 @@ class H2ClientConnection(asyncio.Protocol):
                 header_encoding=None,
                 validate_outbound_headers=False,
                 normalize_outbound_headers=False,
+                validate_inbound_headers=False,
             )
         )
-        self.h2.encoder = _PlainEncoder()
+        self.h2.encoder = CachingEncoder()
+        self.h2.decoder = CachingDecoder(self.h2.decoder.max_header_list_size)
         self.capacity = 0  # known once the server's SETTINGS arrive
         self.exchanges: dict[int, Exchange] = {}
         self._pending: dict[int, bytes] = {}  # body bytes waiting for flow-control window
@@ -188,7 +185,7 @@ class H2ClientConnection(asyncio.Protocol):
                 if exchange is not None and event.headers:
                     for name, value in event.headers:
                         if name == b":status":
-                            exchange.status = int(value)
+                            exchange.status = int(value) if value.isdigit() else 0
                         elif name == b"retry-after":
                             exchange.retry_after = bytes(value).decode("latin-1")
             elif isinstance(event, DataReceived):
