@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 REFRESH_MARGIN_S = 300.0  # refresh when the token has less than this left
 MIN_REMAINING_S = 30.0  # below this, wait for the new token rather than use the old one
+BACKGROUND_RETRY_S = 15.0  # after a failed refresh ahead of time, before the next try
 
 
 class _TrustingAdapter(requests.adapters.HTTPAdapter):
@@ -84,13 +85,17 @@ class AccessTokens:
         self._expires_at = 0.0  # time.time() seconds
         self._refreshing: asyncio.Future[tuple[str, float]] | None = None
         self._refresh_started = 0.0
+        self._background_after = 0.0  # loop time before which no refresh ahead of time starts
 
     async def header(self) -> str:
         """A valid `Bearer ...` value; raises what the refresh raised, or TimeoutError."""
         remaining = self._expires_at - time.time()
         if self._header is not None and remaining > MIN_REMAINING_S:
             if remaining < REFRESH_MARGIN_S:
-                self._start_refresh()  # in the background; this token still serves
+                loop = asyncio.get_running_loop()
+                if loop.time() >= self._background_after:
+                    self._background_after = loop.time() + BACKGROUND_RETRY_S
+                    self._start_refresh()  # in the background; this token still serves
             return self._header
         refreshing = self._start_refresh()
         async with asyncio.timeout(self._timeout_s):
@@ -104,6 +109,8 @@ class AccessTokens:
             self._header = None
 
     def close(self) -> None:
+        if self._refreshing is not None:
+            self._refreshing.cancel()  # its thread ends on requests' timeout, answering no one
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     def _start_refresh(self) -> asyncio.Future[tuple[str, float]]:

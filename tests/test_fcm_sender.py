@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import socketserver
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -570,3 +572,67 @@ def test_a_send_cancelled_midway_resets_its_streams(h2: Fake) -> None:
 
     asyncio.run(run())
     wait_until(lambda: h2.server.streams_reset == reset_before + 3)
+
+
+class _Http1Proxy(socketserver.ThreadingTCPServer):
+    """A bare HTTP/1.1 server like a proxy might be: chunked answers, `Connection: close`."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Http1ProxyHandler)
+        self.connections = 0
+        self.requests = 0
+
+
+class _Http1ProxyHandler(socketserver.StreamRequestHandler):
+    server: _Http1Proxy
+
+    def handle(self) -> None:
+        self.server.connections += 1
+        while True:
+            request_line = self.rfile.readline()
+            if not request_line:
+                return
+            length = 0
+            while (line := self.rfile.readline()) not in (b"\r\n", b""):
+                name, _, value = line.decode().partition(":")
+                if name.lower() == "content-length":
+                    length = int(value)
+            self.rfile.read(length)
+            self.server.requests += 1
+            close = self.server.requests % 2 == 0  # every other answer ends the connection
+            body = b'{"name": "projects/p/messages/1"}'
+            self.wfile.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                + (b"Connection: close\r\n" if close else b"")
+                + b"Transfer-Encoding: chunked\r\n\r\n"
+                + f"{len(body):x}\r\n".encode()
+                + body
+                + b"\r\n0\r\n\r\n"
+            )
+            self.wfile.flush()
+            if close:
+                return
+
+
+def test_an_http1_proxy_with_chunked_answers_and_connection_close(h2: Fake) -> None:
+    proxy = _Http1Proxy()
+    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
+    thread.start()
+    try:
+        config = FCMConfig(
+            service_account_file=h2.service_account,  # the token still comes from the fake
+            project_id="p",
+            endpoint=f"http://127.0.0.1:{proxy.server_address[1]}",
+            ca_file=h2.server.tls.ca_file if h2.server.tls else None,
+            http1_connections=1,
+        )
+        [outcomes] = send(config, [random_fcm_token() for _ in range(6)])
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+    assert outcomes == [PushOutcome(Verdict.ACCEPTED)] * 6
+    assert proxy.requests == 6
+    assert proxy.connections == 3  # kept alive for two requests, then closed as told
