@@ -70,11 +70,14 @@ class _Client(H2Connection):
 
     def _receive_goaway_frame(self, frame: Any) -> tuple[list[Any], list[Any]]:
         state = self.state_machine.state
+        unsent = bytes(self._data_to_send)
         frames, events = super()._receive_goaway_frame(frame)
         if frame.error_code == 0 and state is ConnectionState.CLIENT_OPEN:
             # A graceful GOAWAY: streams up to its last stream id are still answered; h2
-            # would call every later frame a protocol error. We open no stream after it.
+            # would call every later frame a protocol error, and drop what it had not sent
+            # yet (the rest of a body, say). We open no stream after it.
             self.state_machine.state = state
+            self._data_to_send[:0] = unsent
         return frames, events
 
 

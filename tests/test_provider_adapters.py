@@ -44,6 +44,10 @@ def test_the_h2_internals_the_fcm_connection_relies_on() -> None:
     # h2's `_receive_goaway_frame` moves to CLOSED, and counts streams instead of h2.
     source = inspect.getsource(H2Connection._receive_goaway_frame)
     assert "ConnectionInputs.RECV_GOAWAY" in source
+    assert "clear_outbound_data_buffer" in source
+    assert "self._data_to_send = bytearray()" in inspect.getsource(
+        H2Connection.clear_outbound_data_buffer
+    )
     assert hasattr(ConnectionState, "CLIENT_OPEN")
     counted = inspect.getattr_static(H2Connection, "open_outbound_streams")
     assert "_open_streams" in inspect.getsource(counted.fget)
