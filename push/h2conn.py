@@ -142,7 +142,7 @@ class H2ClientConnection(asyncio.Protocol):
                 self.h2.reset_stream(stream_id, ErrorCodes.CANCEL)
             self._flush_soon()
         exchange.fail(reason)
-        self._after_release(1)
+        self._after_release()
 
     def close(self) -> None:
         if self._transport is not None and not self.closed:
@@ -225,7 +225,7 @@ class H2ClientConnection(asyncio.Protocol):
                     return
         self._flush()
         if released:
-            self._after_release(released)
+            self._after_release()
 
     # -- internals -------------------------------------------------------------------------
     def _request_headers(self, authorization: str) -> list[tuple[bytes, bytes]]:
@@ -269,7 +269,7 @@ class H2ClientConnection(asyncio.Protocol):
             self._transport.close()
             self._lose("GOAWAY")
 
-    def _after_release(self, count: int) -> None:
+    def _after_release(self) -> None:
         if self.usable:
             self._listener.released(self)
         elif not self.exchanges and not self.closed and self._transport is not None:

@@ -17,7 +17,6 @@ import logging
 import ssl
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
 
 from h2.exceptions import H2Error
 
@@ -213,10 +212,3 @@ class ConnectionPool:
 
     def __repr__(self) -> str:
         return f"ConnectionPool({self.endpoint.authority}, {self.protocol})"
-
-    def stats(self) -> dict[str, Any]:
-        return {
-            "protocol": self.protocol,
-            "connections": len(self.connections),
-            "waiting": len(self._waiting),
-        }
