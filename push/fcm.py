@@ -1,7 +1,9 @@
 """FCM HTTP v1 over our own HTTP/2 client: many pushes multiplexed on few connections.
 
 firebase-admin's `send_each_async` made one HTTP/1.1 request per message through httpx, with
-its per-request authentication flow: ~255 pushes/s. Here (measured: bench/push_bench.py):
+its per-request authentication flow: ~250 pushes/s to the fake FCM in bench/push_bench.py,
+against ~3,800 now (and ~70 us of the sender's CPU per push: bench/sender_bench.py). A
+`send` call is one task (the dispatcher's) for its whole batch; no task or future per push.
 
 - push/httppool.py keeps a bounded pool of connections to FCM_ENDPOINT (default
   https://fcm.googleapis.com): HTTP/2 when TLS negotiates ALPN "h2" (push/h2conn.py: many
