@@ -53,7 +53,7 @@ class Settings:
     FCM_SERVICE_ACCOUNT_FILE: Path | None = None
     FCM_PROJECT_ID: str = ""
     FCM_ENDPOINT: str = ""
-    FCM_MAX_IN_FLIGHT: int = 100
+    FCM_MAX_IN_FLIGHT: int = 250
     PUSH_MAX_AGE: float = 3600.0
     PUSH_RETRY_BASE: float = 1.0
     DELIVERY_LEASE: float = 60.0
@@ -71,6 +71,8 @@ class Settings:
     STATS_AUTH_THREADS: int = 2
     STATS_AUTH_MAX_PENDING: int = 8
     STATS_AUTH_FAILURES_PER_MINUTE: int = 30
+    # -- fcm-h2
+    FCM_CA_FILE: Path | None = None
 
     # -- derived paths ------------------------------------------------------------------
     @property
