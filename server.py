@@ -25,6 +25,7 @@ from tornado.web import Application, RequestHandler
 from tornado.wsgi import WSGIContainer
 
 from app import AppParts, create_app, create_onion_endpoint, without_onion_routes
+from errors import StartupError
 from handlers.endpoints import HandlerContext
 from handlers.runner import OutcomeRunner
 from lsrpc.keys import (
@@ -60,10 +61,6 @@ log = logging.getLogger("pn_relay")
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 T = TypeVar("T")
-
-
-class StartupError(Exception):
-    """A reason the relay cannot start, said in one line."""
 
 
 def now_ms() -> int:

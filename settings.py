@@ -14,10 +14,12 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from errors import ConfigurationError
+
 ENV_PREFIX = "PN_"
 
 
-class SettingsError(Exception):
+class SettingsError(ConfigurationError):
     """One line saying which setting is wrong and why."""
 
 

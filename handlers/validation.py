@@ -6,6 +6,7 @@ import binascii
 import re
 from typing import Any
 
+from errors import ClientError
 from storage.records import Provider
 
 _SESSION_ID = re.compile(r"05[0-9a-fA-F]{64}")
@@ -17,7 +18,7 @@ APNS_TOKEN_LENGTHS = range(64, 201, 2)  # 32-byte tokens today; Apple says they 
 MAX_GROUPS = 1024
 
 
-class InvalidParameter(Exception):
+class InvalidParameter(ClientError):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import TypeAlias
 
+from errors import ClientError
+
 __all__ = [
     "MAX_DIGITS",
     "BencodeError",
@@ -41,7 +43,7 @@ _DICT = 0x64  # "d"
 _END = 0x65  # "e"
 
 
-class BencodeError(ValueError):
+class BencodeError(ClientError, ValueError):
     """Malformed or out-of-bounds bencode.
 
     The message is short, fixed text (never any part of the input), so it can be

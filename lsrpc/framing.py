@@ -9,13 +9,14 @@ import json
 import struct
 from dataclasses import dataclass
 
+from errors import ClientError
 from lsrpc.crypto import ENC_TYPE_NAMES, DecryptionError, EncType, decrypt, derive_key, encrypt
 from lsrpc.keys import ServerKeypair
 
 MAX_TRAILER_BYTES = 4096
 
 
-class FramingError(Exception):
+class FramingError(ClientError):
     """The body cannot be opened: plain HTTP 400 with this short reason."""
 
 

@@ -14,10 +14,12 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from errors import ConfigurationError
+
 log = logging.getLogger(__name__)
 
 
-class KeyFileError(Exception):
+class KeyFileError(ConfigurationError):
     """The key file exists but cannot be used; the message says why and where."""
 
 

@@ -13,8 +13,10 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from errors import ClientError
 
-class V2RequestError(ValueError):
+
+class V2RequestError(ClientError, ValueError):
     """The decrypted plaintext is not a usable v2 request; answered with an encrypted 400."""
 
 

@@ -15,6 +15,7 @@ import json
 from dataclasses import dataclass
 from typing import NoReturn
 
+from errors import ClientError
 from lsrpc.bencode import BencodeError, decode, encode
 
 __all__ = [
@@ -38,7 +39,7 @@ MAX_META_SIZE = 64 * 1024
 _MAX_ITEMS = 8
 
 
-class V4FramingError(ValueError):
+class V4FramingError(ClientError, ValueError):
     """Malformed v4 request or response framing."""
 
 

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 from firebase_admin import credentials
 
+from errors import ConfigurationError
 from push import apns, fcm
 from push.outcome import ProviderSender
 from settings import Settings
@@ -22,7 +23,7 @@ from storage.records import Provider
 log = logging.getLogger(__name__)
 
 
-class DeliveryConfigError(Exception):
+class DeliveryConfigError(ConfigurationError):
     """One line naming the delivery setting that is wrong."""
 
 

@@ -46,6 +46,8 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+from errors import ConfigurationError
+
 ALGORITHM = "pbkdf2_sha256"
 DEFAULT_ITERATIONS = 600_000
 MIN_ITERATIONS = 1_000
@@ -57,7 +59,7 @@ WWW_AUTHENTICATE = f'Basic realm="{REALM}"'
 THROTTLED_MESSAGE = "too many failed attempts or password checks at once; try again later"
 
 
-class PasswordHashError(ValueError):
+class PasswordHashError(ConfigurationError, ValueError):
     """STATS_PASSWORD_HASH is not a `pbkdf2_sha256$...` line; the message says what is wrong."""
 
 

@@ -45,6 +45,7 @@ from flask import Blueprint, Response, request
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import SQLAlchemyError
 
+from errors import ClientError
 from stats.auth import THROTTLED_MESSAGE, WWW_AUTHENTICATE, StatsAuth, Verdict
 from stats.counters import COUNTER_NAMES
 from stats.rollup import MINUTE_MS, minute_floor
@@ -61,7 +62,7 @@ _DAY_MS = 86_400_000
 _MAX_DATE_LENGTH = 40
 
 
-class BadRequest(ValueError):
+class BadRequest(ClientError, ValueError):
     """What is wrong with a statistics request, in words the client can act on."""
 
 

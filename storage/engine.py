@@ -12,12 +12,13 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
+from errors import ConfigurationError
 from storage.migrations import SchemaVersionError, upgrade
 
 log = logging.getLogger(__name__)
 
 
-class DatabaseConfigError(Exception):
+class DatabaseConfigError(ConfigurationError):
     """DATABASE_URL names something the relay cannot use; the message says what."""
 
 

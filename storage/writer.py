@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Engine
 from sqlalchemy.pool import PoolProxiedConnection
 
+from errors import PnRelayError
 from storage.sql import Tx
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ T = TypeVar("T")
 Operation = Callable[[Tx], Any]
 
 
-class StorageError(Exception):
+class StorageError(PnRelayError):
     """The database refused or failed an operation; the message names only the error type."""
 
 
