@@ -26,11 +26,11 @@ class SchemaVersionError(Exception):
     """The database was written by a newer pn-relay than this one."""
 
 
-def _sqlite_rebuild(conn: Connection, table: Table, *, sequence_floor: str) -> None:
+def _sqlite_rebuild(conn: Connection, table: Table, *, highest_id: int) -> None:
     """Re-create `table` from its current model (SQLite cannot add AUTOINCREMENT in place).
 
-    The ids already handed out stay; the AUTOINCREMENT sequence starts above both the highest
-    id in the table and `sequence_floor` (an SQL expression: ids other tables still name).
+    The ids already handed out stay; the AUTOINCREMENT sequence starts above `highest_id`
+    (and above every id still in the table).
     """
     name = table.name
     old = f"{name}_schema1"
@@ -47,27 +47,46 @@ def _sqlite_rebuild(conn: Connection, table: Table, *, sequence_floor: str) -> N
     # S608: every name here is one of our own tables' and columns', never input.
     conn.exec_driver_sql(f'INSERT INTO "{name}" ({shared}) SELECT {shared} FROM "{old}"')  # noqa: S608
     conn.exec_driver_sql(f'DROP TABLE "{old}"')
-    highest = conn.exec_driver_sql(
-        f'SELECT max(coalesce((SELECT max(id) FROM "{name}"), 0),'  # noqa: S608 - as above
-        f" coalesce(({sequence_floor}), 0))"
-    ).scalar_one()
+    highest = max(highest_id, _highest(conn, f'SELECT max(id) FROM "{name}"'))  # noqa: S608
     conn.exec_driver_sql("DELETE FROM sqlite_sequence WHERE name = ?", (name,))
     conn.exec_driver_sql("INSERT INTO sqlite_sequence (name, seq) VALUES (?, ?)", (name, highest))
+
+
+def _highest(conn: Connection, *queries: str) -> int:
+    """The largest of the single values `queries` select (0 for none)."""
+    return max(int(conn.exec_driver_sql(query).scalar() or 0) for query in queries)
 
 
 def _to_2(conn: Connection) -> None:
     """Schema 2: registrations have a generation, deliveries name it and carry a lease token,
     ids are never reused (SQLite AUTOINCREMENT), and queue age is indexed."""
-    # Deliveries whose device is gone could only ever have reached a stranger: drop them.
+    sqlite = conn.dialect.name == "sqlite"
+    if sqlite:
+        # Schema 1 on SQLite handed the highest ids out again after a delete, so the only
+        # trace of some ids it handed out (a deleted device's, say) is in the rows dropped
+        # just below: read the highest ids first, for the new sequences to start above them.
+        highest = {
+            devices.name: _highest(
+                conn, "SELECT max(id) FROM devices", "SELECT max(device_id) FROM deliveries"
+            ),
+            notifications.name: _highest(
+                conn,
+                "SELECT max(id) FROM notifications",
+                "SELECT max(notification_id) FROM deliveries",
+            ),
+            deliveries.name: _highest(conn, "SELECT max(id) FROM deliveries"),
+        }
+    # Deliveries whose device is gone could only ever have reached a stranger: drop them, and
+    # the notifications this leaves with no delivery (data never outlives its deliveries).
     conn.exec_driver_sql(
         "DELETE FROM deliveries WHERE device_id NOT IN (SELECT id FROM devices)"
     )
-    if conn.dialect.name == "sqlite":
-        _sqlite_rebuild(conn, devices, sequence_floor="SELECT max(device_id) FROM deliveries")
-        _sqlite_rebuild(
-            conn, notifications, sequence_floor="SELECT max(notification_id) FROM deliveries"
-        )
-        _sqlite_rebuild(conn, deliveries, sequence_floor="SELECT 0")
+    conn.exec_driver_sql(
+        "DELETE FROM notifications WHERE id NOT IN (SELECT notification_id FROM deliveries)"
+    )
+    if sqlite:
+        for table in (devices, notifications, deliveries):
+            _sqlite_rebuild(conn, table, highest_id=highest[table.name])
         return
     conn.exec_driver_sql(
         "ALTER TABLE devices ADD COLUMN IF NOT EXISTS generation BIGINT NOT NULL DEFAULT 1"
