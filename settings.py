@@ -271,8 +271,7 @@ def _unknown_name(name: str, known: Mapping[str, str]) -> str:
     close = difflib.get_close_matches(name.upper(), list(known), n=1)
     hint = f" (did you mean {close[0]}?)" if close else ""
     return (
-        f"unknown setting {name}{hint}; names of your own must start with _"
-        " (see config.example.py)"
+        f"unknown setting {name}{hint}; names of your own must start with _ (see config.example.py)"
     )
 
 

@@ -309,9 +309,7 @@ def test_an_unknown_variable_suggests_the_setting(tmp_path: Path) -> None:
 
 
 def test_log_format_and_access_log(tmp_path: Path) -> None:
-    settings = load_settings(
-        environ={"PN_LOG_FORMAT": "json", "PN_ACCESS_LOG": "on"}, cwd=tmp_path
-    )
+    settings = load_settings(environ={"PN_LOG_FORMAT": "json", "PN_ACCESS_LOG": "on"}, cwd=tmp_path)
     assert (settings.LOG_FORMAT, settings.ACCESS_LOG) == ("json", True)
     assert "PN_LOG_FORMAT: 'xml' is not one of text, json" in error_of(
         tmp_path, PN_LOG_FORMAT="xml"
