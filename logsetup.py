@@ -1,0 +1,111 @@
+"""Logging: text or JSON lines on standard error, quiet libraries, the optional access log.
+
+No line, at any level, carries a Session ID, group key, device token or message data
+(tests/test_privacy_logs.py). The access log (ACCESS_LOG) keeps to method, path, status and
+duration: never a body, a query string or an address, and "-" for the path of a request to
+an unknown page (a path the relay does not serve could hold anything).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import logging
+from collections.abc import Callable, Iterator
+
+from tornado.web import RequestHandler
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+# Libraries whose DEBUG lines carry identifiers: hpack prints every HTTP/2 header (the APNs
+# path holds the device token, `authorization` the JWT). Whatever LOG_LEVEL says, they stay
+# at WARNING; tests/test_privacy_logs.py runs the relay at DEBUG to prove nothing leaks.
+QUIET_LIBRARIES = ("hpack", "h2")
+# Libraries that log every request at INFO (httpx: one line per FCM push): warnings only.
+CHATTY_LIBRARIES = ("httpx", "httpcore", "apscheduler", "tornado.access")
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
+
+server_log = logging.getLogger("pn_relay")
+access_log = logging.getLogger("pn_relay.access")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time (UTC, ISO 8601), level, logger, message."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        time = datetime.datetime.fromtimestamp(record.created, datetime.UTC)
+        entry = {
+            "time": time.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def configure_logging(level: str, log_format: str = "text") -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(
+        JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
+    )
+    logging.basicConfig(level=level, handlers=[handler])
+    for name in QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    # Tornado's own per-request line is replaced by `request_logger`; APScheduler logs each
+    # minute's roll-up at INFO; httpx each FCM request.
+    for name in CHATTY_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    # aioapns logs every failed attempt (a flood while APNs is down); the dispatcher logs a
+    # summary a minute instead.
+    logging.getLogger("aioapns").setLevel(logging.CRITICAL)
+
+
+def request_logger(access: bool) -> Callable[[RequestHandler], None]:
+    """Tornado's `log_function`: server errors always, and one access line each if `access`."""
+
+    def log_request(handler: RequestHandler) -> None:
+        status = handler.get_status()
+        request = handler.request
+        method = request.method if request.method in KNOWN_METHODS else "-"
+        if status >= 500:
+            server_log.error("%d %s %s", status, method, request.path)
+        if access:
+            path = "-" if status == 404 else request.path
+            access_log.info("%s %s %d %.1fms", method, path, status, 1000 * request.request_time())
+
+    return log_request
+
+
+class _Holder(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.NOTSET)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@contextlib.contextmanager
+def held_until_started(discard_on: tuple[type[BaseException], ...]) -> Iterator[None]:
+    """Hold log lines while the relay starts: shown once it started (or failed unexpectedly),
+    dropped if it stops for one of `discard_on`, so that a failed start says one line."""
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    holder = _Holder()
+    root.handlers = [holder]
+    keep = True
+    try:
+        yield
+    except discard_on:
+        keep = False
+        raise
+    finally:
+        root.handlers = saved
+        if keep:
+            for record in holder.records:
+                for handler in saved:
+                    if record.levelno >= handler.level:
+                        handler.handle(record)
