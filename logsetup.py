@@ -12,9 +12,13 @@ import contextlib
 import datetime
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from concurrent.futures import Executor
+from typing import Any
 
+from tornado.httputil import HTTPServerRequest
 from tornado.web import RequestHandler
+from tornado.wsgi import WSGIContainer
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -23,7 +27,7 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # at WARNING; tests/test_privacy_logs.py runs the relay at DEBUG to prove nothing leaks.
 QUIET_LIBRARIES = ("hpack", "h2")
 # Libraries that log every request at INFO (httpx: one line per FCM push): warnings only.
-CHATTY_LIBRARIES = ("httpx", "httpcore", "apscheduler", "tornado.access")
+CHATTY_LIBRARIES = ("httpx", "httpcore", "apscheduler")
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
 
 server_log = logging.getLogger("pn_relay")
@@ -54,29 +58,50 @@ def configure_logging(level: str, log_format: str = "text") -> None:
     logging.basicConfig(level=level, handlers=[handler])
     for name in QUIET_LIBRARIES:
         logging.getLogger(name).setLevel(logging.WARNING)
-    # Tornado's own per-request line is replaced by `request_logger`; APScheduler logs each
-    # minute's roll-up at INFO; httpx each FCM request.
+    # APScheduler logs each minute's roll-up at INFO; httpx each FCM request.
     for name in CHATTY_LIBRARIES:
         logging.getLogger(name).setLevel(logging.WARNING)
+    # Tornado's access lines hold URIs and addresses: `RequestLog` writes ours instead.
+    logging.getLogger("tornado.access").disabled = True
     # aioapns logs every failed attempt (a flood while APNs is down); the dispatcher logs a
     # summary a minute instead.
     logging.getLogger("aioapns").setLevel(logging.CRITICAL)
 
 
-def request_logger(access: bool) -> Callable[[RequestHandler], None]:
-    """Tornado's `log_function`: server errors always, and one access line each if `access`."""
+class RequestLog:
+    """Per-request lines: server errors always, one access line each if `access`.
 
-    def log_request(handler: RequestHandler) -> None:
-        status = handler.get_status()
-        request = handler.request
-        method = request.method if request.method in KNOWN_METHODS else "-"
+    Tornado's own access lines (its `tornado.access` logger, also used by WSGIContainer for
+    the Flask routes) carry the full URI, query string included, and the client's address:
+    they are replaced by these, for both kinds of route.
+    """
+
+    def __init__(self, access: bool) -> None:
+        self.access = access
+
+    def record(self, method: str | None, path: str, status: int, seconds: float) -> None:
+        method = method if method in KNOWN_METHODS else "-"
+        shown = "-" if status == 404 else path  # an unknown path could hold anything
         if status >= 500:
-            server_log.error("%d %s %s", status, method, request.path)
-        if access:
-            path = "-" if status == 404 else request.path
-            access_log.info("%s %s %d %.1fms", method, path, status, 1000 * request.request_time())
+            server_log.error("%d %s %s", status, method, shown)
+        if self.access:
+            access_log.info("%s %s %d %.1fms", method, shown, status, 1000 * seconds)
 
-    return log_request
+    def tornado(self, handler: RequestHandler) -> None:
+        """Tornado's `log_function` (the onion routes)."""
+        request = handler.request
+        self.record(request.method, request.path, handler.get_status(), request.request_time())
+
+
+class LoggedWSGIContainer(WSGIContainer):
+    """Tornado's WSGIContainer, its access line (URI and address) replaced by `RequestLog`."""
+
+    def __init__(self, wsgi_application: Any, executor: Executor, request_log: RequestLog) -> None:
+        super().__init__(wsgi_application, executor=executor)
+        self._request_log = request_log
+
+    def _log(self, status_code: int, request: HTTPServerRequest) -> None:
+        self._request_log.record(request.method, request.path, status_code, request.request_time())
 
 
 class _Holder(logging.Handler):

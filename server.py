@@ -24,13 +24,12 @@ from sqlalchemy import Engine
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 from tornado.web import Application, FallbackHandler
-from tornado.wsgi import WSGIContainer
 
 from app import AppParts, create_app, create_onion_endpoint
 from handlers.endpoints import HandlerContext
 from handlers.runner import OutcomeRunner
+from logsetup import LoggedWSGIContainer, RequestLog, held_until_started
 from logsetup import configure_logging as configure_logging  # noqa: PLC0414 - re-exported
-from logsetup import held_until_started, request_logger
 from lsrpc.endpoint import V2_PATH, V4_PATH
 from lsrpc.route import LsrpcHandler
 from push.dispatcher import Dispatcher, DispatchSettings, LatencyObserver, ProviderLane
@@ -223,9 +222,11 @@ class Relay:
 
     def tornado_app(self) -> Application:
         """The onion paths on Tornado directly (the fast path), all else on the Flask app."""
-        wsgi = WSGIContainer(
+        request_log = RequestLog(self.settings.ACCESS_LOG)
+        wsgi = LoggedWSGIContainer(
             self.in_flight.wrap_wsgi(self.app.wsgi_app),
             executor=self.executor,
+            request_log=request_log,
         )
         onion_routes = [
             (path, LsrpcHandler, {"answer": self.in_flight.wrap_async(answer)})
@@ -236,7 +237,7 @@ class Relay:
         ]
         return Application(
             [*onion_routes, (r".*", FallbackHandler, {"fallback": wsgi})],
-            log_function=request_logger(self.settings.ACCESS_LOG),
+            log_function=request_log.tornado,
         )
 
     async def start(
