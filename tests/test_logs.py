@@ -66,12 +66,16 @@ def test_json_lines_and_an_access_log_without_identifiers(tmp_path: Path) -> Non
         assert secret not in server.log
 
 
-def test_no_access_log_by_default(tmp_path: Path) -> None:
+def test_no_access_log_by_default_and_no_uri_in_any_line(tmp_path: Path) -> None:
     server = ServerProcess(tmp_path)
+    session_id = random_session_id()
     assert get(server.port, "/healthz") == 200
+    # Tornado logged 4xx answers of the Flask routes with the URI and the client's address.
+    assert get(server.port, f"/{session_id}?token=secret-token") == 404
     assert server.terminate() == 0
     assert "pn_relay.access" not in server.log
-    assert "/healthz" not in server.log
+    for text in ("/healthz", session_id[2:], "secret-token", "127.0.0.1)"):
+        assert text not in server.log
 
 
 @pytest.fixture
