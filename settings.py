@@ -76,6 +76,8 @@ class Settings:
     # -- derived paths ------------------------------------------------------------------
     @property
     def database_url(self) -> str:
+        if self.DATABASE_URL.startswith("sqlite:///~"):  # "~" is home, as in the paths
+            return f"sqlite:///{Path(self.DATABASE_URL[len('sqlite:///') :]).expanduser()}"
         return self.DATABASE_URL or f"sqlite:///{self.DATA_DIR / 'pn-relay.sqlite3'}"
 
     @property

@@ -180,8 +180,12 @@ def test_tilde_is_the_home_directory(tmp_path: Path) -> None:
     from_file = load_settings(environ={}, cwd=tmp_path)
     assert (home / "pn-data", home / "k.hex") == (from_file.DATA_DIR, from_file.KEY_FILE)
     assert from_file.database_url == f"sqlite:///{home / 'pn-data' / 'pn-relay.sqlite3'}"
-    from_env = load_settings(environ={"PN_TOKEN_KEY_FILE": "~/t.hex"}, cwd=tmp_path)
+    from_env = load_settings(
+        environ={"PN_TOKEN_KEY_FILE": "~/t.hex", "PN_DATABASE_URL": "sqlite:///~/pn.db"},
+        cwd=tmp_path,
+    )
     assert home / "t.hex" == from_env.TOKEN_KEY_FILE
+    assert from_env.database_url == f"sqlite:///{home / 'pn.db'}"
 
 
 @pytest.mark.parametrize(
