@@ -418,7 +418,11 @@ async def serve(loaded: LoadedSettings) -> None:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        await relay.start(sockets=sockets)
+        try:
+            await relay.start(sockets=sockets)
+        except BaseException:
+            await relay.stop()
+            raise
     await stop.wait()
     log.info("shutting down")
     await relay.stop()

@@ -40,6 +40,11 @@ def describe_new_keys(keys: Keys) -> str:
     return f"first start: made the key files {names} (mode 0600); back them up"
 
 
+def _os_error(exc: OSError) -> str:
+    where = f"{exc.filename}: " if exc.filename else ""
+    return one_line(f"{where}{exc.strerror or exc}")
+
+
 def _sqlite_file(engine: Engine) -> Path | None:
     if engine.dialect.name == "sqlite" and engine.url.database:
         return Path(engine.url.database)
@@ -79,8 +84,7 @@ def open_storage(settings: Settings) -> tuple[Engine, Keys]:
             one_line(f"cannot open the database: {type(cause).__name__}: {cause}")
         ) from None
     except OSError as exc:  # DATA_DIR or the database's directory cannot be made or read
-        where = f"{exc.filename}: " if exc.filename else ""
-        raise StartupError(one_line(f"{where}{exc.strerror or exc}")) from None
+        raise StartupError(_os_error(exc)) from None
     for warning in warnings:
         log.warning("%s", warning)
     if keys.new:
@@ -100,4 +104,6 @@ def load_keys(settings: Settings, *, init: bool = False) -> Keys:
             directory.write(keys)
     except KeyFileError as exc:
         raise StartupError(one_line(str(exc))) from None
+    except OSError as exc:
+        raise StartupError(_os_error(exc)) from None
     return keys
