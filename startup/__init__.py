@@ -32,12 +32,13 @@ class StartupError(Exception):
 
 def one_line(text: str) -> str:
     """Drivers' messages span lines (psycopg adds a hint): the start-up error is one."""
-    return " ".join(text.split())
+    return "; ".join(" ".join(line.split()) for line in text.splitlines() if line.strip())
 
 
 def describe_new_keys(keys: Keys) -> str:
     names = ", ".join(str(f.path) for f in keys.new)
-    return f"first start: made the key files {names} (mode 0600); back them up"
+    files = "the key files" if len(keys.new) > 1 else "the key file"
+    return f"first start: made {files} {names} (mode 0600); back them up"
 
 
 def _os_error(exc: OSError) -> str:

@@ -44,12 +44,12 @@ def register(server: ServerProcess, **params: str) -> None:
 
 
 def test_json_lines_and_an_access_log_without_identifiers(tmp_path: Path) -> None:
-    server = ServerProcess(tmp_path, PN_LOG_FORMAT="json", PN_ACCESS_LOG="true")
     token, session_id = random_apns_token(), random_session_id()
-    register(server, token=token, pubKey=session_id)
-    assert get(server.port, "/healthz") == 200
-    assert get(server.port, f"/{session_id}?token={token}") == 404
-    assert server.terminate() == 0
+    with ServerProcess(tmp_path, PN_LOG_FORMAT="json", PN_ACCESS_LOG="true") as server:
+        register(server, token=token, pubKey=session_id)
+        assert get(server.port, "/healthz") == 200
+        assert get(server.port, f"/{session_id}?token={token}") == 404
+        assert server.terminate() == 0
     entries = [json.loads(line) for line in server.lines]
     for entry in entries:
         assert set(entry) == {"time", "level", "logger", "message"}
@@ -67,12 +67,12 @@ def test_json_lines_and_an_access_log_without_identifiers(tmp_path: Path) -> Non
 
 
 def test_no_access_log_by_default_and_no_uri_in_any_line(tmp_path: Path) -> None:
-    server = ServerProcess(tmp_path)
     session_id = random_session_id()
-    assert get(server.port, "/healthz") == 200
-    # Tornado logged 4xx answers of the Flask routes with the URI and the client's address.
-    assert get(server.port, f"/{session_id}?token=secret-token") == 404
-    assert server.terminate() == 0
+    with ServerProcess(tmp_path) as server:
+        assert get(server.port, "/healthz") == 200
+        # Tornado logged 4xx answers of the Flask routes with the URI and the client's address.
+        assert get(server.port, f"/{session_id}?token=secret-token") == 404
+        assert server.terminate() == 0
     assert "pn_relay.access" not in server.log
     for text in ("/healthz", session_id[2:], "secret-token", "127.0.0.1)"):
         assert text not in server.log
@@ -101,8 +101,8 @@ def postgres_url_with_password() -> Iterator[str]:
 def test_one_line_per_start_up_fact_and_no_password(
     tmp_path: Path, postgres_url_with_password: str
 ) -> None:
-    server = ServerProcess(tmp_path, PN_DATABASE_URL=postgres_url_with_password)
-    assert server.terminate() == 0
+    with ServerProcess(tmp_path, PN_DATABASE_URL=postgres_url_with_password) as server:
+        assert server.terminate() == 0
     messages = [line.split(": ", 1)[1].rstrip("\n") for line in server.lines]
     shown_url = postgres_url_with_password.replace(":hunter2@", ":***@")
     assert "hunter2" not in server.log
@@ -126,16 +126,16 @@ def test_one_line_per_start_up_fact_and_no_password(
 def test_a_push_to_fcm_logs_no_library_line(tmp_path: Path, providers: Providers) -> None:
     # httpx (under firebase-admin) logged one INFO line per FCM request.
     env = {f"PN_{name}": str(value) for name, value in providers.settings.items()}
-    server = ServerProcess(tmp_path, **env)
     session_id = random_session_id()
-    register(server, token=random_fcm_token(), pubKey=session_id, device="android")
-    register(server, token=random_apns_token(), pubKey=session_id)
-    client = OnionClient(bytes.fromhex(server.public_key))
-    data = base64.b64encode(b"hello").decode()
-    request = client.v2("notify", {"data": data, "send_to": session_id})
-    assert server.post("/loki/v2/lsrpc", request.body)[0] == 200
-    providers.fcm.pushes.wait_for(1, timeout=30)
-    providers.apns.pushes.wait_for(1, timeout=30)
-    assert server.terminate() == 0
+    with ServerProcess(tmp_path, **env) as server:
+        register(server, token=random_fcm_token(), pubKey=session_id, device="android")
+        register(server, token=random_apns_token(), pubKey=session_id)
+        client = OnionClient(bytes.fromhex(server.public_key))
+        data = base64.b64encode(b"hello").decode()
+        request = client.v2("notify", {"data": data, "send_to": session_id})
+        assert server.post("/loki/v2/lsrpc", request.body)[0] == 200
+        providers.fcm.pushes.wait_for(1, timeout=30)
+        providers.apns.pushes.wait_for(1, timeout=30)
+        assert server.terminate() == 0
     loggers = {line.split(" ", 4)[3].rstrip(":") for line in server.lines}
     assert loggers <= {"pn_relay", "push.senders"}, server.log

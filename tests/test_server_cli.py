@@ -79,6 +79,15 @@ class ServerProcess:
         self._reader.join(5)
         return code
 
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        """A test that failed before `terminate` leaves no relay running."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(30)
+
 
 @pytest.fixture
 def workdir(tmp_path: Path) -> Iterator[Path]:
@@ -299,10 +308,9 @@ def test_bad_settings_stop_the_start_with_one_line_and_leave_nothing(
 
 def test_port_in_use_is_one_line_and_makes_nothing(workdir: Path) -> None:
     (workdir / "first").mkdir()
-    server = ServerProcess(workdir / "first")
     second = workdir / "second"
     second.mkdir()
-    try:
+    with ServerProcess(workdir / "first") as server:
         result = subprocess.run(
             [*SERVER, "--port", str(server.port)],
             cwd=second,
@@ -316,8 +324,7 @@ def test_port_in_use_is_one_line_and_makes_nothing(workdir: Path) -> None:
             f"pn-relay: cannot listen on 127.0.0.1:{server.port}: Address already in use\n"
         )
         assert list(second.iterdir()) == []  # neither keys nor a database
-    finally:
-        server.terminate()
+        assert server.terminate() == 0
 
 
 def test_help_says_where_settings_come_from() -> None:
@@ -349,10 +356,10 @@ def test_init_makes_missing_key_files_even_named_ones_and_never_overwrites(workd
     assert again.stdout == first.stdout
     assert again.stderr == "pn-relay: every key file exists; nothing made\n"
     # And the relay starts with them, recording their fingerprints.
-    server = ServerProcess(workdir, PN_KEY_FILE="keys/server.hex")
+    with ServerProcess(workdir, PN_KEY_FILE="keys/server.hex") as server:
+        assert server.terminate() == 0
     assert server.public_key == first.stdout.strip()
-    assert "made the key files" not in server.log
-    assert server.terminate() == 0
+    assert "made the key file" not in server.log
 
 
 def test_print_pubkey_never_makes_a_named_key(workdir: Path) -> None:
@@ -370,11 +377,11 @@ def test_print_pubkey_never_makes_a_named_key(workdir: Path) -> None:
 
 
 def test_a_wrong_secret_in_front_of_registrations_refuses_in_one_line(workdir: Path) -> None:
-    server = ServerProcess(workdir)
-    client = OnionClient(bytes.fromhex(server.public_key))
-    request = client.v2("register", {"token": random_apns_token(), "pubKey": random_session_id()})
-    assert server.post("/loki/v2/lsrpc", request.body)[0] == 200
-    assert server.terminate() == 0
+    with ServerProcess(workdir) as server:
+        client = OnionClient(bytes.fromhex(server.public_key))
+        params = {"token": random_apns_token(), "pubKey": random_session_id()}
+        assert server.post("/loki/v2/lsrpc", client.v2("register", params).body)[0] == 200
+        assert server.terminate() == 0
     other = workdir / "other_token_secret.hex"
     other.write_text("11" * 32 + "\n")
     result = subprocess.run(
@@ -395,8 +402,8 @@ def test_a_wrong_secret_in_front_of_registrations_refuses_in_one_line(workdir: P
 
 
 def test_an_unprefixed_variable_is_named_in_a_warning(workdir: Path) -> None:
-    server = ServerProcess(workdir, STATS_USERNAME="ops")
-    assert server.terminate() == 0
+    with ServerProcess(workdir, STATS_USERNAME="ops") as server:
+        assert server.terminate() == 0
     assert (
         "WARNING pn_relay: STATS_USERNAME is set in the environment but ignored: pn-relay reads"
         " PN_STATS_USERNAME (or STATS_USERNAME in config.py)"
