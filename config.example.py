@@ -59,7 +59,8 @@
 # are pushed without their data, and the app shows a generic notification.
 # MAX_DATA_BYTES = 8192
 
-# Worker threads for the Flask routes (statistics, health). Onion requests do not use them.
+# Worker threads for the Flask routes (statistics, metrics). Onion requests and /healthz do
+# not use them.
 # WEB_THREADS = 16
 
 # Database connection pool size; 0: WEB_THREADS + 4.
@@ -173,3 +174,26 @@
 
 # ...unless this is True (for a scraper on a private network).
 # METRICS_PUBLIC = False
+
+# -- Slow clients and statistics authentication (docs/security.md) ------------------------
+# Seconds a client has to send a request body once its headers arrived; slower ones are
+# disconnected. Onion requests are a few KiB.
+# BODY_TIMEOUT = 30.0
+
+# Seconds a connection may stay open between requests, which is also the time a client has
+# to send a request's headers; then it is closed.
+# IDLE_CONNECTION_TIMEOUT = 60.0
+
+# Most connections open at once (per process). Beyond it a new connection gets a short 503
+# and is closed. The relay raises its open-file limit to fit, or lowers this with a warning.
+# MAX_CONNECTIONS = 4096
+
+# Threads that check a STATS_PASSWORD_HASH (PBKDF2, a fraction of a second of CPU each).
+# STATS_AUTH_THREADS = 2
+
+# Password checks running or waiting at once; beyond it the answer is 429 straight away.
+# STATS_AUTH_MAX_PENDING = 8
+
+# Failed statistics/metrics logins allowed per minute (in bursts of as many); beyond it the
+# answer is 429 with Retry-After, without checking the password.
+# STATS_AUTH_FAILURES_PER_MINUTE = 30

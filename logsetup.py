@@ -30,7 +30,6 @@ QUIET_LIBRARIES = ("hpack", "h2")
 CHATTY_LIBRARIES = ("httpx", "httpcore", "apscheduler")
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
 
-server_log = logging.getLogger("pn_relay")
 access_log = logging.getLogger("pn_relay.access")
 
 
@@ -68,40 +67,40 @@ def configure_logging(level: str, log_format: str = "text") -> None:
     logging.getLogger("aioapns").setLevel(logging.CRITICAL)
 
 
-class RequestLog:
-    """Per-request lines: server errors always, one access line each if `access`.
+class AccessLog:
+    """One line per request if enabled (ACCESS_LOG): method, path, status, duration.
 
     Tornado's own access lines (its `tornado.access` logger, also used by WSGIContainer for
     the Flask routes) carry the full URI, query string included, and the client's address:
-    they are replaced by these, for both kinds of route.
+    they are replaced by these, for both kinds of route. Server errors are logged apart, at
+    most a line per kind and minute (server.log_server_errors, web/errorlog.py).
     """
 
-    def __init__(self, access: bool) -> None:
-        self.access = access
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
 
     def record(self, method: str | None, path: str, status: int, seconds: float) -> None:
+        if not self.enabled:
+            return
         method = method if method in KNOWN_METHODS else "-"
         shown = "-" if status == 404 else path  # an unknown path could hold anything
-        if status >= 500:
-            server_log.error("%d %s %s", status, method, shown)
-        if self.access:
-            access_log.info("%s %s %d %.1fms", method, shown, status, 1000 * seconds)
+        access_log.info("%s %s %d %.1fms", method, shown, status, 1000 * seconds)
 
     def tornado(self, handler: RequestHandler) -> None:
-        """Tornado's `log_function` (the onion routes)."""
+        """For Tornado's `log_function` (the onion routes, /healthz)."""
         request = handler.request
         self.record(request.method, request.path, handler.get_status(), request.request_time())
 
 
 class LoggedWSGIContainer(WSGIContainer):
-    """Tornado's WSGIContainer, its access line (URI and address) replaced by `RequestLog`."""
+    """Tornado's WSGIContainer, its access line (URI and address) replaced by `AccessLog`."""
 
-    def __init__(self, wsgi_application: Any, executor: Executor, request_log: RequestLog) -> None:
+    def __init__(self, wsgi_application: Any, executor: Executor, access_log: AccessLog) -> None:
         super().__init__(wsgi_application, executor=executor)
-        self._request_log = request_log
+        self._access_log = access_log
 
     def _log(self, status_code: int, request: HTTPServerRequest) -> None:
-        self._request_log.record(request.method, request.path, status_code, request.request_time())
+        self._access_log.record(request.method, request.path, status_code, request.request_time())
 
 
 class _Holder(logging.Handler):

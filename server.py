@@ -23,15 +23,15 @@ from typing import Any, TypeVar
 from sqlalchemy import Engine
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
-from tornado.web import Application, FallbackHandler
+from tornado.web import Application, RequestHandler
 
-from app import AppParts, create_app, create_onion_endpoint
+from app import AppParts, create_app, create_onion_endpoint, without_onion_routes
 from handlers.endpoints import HandlerContext
 from handlers.runner import OutcomeRunner
-from logsetup import LoggedWSGIContainer, RequestLog, held_until_started
+from logsetup import AccessLog, LoggedWSGIContainer, held_until_started
 from logsetup import configure_logging as configure_logging  # noqa: PLC0414 - re-exported
-from lsrpc.endpoint import V2_PATH, V4_PATH
-from lsrpc.route import LsrpcHandler
+from lsrpc.paths import V2_PATH, V4_PATH
+from lsrpc.route import GuardedFallbackHandler, LsrpcHandler
 from push.dispatcher import Dispatcher, DispatchSettings, LatencyObserver, ProviderLane
 from push.outcome import ProviderSender
 from push.senders import DeliveryConfigError, build_senders
@@ -39,6 +39,8 @@ from settings import LoadedSettings, Settings, SettingsError, read_settings
 from startup import StartupError, load_keys, open_storage
 from stats.auth import StatsAuth
 from stats.counters import Counters
+from stats.healthz import PATH as HEALTH_PATH
+from stats.healthz import HealthHandler, HealthProbe
 from stats.metrics import RelayMetrics
 from stats.rollup import MinuteRollup, RetentionJob, StatsJobs
 from storage.clock import HeartbeatWriter, RelayClock, boot_id, resume_clock
@@ -47,6 +49,8 @@ from storage.queue import DeliveryQueue
 from storage.records import Provider
 from storage.store import RelayStore
 from storage.writer import BatchWriter, StorageError
+from web.connections import CappedHTTPServer, fit_to_file_limit
+from web.errorlog import RateLimitedLog
 
 log = logging.getLogger("pn_relay")
 
@@ -121,6 +125,9 @@ class Relay:
                 settings.STATS_USERNAME,
                 settings.STATS_PASSWORD or None,
                 settings.STATS_PASSWORD_HASH or None,
+                threads=settings.STATS_AUTH_THREADS,
+                max_pending=settings.STATS_AUTH_MAX_PENDING,
+                failures_per_minute=settings.STATS_AUTH_FAILURES_PER_MINUTE,
             )
         except ValueError as exc:  # both set, or a malformed hash: one line, at start
             raise StartupError(str(exc)) from None
@@ -138,6 +145,8 @@ class Relay:
         self.store = RelayStore(self.engine, self.writer, self.protector, clock.now_ms)
         self.counters = Counters()
         self.in_flight = InFlight()
+        self.errors = RateLimitedLog(log)  # unexpected errors: a line per kind and minute
+        self.stats_auth = stats_auth
         if not stats_auth.configured:
             log.warning(
                 "the statistics endpoint refuses everyone: set STATS_USERNAME and"
@@ -194,11 +203,13 @@ class Relay:
             metrics_public=settings.METRICS_PUBLIC,
             dispatcher_alive=self._dispatcher_alive,
             clock_ms=now_ms,
+            errors=self.errors,
         )
         self.onion = create_onion_endpoint(parts)
+        self.health = HealthProbe(self.engine, self._dispatcher_alive)
         self.app = create_app(parts, self.onion)
         self.executor = ThreadPoolExecutor(settings.WEB_THREADS, thread_name_prefix="web")
-        self.http: HTTPServer | None = None
+        self.http: CappedHTTPServer | None = None
         self.port: int | None = None
         self._housekeeping: asyncio.Task[None] | None = None
 
@@ -221,23 +232,34 @@ class Relay:
         return count, age
 
     def tornado_app(self) -> Application:
-        """The onion paths on Tornado directly (the fast path), all else on the Flask app."""
-        request_log = RequestLog(self.settings.ACCESS_LOG)
+        """The onion paths and /healthz on Tornado directly (on the IOLoop), all else on the
+        Flask app; aliases of the onion paths reach neither Flask nor a web thread."""
+        access = AccessLog(self.settings.ACCESS_LOG)
         wsgi = LoggedWSGIContainer(
-            self.in_flight.wrap_wsgi(self.app.wsgi_app),
+            self.in_flight.wrap_wsgi(without_onion_routes(self.app)),
             executor=self.executor,
-            request_log=request_log,
+            access_log=access,
         )
+        errors = self.errors
+
+        def log_request(handler: RequestHandler) -> None:
+            log_server_errors(handler, errors)
+            access.tornado(handler)
+
         onion_routes = [
-            (path, LsrpcHandler, {"answer": self.in_flight.wrap_async(answer)})
+            (path, LsrpcHandler, {"answer": self.in_flight.wrap_async(answer), "errors": errors})
             for path, answer in (
                 (V2_PATH, self.onion.answer_v2_async),
                 (V4_PATH, self.onion.answer_v4_async),
             )
         ]
         return Application(
-            [*onion_routes, (r".*", FallbackHandler, {"fallback": wsgi})],
-            log_function=request_log.tornado,
+            [
+                *onion_routes,
+                (HEALTH_PATH, HealthHandler, {"probe": self.health, "errors": errors}),
+                (r".*", GuardedFallbackHandler, {"fallback": wsgi, "errors": errors}),
+            ],
+            log_function=log_request,
         )
 
     async def start(
@@ -248,7 +270,14 @@ class Relay:
         # Tornado refuses bodies past its own limit with a bare 400 before any handler sees
         # them; keep it well above MAX_BODY_BYTES so oversized bodies get a clear 413.
         tornado_limit = max(4 * self.settings.MAX_BODY_BYTES, 1024 * 1024)
-        self.http = HTTPServer(self.tornado_app(), max_body_size=tornado_limit, xheaders=False)
+        self.http = CappedHTTPServer(
+            self.tornado_app(),
+            max_body_size=tornado_limit,
+            xheaders=False,
+            idle_connection_timeout=self.settings.IDLE_CONNECTION_TIMEOUT,
+            body_timeout=self.settings.BODY_TIMEOUT,
+            max_connections=fit_to_file_limit(self.settings.MAX_CONNECTIONS),
+        )
         if sockets is None:
             sockets = bind_listening_sockets(self.settings)
         self.http.add_sockets(sockets)
@@ -300,6 +329,8 @@ class Relay:
 
     def _close_blocking(self) -> None:
         self.executor.shutdown(wait=True)
+        self.health.close()
+        self.stats_auth.close()
         with contextlib.suppress(StorageError):
             self.writer.submit(self.heartbeat.op())
         self.writer.close()
@@ -338,6 +369,17 @@ def build_dispatcher(
         for provider, sender in senders.items()
     ]
     return Dispatcher(lanes)
+
+
+def log_server_errors(handler: RequestHandler, errors: RateLimitedLog) -> None:
+    """Tornado's per-request log, reduced to server errors (never a client's data), at most
+    a line per status and minute."""
+    status = handler.get_status()
+    if status >= 500:
+        method = handler.request.method
+        errors.log(
+            logging.ERROR, f"status {status}", "%d %s %s", status, method, type(handler).__name__
+        )
 
 
 def _bound_port(http: HTTPServer) -> int:

@@ -69,6 +69,13 @@ class Settings:
     STATS_RETENTION_DAYS: int = 400
     METRICS_ENABLED: bool = True
     METRICS_PUBLIC: bool = False
+    # -- harden: slow clients and statistics authentication (docs/security.md) ---------
+    BODY_TIMEOUT: float = 30.0
+    IDLE_CONNECTION_TIMEOUT: float = 60.0
+    MAX_CONNECTIONS: int = 4096
+    STATS_AUTH_THREADS: int = 2
+    STATS_AUTH_MAX_PENDING: int = 8
+    STATS_AUTH_FAILURES_PER_MINUTE: int = 30
     # -- config-keys -------------------------------------------------------------------
     LOG_FORMAT: str = "text"
     ACCESS_LOG: bool = False
@@ -112,6 +119,13 @@ _LIMITS: dict[str, tuple[float, float]] = {
     "PUSH_RETRY_BASE": (0.01, 3600),
     "DELIVERY_LEASE": (1, 3600),
     "STATS_RETENTION_DAYS": (0, 36500),
+    # -- harden
+    "BODY_TIMEOUT": (0.1, 3600),
+    "IDLE_CONNECTION_TIMEOUT": (0.1, 24 * 3600),
+    "MAX_CONNECTIONS": (1, 1_000_000),
+    "STATS_AUTH_THREADS": (1, 64),
+    "STATS_AUTH_MAX_PENDING": (1, 1024),
+    "STATS_AUTH_FAILURES_PER_MINUTE": (1, 100_000),
 }
 _CHOICES: dict[str, tuple[str, ...]] = {
     "LOG_LEVEL": ("DEBUG", "INFO", "WARNING", "ERROR"),

@@ -52,7 +52,7 @@ def parse_outer(body: bytes) -> OuterFrame:
         raise FramingError("JSON trailer too long")
     try:
         trailer = json.loads(trailer_raw)
-    except (UnicodeDecodeError, ValueError):
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than Python recurses
         raise FramingError("JSON trailer is not valid JSON") from None
     if not isinstance(trailer, dict):
         raise FramingError("JSON trailer is not an object")

@@ -11,13 +11,19 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from flask import Blueprint, Response, request
-from tornado.web import RequestHandler
+from tornado.httputil import HTTPServerRequest
+from tornado.web import FallbackHandler
 
-from lsrpc.endpoint import V2_PATH, V4_PATH, HttpAnswer, OnionEndpoint
+from lsrpc.endpoint import HttpAnswer, OnionEndpoint
+from lsrpc.paths import V2_PATH, V4_PATH, is_onion_alias
+from web.errorlog import RateLimitedLog
+from web.handlers import PlainErrorsHandler
+
+ONION_BLUEPRINT = "lsrpc"
 
 
 def create_lsrpc_blueprint(endpoint: OnionEndpoint) -> Blueprint:
-    blueprint = Blueprint("lsrpc", __name__)
+    blueprint = Blueprint(ONION_BLUEPRINT, __name__)
 
     def respond(answer: HttpAnswer) -> Response:
         return Response(answer.body, status=answer.status, content_type=answer.content_type)
@@ -33,20 +39,21 @@ def create_lsrpc_blueprint(endpoint: OnionEndpoint) -> Blueprint:
     return blueprint
 
 
-class LsrpcHandler(RequestHandler):
+class LsrpcHandler(PlainErrorsHandler):
     """POST /loki/v2/lsrpc and /oxen/v4/lsrpc on Tornado's IOLoop.
 
     Opening and sealing are CPU work of ~0.1 ms; the database write is awaited, never
-    waited for, so the loop is not blocked.
+    waited for, so the loop is not blocked. The endpoint never raises (see OnionEndpoint);
+    if it ever did, PlainErrorsHandler answers a plain 500 and logs one line per kind.
     """
 
     SUPPORTED_METHODS = ("POST",)
 
-    def initialize(self, answer: Callable[[bytes], Awaitable[HttpAnswer]]) -> None:
+    def initialize(  # type: ignore[override]
+        self, answer: Callable[[bytes], Awaitable[HttpAnswer]], errors: RateLimitedLog
+    ) -> None:
+        super().initialize(errors)
         self._answer_body = answer
-
-    def set_default_headers(self) -> None:
-        self.clear_header("Server")
 
     async def post(self) -> None:
         answer = await self._answer_body(self.request.body)
@@ -54,7 +61,26 @@ class LsrpcHandler(RequestHandler):
         self.set_header("Content-Type", answer.content_type)
         self.finish(answer.body)
 
-    def write_error(self, status_code: int, **kwargs: object) -> None:
-        # Tornado's own errors (405, a body it could not read): short and plain, no trace.
-        self.set_header("Content-Type", "text/plain; charset=utf-8")
-        self.finish(f"{self._reason}\n")
+
+class GuardedFallbackHandler(PlainErrorsHandler, FallbackHandler):
+    """Everything but the exact onion paths goes to the WSGI app, except aliases of them.
+
+    `POST /loki/v2/%6Csrpc`, `//loki/v2/lsrpc`, `/LOKI/v2/lsrpc/` and the like miss the fast
+    path's exact routes; the WSGI app would unescape or merge some of them into its own
+    (blocking) onion route and hold a web thread for the whole write. They are refused here,
+    on the IOLoop, with the same plain 404 as any unknown path.
+    """
+
+    def initialize(  # type: ignore[override]
+        self, fallback: Callable[[HTTPServerRequest], None], errors: RateLimitedLog
+    ) -> None:
+        PlainErrorsHandler.initialize(self, errors)
+        FallbackHandler.initialize(self, fallback)
+
+    def prepare(self) -> None:
+        if is_onion_alias(self.request.path):
+            self.set_status(404)
+            self.set_header("Content-Type", "text/plain; charset=utf-8")
+            self.finish("Not Found\n")
+            return
+        super().prepare()

@@ -32,7 +32,7 @@ def parse_params(raw: str | bytes | None) -> dict[str, Any]:
         return {}
     try:
         params = json.loads(raw)
-    except (UnicodeDecodeError, ValueError):
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than Python recurses
         raise V2RequestError("Request body is not valid JSON") from None
     if not isinstance(params, dict):
         raise V2RequestError("Request body must be a JSON object")
@@ -42,7 +42,7 @@ def parse_params(raw: str | bytes | None) -> dict[str, Any]:
 def parse_request(plaintext: bytes) -> ClientCall:
     try:
         outer = json.loads(plaintext)
-    except (UnicodeDecodeError, ValueError):
+    except (ValueError, RecursionError):
         raise V2RequestError("Request is not valid JSON") from None
     if not isinstance(outer, dict):
         raise V2RequestError("Request must be a JSON object")

@@ -1,29 +1,45 @@
 """APNs over HTTP/2 through aioapns 4.0, with a small adapter of our own.
 
-aioapns 4.0 (pinned) is used for its connection pool, stream bookkeeping and JWT signing.
-The adapter changes what we need and it lacks, by subclassing its protocol:
+aioapns 4.0 (pinned) is used for its connection pool, channel (stream slot) pool, connection
+lifecycle and JWT signing. The adapter replaces how a request travels on a connection, by
+subclassing its protocol:
 
+- HTTP/2 flow control when sending: DATA never goes beyond the connection's or the stream's
+  window, nor in frames over the peer's SETTINGS_MAX_FRAME_SIZE. A body the windows cannot
+  take yet waits, in order, for WINDOW_UPDATE (or a SETTINGS change of the initial window);
+  aioapns called h2's `send_data` blindly, and on `FlowControlError` its pool slept a second
+  and sent again, leaving a half-open stream and its channel behind;
+- answers are keyed by stream id, not by `apns-id`: the same delivery sent twice at once (two
+  processes, a retry racing a late answer) gets two answers. aioapns keys `requests[apns_id]`,
+  so the second send overwrote the first's future and the first waited for its timeout;
+- a send that fails in any way (timeout, cancellation, connection lost, an exception part-way)
+  resets its stream (RST_STREAM CANCEL) and gives back its channel slot; a stream the server
+  resets fails its send at once (REFUSED_STREAM: sent again by the pool) instead of hanging;
 - it acknowledges received DATA (aioapns never sends WINDOW_UPDATE, so after ~1,200 error
-  bodies a connection stalls for good; upstream Fatal1ty/aioapns PR #75, unmerged);
+  bodies a connection stalls for good; upstream Fatal1ty/aioapns PR #75, unmerged), and reads
+  an answer's body whole, even split over several DATA frames;
 - host and port come from settings (APNS_ENDPOINT), and the TLS context trusts APNS_CA_FILE
   and offers ALPN "h2";
 - the body sent is exactly our payload bytes (aioapns would re-encode it), with an absolute
   `apns-expiration` and the delivery's own `apns-id`, the same on every retry;
-- it keeps `Retry-After`, and one JWT per team is shared by every connection (aioapns signs
-  one per connection).
+- it keeps `Retry-After` with the answer, and one JWT per team is shared by every connection
+  (aioapns signs one per connection).
 
-tests/test_apns_adapter.py fails if the aioapns internals this relies on move.
+tests/test_provider_adapters.py fails if the aioapns internals this relies on move;
+tests/test_apns_flow_control.py drives it against the fake APNs granting only 65,535 bytes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import ssl
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from aioapns.common import NotificationRequest, NotificationResult
 from aioapns.connection import (
@@ -36,6 +52,18 @@ from aioapns.connection import (
 from aioapns.exceptions import ConnectionClosed, MaxAttemptsExceeded
 from h2.config import H2Configuration
 from h2.connection import H2Connection
+from h2.errors import ErrorCodes
+from h2.events import (
+    ConnectionTerminated,
+    DataReceived,
+    RemoteSettingsChanged,
+    ResponseReceived,
+    StreamEnded,
+    StreamReset,
+    WindowUpdated,
+)
+from h2.exceptions import ProtocolError
+from h2.settings import ChangedSetting, SettingCodes
 from hpack import Encoder
 
 from push.outcome import ACCEPTED, ProviderSender, Push, PushOutcome, Verdict
@@ -77,13 +105,80 @@ class _Request(NotificationRequest):
         self.expiration = expiration
 
 
+class APNsResult(NotificationResult):
+    """aioapns' result, with the answer's own Retry-After (None when absent)."""
+
+    __slots__ = ("retry_after",)
+
+    def __init__(
+        self,
+        notification_id: str,
+        status: str,
+        description: str | None = None,
+        timestamp: int | None = None,
+        retry_after: str | None = None,
+    ) -> None:
+        super().__init__(notification_id, status, description=description, timestamp=timestamp)
+        self.retry_after = retry_after
+
+
+class StreamResetByServer(ConnectionError):
+    """APNs reset the request's stream (RST_STREAM) without answering it."""
+
+    def __init__(self, error_code: int) -> None:
+        super().__init__(f"stream reset by APNs, error code {error_code}")
+        self.error_code = error_code
+
+
+class _Stream:
+    """One request in flight on a connection: what is left to send, and its answer so far."""
+
+    __slots__ = ("answer", "apns_id", "body", "retry_after", "status", "unsent")
+
+    def __init__(self, apns_id: str, answer: asyncio.Future[APNsResult], body: bytes) -> None:
+        self.apns_id = apns_id
+        self.answer = answer
+        self.unsent = memoryview(body)  # the part of our request body not sent yet
+        self.status = ""
+        self.retry_after: str | None = None
+        self.body = bytearray()  # the answer's body
+
+
+def _answer(stream: _Stream) -> APNsResult:
+    status = stream.status or "500"
+    if status == "200":
+        return APNsResult(stream.apns_id, status, retry_after=stream.retry_after)
+    reason: Any = ""
+    timestamp: Any = None
+    try:
+        document = json.loads(bytes(stream.body)) if stream.body else {}
+    except ValueError:
+        reason = "UnreadableBody"
+    else:
+        if isinstance(document, dict):
+            reason = document.get("reason", "")
+            timestamp = document.get("timestamp")
+    return APNsResult(
+        stream.apns_id,
+        status,
+        description=reason if isinstance(reason, str) else "UnreadableBody",
+        timestamp=timestamp if type(timestamp) is int else None,
+        retry_after=stream.retry_after,
+    )
+
+
 class _PlainEncoder(Encoder):
     def encode(self, headers: Any, huffman: bool = False) -> bytes:
         return bytes(super().encode(headers, huffman=False))
 
 
 class RelayAPNsProtocol(APNsTLSClientProtocol):
-    """aioapns' protocol with flow control, our bytes, and Retry-After kept."""
+    """aioapns' protocol with flow control, answers by stream, and every failure cleaned up.
+
+    `streams` holds the requests in flight (each holding one of `free_channels`' slots until it
+    is answered or abandoned); `unsent` those of them whose body still waits for window.
+    aioapns' `requests`, `request_streams` and `request_statuses` stay empty.
+    """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -99,60 +194,193 @@ class RelayAPNsProtocol(APNsTLSClientProtocol):
             )
         )
         self.conn.encoder = _PlainEncoder()
-        self.retry_after: dict[str, str] = {}
-        self._bodies: dict[int, bytearray] = {}
+        self.streams: dict[int, _Stream] = {}
+        self.unsent: dict[int, _Stream] = {}  # in the order sent: first come, first sent
+        self.closing = False
 
-    async def send_notification(self, request: NotificationRequest) -> NotificationResult:
+    # -- sending ---------------------------------------------------------------------------
+    async def send_notification(self, request: NotificationRequest) -> APNsResult:
         if not isinstance(request, _Request):
             raise TypeError("the relay's APNs protocol sends _Request objects only")
+        if self.closing:
+            raise ConnectionClosed("connection closing")
         stream_id = await self.free_channels.acquire()
-        headers = [
-            (":method", "POST"),
-            (":scheme", "https"),
-            (":path", f"/3/device/{request.device_token}"),
-            ("host", self.APNS_SERVER),
-            ("apns-id", request.notification_id),
-            ("apns-topic", self.apns_topic),
-            ("apns-push-type", "alert"),
-            ("apns-priority", "10"),
-            ("apns-expiration", str(request.expiration)),
-        ]
-        if self.auth_provider is not None:
-            headers.append(("authorization", self.auth_provider.get_header()))
-        self.conn.send_headers(stream_id=stream_id, headers=headers)
-        self.conn.send_data(stream_id=stream_id, data=request.payload, end_stream=True)
-        self.flush()
-        answer: asyncio.Future[NotificationResult] = self.loop.create_future()
-        self.requests[request.notification_id] = answer
-        self.request_streams[stream_id] = request.notification_id
-        return await answer
-
-    def on_response_received(self, headers: dict[bytes, bytes]) -> None:
-        retry_after = headers.get(b"retry-after")
-        if retry_after is not None:
-            apns_id = headers.get(b"apns-id", b"").decode()
-            self.retry_after[apns_id] = retry_after.decode()
-        super().on_response_received(headers)
-
-    def on_data_received(self, raw_data: bytes, stream_id: int) -> None:
-        # The fix aioapns lacks: give the window back, or the server stops sending. And keep
-        # the body until the stream ends: it may come in several DATA frames, which aioapns
-        # would each parse as JSON on their own.
-        self.conn.acknowledge_received_data(len(raw_data), stream_id)
-        self._bodies.setdefault(stream_id, bytearray()).extend(raw_data)
-
-    def on_stream_ended(self, stream_id: int) -> None:
-        body = self._bodies.pop(stream_id, None)
-        if body:
+        stream = _Stream(request.notification_id, self.loop.create_future(), request.payload)
+        self.streams[stream_id] = stream
+        try:
+            if self.closing:  # lost while we waited for a channel
+                raise ConnectionClosed("connection closing")
+            headers = [
+                (":method", "POST"),
+                (":scheme", "https"),
+                (":path", f"/3/device/{request.device_token}"),
+                ("host", self.APNS_SERVER),
+                ("apns-id", request.notification_id),
+                ("apns-topic", self.apns_topic),
+                ("apns-push-type", "alert"),
+                ("apns-priority", "10"),
+                ("apns-expiration", str(request.expiration)),
+            ]
+            if self.auth_provider is not None:
+                headers.append(("authorization", self.auth_provider.get_header()))
             try:
-                super().on_data_received(bytes(body), stream_id)
-            except ValueError:  # not JSON: answer the request as a transient failure
-                apns_id = self.request_streams.pop(stream_id, None) or ""
-                request = self.requests.pop(apns_id, None)
-                if request is not None and not request.done():
-                    status = self.request_statuses.pop(apns_id, "500")
-                    request.set_result(NotificationResult(apns_id, status, "UnreadableBody"))
-        super().on_stream_ended(stream_id)
+                self.conn.send_headers(stream_id=stream_id, headers=headers)
+            except ProtocolError as exc:  # e.g. GOAWAY received: no new streams here
+                raise ConnectionClosed(str(exc)) from None
+            self.unsent[stream_id] = stream
+            self._send_unsent()
+            self.flush()
+            return await stream.answer
+        except BaseException:
+            self._abandon(stream_id)
+            raise
+
+    def _send_unsent(self) -> None:
+        """Send what the windows allow of the waiting bodies, oldest first."""
+        conn = self.conn
+        finished: list[int] = []
+        failed: list[tuple[int, ProtocolError]] = []
+        for stream_id, stream in self.unsent.items():
+            if conn.outbound_flow_control_window <= 0:
+                break
+            unsent = stream.unsent
+            try:
+                while True:
+                    size = min(
+                        conn.local_flow_control_window(stream_id),
+                        conn.max_outbound_frame_size,
+                        len(unsent),
+                    )
+                    if size <= 0 and unsent:
+                        break  # this stream's window is shut: let the next one use the rest
+                    conn.send_data(stream_id, unsent[:size], end_stream=size == len(unsent))
+                    unsent = unsent[size:]
+                    if not unsent:
+                        finished.append(stream_id)
+                        break
+            except ProtocolError as exc:  # the stream or connection closed under us
+                failed.append((stream_id, exc))
+            stream.unsent = unsent
+        for stream_id in finished:
+            self.unsent.pop(stream_id, None)
+        for stream_id, error in failed:
+            self._fail(stream_id, ConnectionClosed(str(error)))
+
+    def _release(self, stream_id: int) -> _Stream | None:
+        """Forget a stream and give its channel back: exactly once per stream."""
+        stream = self.streams.pop(stream_id, None)
+        if stream is not None:
+            self.unsent.pop(stream_id, None)
+            self.free_channels.release()
+        return stream
+
+    def _reset(self, stream_id: int) -> None:
+        with contextlib.suppress(ProtocolError):  # never opened, or closed already
+            self.conn.reset_stream(stream_id, ErrorCodes.CANCEL)
+
+    def _abandon(self, stream_id: int) -> None:
+        """Our side gave up on a stream (timeout, cancellation, an error): reset, release."""
+        if self._release(stream_id) is not None:
+            self._reset(stream_id)
+            if self.transport is not None and not self.transport.is_closing():
+                self.flush()
+
+    def _fail(self, stream_id: int, error: Exception) -> None:
+        stream = self._release(stream_id)
+        if stream is not None:
+            self._reset(stream_id)
+            if not stream.answer.done():
+                stream.answer.set_exception(error)
+
+    # -- receiving ---------------------------------------------------------------------------
+    def data_received(self, data: bytes) -> None:
+        try:
+            events = self.conn.receive_data(data)
+        except ProtocolError as exc:  # h2 has queued GOAWAY: send it and close
+            log.warning("APNs connection closed: HTTP/2 protocol error (%s)", type(exc).__name__)
+            self.flush()
+            self.close()
+            return
+        window_opened = False
+        for event in events:
+            kind = type(event)
+            if kind is ResponseReceived:
+                assert isinstance(event, ResponseReceived)
+                self._on_response(event)
+            elif kind is DataReceived:
+                assert isinstance(event, DataReceived)
+                self._on_data(event)
+            elif kind is StreamEnded:
+                assert isinstance(event, StreamEnded)
+                self._on_ended(event.stream_id)
+            elif kind is WindowUpdated:
+                window_opened = True
+            elif kind is RemoteSettingsChanged:
+                assert isinstance(event, RemoteSettingsChanged)
+                self.on_remote_settings_changed(
+                    cast(dict[SettingCodes, ChangedSetting], event.changed_settings)
+                )
+                window_opened = True  # the initial window or the frame size may have grown
+            elif kind is StreamReset:
+                assert isinstance(event, StreamReset)
+                self._on_reset(event)
+            elif kind is ConnectionTerminated:
+                assert isinstance(event, ConnectionTerminated)
+                self.on_connection_terminated(event)
+        if window_opened and self.unsent:
+            self._send_unsent()
+        if self.transport is not None and not self.transport.is_closing():
+            self.flush()
+
+    def _on_response(self, event: ResponseReceived) -> None:
+        stream = self.streams.get(event.stream_id or 0)
+        if stream is None:
+            return
+        for name, value in event.headers or ():
+            if name == b":status":
+                stream.status = bytes(value).decode("ascii", "replace")
+            elif name == b"retry-after":
+                stream.retry_after = bytes(value).decode("ascii", "replace")
+
+    def _on_data(self, event: DataReceived) -> None:
+        # The fix aioapns lacks: give the window back, or the server stops sending. And keep
+        # the body until the stream ends: it may come in several DATA frames.
+        stream_id = event.stream_id or 0
+        self.conn.acknowledge_received_data(event.flow_controlled_length or 0, stream_id)
+        stream = self.streams.get(stream_id)
+        if stream is not None and event.data:
+            stream.body += event.data
+
+    def _on_ended(self, stream_id: int) -> None:
+        unfinished = stream_id in self.unsent  # answered before our body was all sent
+        stream = self._release(stream_id)
+        if stream is None:
+            return
+        if unfinished:
+            self._reset(stream_id)
+        if not stream.answer.done():
+            stream.answer.set_result(_answer(stream))
+
+    def _on_reset(self, event: StreamReset) -> None:
+        stream = self._release(event.stream_id or 0)
+        if stream is None or stream.answer.done():
+            return
+        code = int(event.error_code or 0)
+        if code == ErrorCodes.REFUSED_STREAM:  # not processed: the pool sends it again
+            stream.answer.set_exception(ConnectionClosed("stream refused"))
+        else:
+            stream.answer.set_exception(StreamResetByServer(code))
+
+    # -- closing -----------------------------------------------------------------------------
+    def close(self) -> None:
+        self.closing = True
+        super().close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        super().connection_lost(exc)  # the pool forgets us; channel waiters fail
+        for stream_id in list(self.streams):
+            self._fail(stream_id, ConnectionClosed(str(exc)))
 
 
 def _protocol_class(host: str, port: int) -> type[RelayAPNsProtocol]:
@@ -264,10 +492,7 @@ class APNsSender(ProviderSender):
             return PushOutcome.transient("timeout")
         except (ConnectionError, ConnectionClosed, MaxAttemptsExceeded, OSError) as exc:
             return PushOutcome.transient(type(exc).__name__)
-        retry_after = None
-        for connection in self._pool.connections:
-            if isinstance(connection, RelayAPNsProtocol):
-                retry_after = connection.retry_after.pop(push.apns_id, None) or retry_after
+        retry_after = result.retry_after if isinstance(result, APNsResult) else None
         outcome = classify(result, retry_after)
         return outcome.with_trimmed() if trimmed else outcome
 

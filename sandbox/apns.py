@@ -3,6 +3,14 @@
 It speaks the real provider API (``POST /3/device/<token>``, token auth with ES256 JWTs, Apple's
 status codes and ``{"reason": ...}`` bodies), honours HTTP/2 flow control in both directions, and
 answers each device token as scripted (see :mod:`sandbox.script`).
+
+It also watches the client: DATA beyond the windows it granted, or in frames larger than its
+SETTINGS_MAX_FRAME_SIZE, is recorded in ``violations`` (and ends the connection with GOAWAY, as
+HTTP/2 requires); a stream the client resets is recorded in ``client_resets``; a request whose
+body never ended is counted in ``half_open_at_close`` when its connection closes (and
+``open_requests()`` counts those still open). ``strict_flow_control=True`` grants only the RFC
+default window (65,535 bytes for the connection and for each stream) and gives it back only as
+requests are consumed, the way a strict server does; ``hold_window_updates()`` stops even that.
 """
 
 from __future__ import annotations
@@ -39,7 +47,7 @@ from h2.events import (
     StreamReset,
     WindowUpdated,
 )
-from h2.exceptions import ProtocolError, StreamClosedError
+from h2.exceptions import FlowControlError, FrameTooLargeError, ProtocolError, StreamClosedError
 from h2.settings import SettingCodes, Settings
 from hpack import Encoder, HeaderTuple, NeverIndexedHeaderTuple
 
@@ -58,7 +66,9 @@ __all__ = [
     "DEFAULT_TOPIC",
     "MAX_PAYLOAD",
     "ApnsPush",
+    "ClientReset",
     "FakeApns",
+    "FlowViolation",
     "install_huffman_cache",
     "provider_token",
 ]
@@ -66,7 +76,8 @@ __all__ = [
 DEFAULT_TOPIC = "com.loki-project.loki-messenger"
 MAX_PAYLOAD = 4096
 PATH_PREFIX = "/3/device/"
-# Our receive window for the whole connection: large, so clients rarely wait on us.
+# Our receive window for the whole connection: large, so clients rarely wait on us (unless
+# strict_flow_control, which keeps the RFC default of 65,535 bytes).
 CONNECTION_WINDOW = 1 << 24
 
 _PUSH_TYPES = frozenset(
@@ -144,10 +155,35 @@ class ApnsPush:
         return json.loads(self.body)
 
 
+@dataclass(frozen=True, slots=True)
+class FlowViolation:
+    """The client broke HTTP/2 flow control or frame-size rules on a connection.
+
+    ``error`` is h2's exception name (``FlowControlError``: DATA beyond the connection or stream
+    window; ``FrameTooLargeError``: a frame over SETTINGS_MAX_FRAME_SIZE); ``detail`` its text.
+    """
+
+    connection_id: int
+    error: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClientReset:
+    """The client reset a stream (RST_STREAM). ``request_complete`` is False when the request
+    body had not ended yet (the client gave up part-way through sending)."""
+
+    connection_id: int
+    stream_id: int
+    error_code: int
+    request_complete: bool
+
+
 @dataclass(slots=True)
 class _Request:
     headers: dict[str, str]
     body: bytearray
+    unconsumed: int = 0  # flow-controlled bytes received, not yet given back (strict mode)
 
 
 def _reason_body(reason: str, timestamp_ms: int | None = None) -> bytes:
@@ -222,6 +258,8 @@ class _H2Protocol(asyncio.Protocol):
         # Streams opened by the client and not yet fully answered (for MAX_CONCURRENT_STREAMS).
         self.active: set[int] = set()
         self.timers: set[asyncio.TimerHandle] = set()
+        # (stream id, bytes) consumed while the server holds its window updates back.
+        self.withheld: list[tuple[int, int]] = []
         self.closed = False
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
@@ -244,12 +282,14 @@ class _H2Protocol(asyncio.Protocol):
             },
         )
         self.conn.initiate_connection()
-        self.conn.increment_flow_control_window(CONNECTION_WINDOW - 65535)
+        if not server.strict_flow_control:
+            self.conn.increment_flow_control_window(CONNECTION_WINDOW - 65535)
         transport.write(self.conn.data_to_send())
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.server._protocols.discard(self)
+        self.server.half_open_at_close += len(self.requests)
         for timer in self.timers:
             timer.cancel()
         self.timers.clear()
@@ -269,8 +309,17 @@ class _H2Protocol(asyncio.Protocol):
         if self.closed:
             return
         conn = self.conn
+        strict = self.server.strict_flow_control
         try:
             events = conn.receive_data(data)
+        except (FlowControlError, FrameTooLargeError) as exc:
+            # h2 has queued GOAWAY(FLOW_CONTROL_ERROR / FRAME_SIZE_ERROR): record, send, close.
+            self.server.violations.append(
+                FlowViolation(self.connection_id, type(exc).__name__, str(exc))
+            )
+            self.flush()
+            self.close()
+            return
         except ProtocolError:
             self.flush()
             self.close()
@@ -283,7 +332,10 @@ class _H2Protocol(asyncio.Protocol):
                 request = self.requests.get(sid)
                 if request is not None:
                     request.body += event.data
-                conn.acknowledge_received_data(event.flow_controlled_length, sid)
+                    if strict:  # given back once the request is consumed (StreamEnded)
+                        request.unconsumed += event.flow_controlled_length
+                        continue
+                self.consume(sid, event.flow_controlled_length)
             elif kind is RequestReceived:
                 assert isinstance(event, RequestReceived)
                 sid = event.stream_id
@@ -299,6 +351,8 @@ class _H2Protocol(asyncio.Protocol):
                 assert isinstance(event, StreamEnded)
                 request = self.requests.pop(event.stream_id, None)
                 if request is not None:
+                    if request.unconsumed:
+                        self.consume(event.stream_id, request.unconsumed)
                     self.server._on_request(self, event.stream_id, request)
                     if self.closed:
                         return
@@ -314,13 +368,35 @@ class _H2Protocol(asyncio.Protocol):
                     self._drain_all()
             elif kind is StreamReset:
                 assert isinstance(event, StreamReset)
-                self.requests.pop(event.stream_id, None)
-                self.pending.pop(event.stream_id, None)
-                self.active.discard(event.stream_id)
+                sid = event.stream_id
+                request = self.requests.pop(sid, None)
+                if event.remote_reset and (request is not None or sid in self.active):
+                    self.server.client_resets.append(
+                        ClientReset(self.connection_id, sid, int(event.error_code), request is None)
+                    )
+                if request is not None and request.unconsumed:
+                    self.consume(sid, request.unconsumed)  # discarded: give the window back
+                self.pending.pop(sid, None)
+                self.active.discard(sid)
             elif kind is ConnectionTerminated:
                 self.flush()
                 self.close()
                 return
+        self.flush()
+
+    def consume(self, stream_id: int, size: int) -> None:
+        """The server has read ``size`` bytes of ``stream_id``: hand the window back (h2 sends
+        WINDOW_UPDATE once half a window is consumed), unless window updates are held."""
+        if self.server.window_updates_held:
+            self.withheld.append((stream_id, size))
+        else:
+            self.conn.acknowledge_received_data(size, stream_id)
+
+    def release_withheld(self) -> None:
+        withheld, self.withheld = self.withheld, []
+        with contextlib.suppress(ProtocolError):
+            for stream_id, size in withheld:
+                self.conn.acknowledge_received_data(size, stream_id)
         self.flush()
 
     # -- sending -------------------------------------------------------------------------------
@@ -432,6 +508,7 @@ class FakeApns(LoopServer):
         alpn: Iterable[str] | None = ("h2",),
         cache_huffman: bool = True,
         client_ca_file: str | os.PathLike[str] | None = None,
+        strict_flow_control: bool = False,
     ) -> None:
         super().__init__()
         self.tls = tls
@@ -442,6 +519,9 @@ class FakeApns(LoopServer):
         self.host = check_loopback(host)
         self.port = port
         self.max_concurrent_streams = max_concurrent_streams
+        #: Grant only the RFC default windows (65,535 bytes), given back as requests are read.
+        self.strict_flow_control = strict_flow_control
+        self.window_updates_held = False
         self.check_token_format = check_token_format
         self.token_max_age = token_max_age
         self._public_key: ec.EllipticCurvePublicKey = apns_key.public_key()
@@ -459,6 +539,10 @@ class FakeApns(LoopServer):
         self.global_delay = 0.0
         self.connections_total = 0
         self.requests_total = 0
+        #: What the clients did wrong or left unfinished (see the module docstring).
+        self.violations: list[FlowViolation] = []
+        self.client_resets: list[ClientReset] = []
+        self.half_open_at_close = 0
         self._down = False
         self._server: asyncio.Server | None = None
         self._protocols: set[_H2Protocol] = set()
@@ -515,6 +599,22 @@ class FakeApns(LoopServer):
                     proto.abort()
 
         self.call_in_loop(run)
+
+    def hold_window_updates(self, held: bool = True) -> None:
+        """Stop giving flow-control window back (``True``): the server reads nothing more, the
+        way a stalled server does. ``False`` gives back everything withheld meanwhile."""
+
+        def run() -> None:
+            self.window_updates_held = held
+            if not held:
+                for proto in list(self._protocols):
+                    proto.release_withheld()
+
+        self.call_in_loop(run)
+
+    def open_requests(self) -> int:
+        """Requests whose headers arrived but whose body has not ended, on open connections."""
+        return self.call_in_loop(lambda: sum(len(p.requests) for p in self._protocols))
 
     def delivered(self) -> list[ApnsPush]:
         """Recorded pushes answered 200."""

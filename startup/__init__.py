@@ -52,8 +52,12 @@ def _sqlite_file(engine: Engine) -> Path | None:
     return None
 
 
-def open_storage(settings: Settings) -> tuple[Engine, Keys]:
-    """The database (schema created) and the keys, checked against each other."""
+def open_storage(settings: Settings, *, server_key: bool = True) -> tuple[Engine, Keys]:
+    """The database (schema created) and the keys, checked against each other.
+
+    `server_key=False` (tools/import_legacy.py): the two secrets only; the server key is
+    neither read nor made, and its fingerprint is left alone.
+    """
     try:
         engine = make_engine(
             settings.database_url,
@@ -64,7 +68,7 @@ def open_storage(settings: Settings) -> tuple[Engine, Keys]:
         raise StartupError(one_line(str(exc))) from None
     created = CreatedFiles()
     try:
-        with KeyDirectory(settings, created) as directory:
+        with KeyDirectory(settings, created, server_key=server_key) as directory:
             try:
                 keys = directory.load()
                 database = _sqlite_file(engine)

@@ -34,7 +34,8 @@ class KeyFile:
     what: str  # "server key", ...
 
 
-def key_files(settings: Settings) -> tuple[KeyFile, KeyFile, KeyFile]:
+def key_files(settings: Settings) -> tuple[KeyFile, ...]:
+    """KEY_FILE, IDENTITY_KEY_FILE and TOKEN_KEY_FILE, as the settings resolve them."""
     return (
         KeyFile("KEY_FILE", settings.key_file, settings.KEY_FILE is not None, "server key"),
         KeyFile(
@@ -54,26 +55,32 @@ def key_files(settings: Settings) -> tuple[KeyFile, KeyFile, KeyFile]:
 
 @dataclass(frozen=True)
 class Keys:
-    """The three keys; `new` are those made by this start, not yet on disk until written."""
+    """The keys loaded; `new` are those made by this start, not on disk until written."""
 
-    files: tuple[KeyFile, KeyFile, KeyFile]
-    secrets: tuple[bytes, bytes, bytes]
+    files: tuple[KeyFile, ...]
+    secrets: tuple[bytes, ...]
     new: tuple[KeyFile, ...]
-
-    @property
-    def server(self) -> ServerKeypair:
-        return ServerKeypair.from_private_bytes(self.secrets[0])
-
-    @property
-    def identity(self) -> bytes:
-        return self.secrets[1]
-
-    @property
-    def token(self) -> bytes:
-        return self.secrets[2]
 
     def secret_of(self, key_file: KeyFile) -> bytes:
         return self.secrets[self.files.index(key_file)]
+
+    def _of(self, setting: str) -> bytes:
+        for key_file, secret in zip(self.files, self.secrets, strict=True):
+            if key_file.setting == setting:
+                return secret
+        raise LookupError(f"{setting} was not loaded")
+
+    @property
+    def server(self) -> ServerKeypair:
+        return ServerKeypair.from_private_bytes(self._of("KEY_FILE"))
+
+    @property
+    def identity(self) -> bytes:
+        return self._of("IDENTITY_KEY_FILE")
+
+    @property
+    def token(self) -> bytes:
+        return self._of("TOKEN_KEY_FILE")
 
 
 def _missing_named(key_file: KeyFile) -> KeyFileError:
@@ -100,9 +107,13 @@ class KeyDirectory:
     released.
     """
 
-    def __init__(self, settings: Settings, created: CreatedFiles) -> None:
+    def __init__(
+        self, settings: Settings, created: CreatedFiles, *, server_key: bool = True
+    ) -> None:
+        """`server_key=False`: the two secrets only (tools that never make a server key)."""
         self._data_dir = settings.DATA_DIR
-        self._files = key_files(settings)
+        self._all_files = key_files(settings)
+        self._files = tuple(f for f in self._all_files if server_key or f.setting != "KEY_FILE")
         self._created = created
         self._lock_fd: int | None = None
         self._written: set[KeyFile] = set()
@@ -139,7 +150,7 @@ class KeyDirectory:
 
     def _is_new_data_dir(self) -> bool:
         """DATA_DIR holds nothing but key files (or nothing at all)."""
-        own = {f.path.resolve() for f in self._files}
+        own = {f.path.resolve() for f in self._all_files}
         return all(entry.resolve() in own for entry in self._data_dir.iterdir())
 
     def load(self, *, init: bool = False) -> Keys:
@@ -157,8 +168,7 @@ class KeyDirectory:
             if missing and not init and not self._is_new_data_dir():
                 raise _missing_default(missing[0], self._data_dir)
         secrets = tuple(found[f] or new_secret() for f in self._files)
-        assert len(secrets) == 3
-        return Keys(self._files, (secrets[0], secrets[1], secrets[2]), tuple(missing))
+        return Keys(self._files, secrets, tuple(missing))
 
     def write(self, keys: Keys) -> None:
         """Write the keys made by this start (mode 0600); removed again if the start fails."""

@@ -24,7 +24,8 @@ Answer: ``{"code": 0, "data": [{"start_date": ..., "end_date": ..., <counters>},
 oldest first, one row per stored minute (minutes when no relay process ran have no row), dates
 ``%Y-%m-%d %H:%M:%S`` UTC with `end_date` one minute after `start_date`.
 
-Errors never 500: bad credentials 401 (with ``WWW-Authenticate``); a body that is not a JSON
+Errors never 500: bad credentials 401 (with ``WWW-Authenticate``); too many failed attempts
+(or password checks at once) 429 with ``Retry-After``, before any hashing; a body that is not a JSON
 object, a bad date or flag, or `start_date` after `end_date` 400 (other fields are ignored); the
 database unreachable 503. Each error body is ``{"code": 1, "message": "<what is wrong>"}``.
 """
@@ -44,7 +45,7 @@ from flask import Blueprint, Response, request
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from stats.auth import WWW_AUTHENTICATE, StatsAuth
+from stats.auth import THROTTLED_MESSAGE, WWW_AUTHENTICATE, StatsAuth, Verdict
 from stats.counters import COUNTER_NAMES
 from stats.rollup import MINUTE_MS, minute_floor
 from stats.schema import statistics_minutes
@@ -212,8 +213,10 @@ def _json(status: int, body: object, headers: Sequence[tuple[str, str]] = ()) ->
     )
 
 
-def error_response(status: int, message: str) -> Response:
+def error_response(status: int, message: str, *, retry_after: int | None = None) -> Response:
     headers = [("WWW-Authenticate", WWW_AUTHENTICATE)] if status == 401 else []
+    if retry_after is not None:
+        headers.append(("Retry-After", str(retry_after)))
     return _json(status, {"code": 1, "message": message}, headers)
 
 
@@ -245,7 +248,10 @@ def create_stats_blueprint(
 
     @blueprint.post(PATH)
     def get_statistics_data() -> Response:
-        if not auth.check_header(request.headers.get("Authorization")):
+        verdict = auth.verify_header(request.headers.get("Authorization"))
+        if verdict is Verdict.THROTTLED:
+            return error_response(429, THROTTLED_MESSAGE, retry_after=auth.retry_after())
+        if verdict is not Verdict.OK:
             return error_response(401, "authentication required")
         try:
             body = read_json_object(request.get_data(cache=False))

@@ -42,7 +42,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine, text
 
-from stats.auth import WWW_AUTHENTICATE, StatsAuth
+from stats.auth import THROTTLED_MESSAGE, WWW_AUTHENTICATE, StatsAuth, Verdict
 from stats.counters import COUNTER_NAMES, Counters
 from storage.records import Provider
 
@@ -281,7 +281,8 @@ def create_metrics_blueprint(
     """`GET /healthz` always; `GET /metrics` when `metrics` is given.
 
     With `auth`, /metrics asks for the same Basic credentials as the statistics endpoint (its
-    numbers are the same traffic figures); /healthz is open and says only ok or why not.
+    numbers are the same traffic figures); /healthz is open and says only ok or why not. (A
+    running relay serves /healthz on the IOLoop instead, with the same answer: stats/healthz.py.)
     `dispatcher_alive` None means there is no dispatcher to check.
     """
     blueprint = Blueprint("metrics", __name__)
@@ -295,10 +296,16 @@ def create_metrics_blueprint(
 
         @blueprint.get("/metrics")
         def prometheus_metrics() -> Response:
-            if auth is not None and not auth.check_header(request.headers.get("Authorization")):
-                return _plain(
-                    401, "authentication required", [("WWW-Authenticate", WWW_AUTHENTICATE)]
-                )
+            if auth is not None:
+                verdict = auth.verify_header(request.headers.get("Authorization"))
+                if verdict is Verdict.THROTTLED:
+                    return _plain(
+                        429, THROTTLED_MESSAGE, [("Retry-After", str(auth.retry_after()))]
+                    )
+                if verdict is not Verdict.OK:
+                    return _plain(
+                        401, "authentication required", [("WWW-Authenticate", WWW_AUTHENTICATE)]
+                    )
             return Response(metrics.render(), status=200, content_type=CONTENT_TYPE_LATEST)
 
     return blueprint

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,29 @@ class DatabaseConfigError(Exception):
     """DATABASE_URL names something the relay cannot use; the message says what."""
 
 
+PRIVATE_FILE_MODE = 0o600
+PRIVATE_DIR_MODE = 0o700
+
+
+def prepare_private_sqlite_file(database: str) -> None:
+    """Make the database file owner-only (0600) before SQLite opens it.
+
+    SQLite creates the -wal and -shm files with the database file's own mode, so they are
+    owner-only too; any left readable by an older version are tightened here. The directory
+    is create_schema's business (0700 when it makes it); a missing one is not made here, so
+    that a vanished directory still reads as an unreachable database.
+    """
+    path = Path(database)
+    # Any OSError here (no such directory, read-only, not ours) is left for SQLite to report
+    # when it opens the file, as the one-line DatabaseConfigError it becomes.
+    with contextlib.suppress(OSError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE))
+    for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        with contextlib.suppress(OSError):
+            if name.stat().st_mode & 0o077:
+                name.chmod(PRIVATE_FILE_MODE)
+
+
 # SQLITE_SYNCHRONOUS: FULL makes every commit durable across power loss (an fsync of the WAL
 # per commit, shared by every write of a group commit); NORMAL only survives a crash of the
 # process, and an answered notify may be rolled back by a power cut or kernel panic.
@@ -27,6 +52,12 @@ SQLITE_SYNCHRONOUS_MODES = ("FULL", "NORMAL")
 
 def _sqlite_engine(url: str, synchronous: str) -> Engine:
     engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+    database = engine.url.database
+
+    @event.listens_for(engine, "do_connect")
+    def _before_connect(*_args: Any) -> None:
+        if database:
+            prepare_private_sqlite_file(database)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -87,7 +118,7 @@ def create_schema(engine: Engine) -> None:
     """
     database = engine.url.database
     if engine.dialect.name == "sqlite" and database:
-        Path(database).parent.mkdir(parents=True, exist_ok=True)
+        Path(database).parent.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
     try:
         with engine.begin() as conn:
             found, now = upgrade(conn)

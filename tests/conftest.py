@@ -2,33 +2,22 @@
 
 from __future__ import annotations
 
-import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
-import psycopg
 import pytest
 
 from tests.providers import Providers, start_providers
-from tests.support import POSTGRES_URL_VARIABLE, RunningRelay, postgres_base_url, relay_settings
+from tests.support import (
+    POSTGRES_URL_VARIABLE,
+    RunningRelay,
+    postgres_base_url,
+    postgres_schema_url,
+    relay_settings,
+)
 
 BACKENDS = ["sqlite", "postgresql"]
-
-
-def _postgres_schema_url(base: str) -> Iterator[str]:
-    """A fresh schema per test, so tests never see each other's rows."""
-    schema = "t_" + secrets.token_hex(6)
-    plain = base.replace("postgresql+psycopg://", "postgresql://")
-    with psycopg.connect(plain, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-    separator = "&" if "?" in base else "?"
-    try:
-        yield f"{base}{separator}options={quote(f'-csearch_path={schema}')}"
-    finally:
-        with psycopg.connect(plain, autocommit=True) as conn:
-            conn.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
 @pytest.fixture(params=BACKENDS)
@@ -39,7 +28,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     base = postgres_base_url()
     if base is None:
         pytest.skip(f"PostgreSQL tests need {POSTGRES_URL_VARIABLE} (set by .ci/run)")
-    yield from _postgres_schema_url(base)
+    yield from postgres_schema_url(base)
 
 
 @pytest.fixture
@@ -84,3 +73,53 @@ def pushing_relay(
 ) -> RunningRelay:
     """A relay on SQLite whose dispatcher pushes to the sandbox providers."""
     return start_relay(sqlite_url, dispatch=True, **providers.settings)
+
+
+# -- interop tests may not be skipped (issue 8) ------------------------------------------------
+
+INTEROP_MARK = "pytest.mark.interop"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "interop: checked against public vectors; a skip of one fails the run"
+    )
+
+
+def _skip_reason(report: pytest.TestReport | pytest.CollectReport) -> str:
+    if isinstance(report.longrepr, tuple):  # (path, line, "Skipped: reason")
+        return str(report.longrepr[2])
+    return str(report.longrepr)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A skipped (or xfailed) `interop` test is reported as a failure that says why."""
+    report = yield
+    if report.skipped and item.get_closest_marker("interop") is not None:
+        reason = getattr(report, "wasxfail", "") or _skip_reason(report)
+        if hasattr(report, "wasxfail"):
+            del report.wasxfail
+        report.outcome = "failed"
+        report.longrepr = f"an interop test may not skip or xfail, and this one did: {reason}"
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(
+    collector: pytest.Collector,
+) -> Generator[None, pytest.CollectReport, pytest.CollectReport]:
+    """The same for a whole module of interop tests skipped at import (importorskip...)."""
+    report = yield
+    if (
+        report.skipped
+        and isinstance(collector, pytest.Module)
+        and INTEROP_MARK in collector.path.read_text()
+    ):
+        report.outcome = "failed"
+        report.longrepr = (
+            f"a module of interop tests may not skip, and this one did: {_skip_reason(report)}"
+        )
+    return report

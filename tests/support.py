@@ -7,10 +7,13 @@ import http.client
 import os
 import secrets
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
+
+import psycopg
 
 from lsrpc.client import OnionClient, PreparedRequest
 from server import Relay
@@ -142,3 +145,17 @@ def relay_settings(data_dir: Path, database_url: str, **overrides: Any) -> Setti
 
 def postgres_base_url() -> str | None:
     return os.environ.get(POSTGRES_URL_VARIABLE) or None
+
+
+def postgres_schema_url(base: str) -> Iterator[str]:
+    """A fresh schema per test, so tests never see each other's rows."""
+    schema = "t_" + secrets.token_hex(6)
+    plain = base.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(plain, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    separator = "&" if "?" in base else "?"
+    try:
+        yield f"{base}{separator}options={quote(f'-csearch_path={schema}')}"
+    finally:
+        with psycopg.connect(plain, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")

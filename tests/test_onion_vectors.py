@@ -1,10 +1,16 @@
-"""The public libsession-util vectors (shared/vectors/onionreq.json), over real HTTP."""
+"""The public libsession-util vectors (tests/vectors/onionreq.json), over real HTTP.
+
+Marked `interop`: tests/conftest.py turns a skip of any of these into a failure, so they can
+never again be left out of a run without anyone noticing.
+"""
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from collections.abc import Callable
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +21,36 @@ from lsrpc.framing import build_outer
 from lsrpc.keys import ServerKeypair
 from tests.support import RunningRelay
 
-VECTORS_FILE = Path(__file__).resolve().parents[2] / "shared" / "vectors" / "onionreq.json"
+pytestmark = pytest.mark.interop
+
+VECTORS_FILE = Path(__file__).resolve().parent / "vectors" / "onionreq.json"
+# The SHA-256 of the file as committed: an edit (say, to make a failing test pass) shows here.
+VECTORS_SHA256 = "ef342c60e0a9bd8a06723770a2e3b28525441e0ca5b0ebeedd70be8f6570f38c"
+KEY_FIELDS = ("client_private", "client_public", "server_private", "server_public")
+CIPHERTEXT_FIELDS = ("plaintext", "aes_gcm", "xchacha20")
+HOP_FIELDS = (*KEY_FIELDS, *CIPHERTEXT_FIELDS, "aes_gcm_key", "xchacha20_key")
+BODY_FIELDS = (*KEY_FIELDS, *CIPHERTEXT_FIELDS)
 
 
+@cache
 def load_vectors() -> dict[str, Any]:
-    if not VECTORS_FILE.is_file():
-        pytest.skip(f"public vectors not found at {VECTORS_FILE}")
-    vectors: dict[str, Any] = json.loads(VECTORS_FILE.read_text())
+    vectors: dict[str, Any] = json.loads(VECTORS_FILE.read_bytes())
     return vectors
+
+
+def test_vectors_are_in_the_repository() -> None:
+    assert VECTORS_FILE.is_file(), f"{VECTORS_FILE} is missing: it belongs in the repository"
+    raw = VECTORS_FILE.read_bytes()
+    assert hashlib.sha256(raw).hexdigest() == VECTORS_SHA256, (
+        f"{VECTORS_FILE.name} differs from the upstream copy (see tests/vectors/README.md)"
+    )
+    vectors = load_vectors()
+    hop, bodies = vectors["hop_encryption"], vectors["last_hop_bodies"]
+    for group, names in ((hop, HOP_FIELDS), (bodies, BODY_FIELDS)):
+        for name in names:
+            assert isinstance(group[name], str) and group[name], name
+    assert len(hop["must_fail"]) == 4
+    assert all(isinstance(value, str) and value for value in hop["must_fail"])
 
 
 def test_hop_keys_match_the_vectors() -> None:

@@ -1,0 +1,1 @@
+"""Operator tools run from the checkout: `python -m tools.import_legacy PATH`."""
