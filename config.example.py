@@ -135,9 +135,15 @@
 # A URL replacing https://fcm.googleapis.com (for a local fake FCM: python -m sandbox).
 # FCM_ENDPOINT = ""
 
-# Most FCM pushes awaiting an answer at once. firebase-admin's HTTP client keeps at most 100
-# connections; more in flight would only queue there and time out.
-# FCM_MAX_IN_FLIGHT = 100
+# A CA file to trust for an https FCM_ENDPOINT's certificate (the sandbox's test CA), and for
+# the service account's token endpoint besides the usual CAs. None: the system's CAs only.
+# FCM_CA_FILE = None
+
+# Most FCM pushes awaiting an answer at once, multiplexed over a few HTTP/2 connections of
+# up to 100 streams each. 250 covers 2,500 pushes/s at a ~100 ms round trip; with 100, the
+# dispatcher waited on its own round trips (bench/push_bench.py). Over HTTP/1.1 (an endpoint
+# without h2) at most 16 connections carry one request each; the rest queue.
+# FCM_MAX_IN_FLIGHT = 250
 
 # -- Delivery: retries --------------------------------------------------------------------
 # Seconds after a notify during which a push is retried (provider down, throttled); after

@@ -58,7 +58,7 @@ class Settings:
     FCM_SERVICE_ACCOUNT_FILE: Path | None = None
     FCM_PROJECT_ID: str = ""
     FCM_ENDPOINT: str = ""
-    FCM_MAX_IN_FLIGHT: int = 100
+    FCM_MAX_IN_FLIGHT: int = 250
     PUSH_MAX_AGE: float = 3600.0
     PUSH_RETRY_BASE: float = 1.0
     DELIVERY_LEASE: float = 60.0
@@ -76,6 +76,8 @@ class Settings:
     STATS_AUTH_THREADS: int = 2
     STATS_AUTH_MAX_PENDING: int = 8
     STATS_AUTH_FAILURES_PER_MINUTE: int = 30
+    # -- fcm-h2
+    FCM_CA_FILE: Path | None = None
     # -- config-keys -------------------------------------------------------------------
     LOG_FORMAT: str = "text"
     ACCESS_LOG: bool = False
@@ -337,7 +339,7 @@ def _check_together(settings: Settings, label: Callable[[str], str]) -> None:
         )
     if (present or given("APNS_CERT_FILE")) and not given("APNS_TOPIC"):
         raise SettingsError(f"{label('APNS_TOPIC')}: is empty; APNs needs the app's bundle id")
-    for name in ("FCM_PROJECT_ID", "FCM_ENDPOINT"):
+    for name in ("FCM_PROJECT_ID", "FCM_ENDPOINT", "FCM_CA_FILE"):
         if given(name) and not given("FCM_SERVICE_ACCOUNT_FILE"):
             raise SettingsError(
                 f"{label(name)} is set but FCM_SERVICE_ACCOUNT_FILE is not: FCM needs the"

@@ -1,9 +1,11 @@
 """Pushes per second to the sandbox providers, and notify→push latency.
 
     python bench/push_bench.py [--provider apns|fcm|both] [--pushes 10000] [--rate 100]
+                               [--fcm-plain]
 
 Starts the fake APNs and FCM in this process and a relay (`server.py`, its own process, on
-SQLite in a temporary directory) pointed at them.
+SQLite in a temporary directory) pointed at them. The fake FCM speaks HTTP/2 over TLS, as
+Google's does (`--fcm-plain`: HTTP/1.1 on plain http://, the relay's fallback).
 
 - Throughput: a closed group of 100 members with one device each; notifies to the group are
   fanned out by the relay, so the figure is the dispatcher's, not the intake's. Measured from
@@ -181,6 +183,11 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=100.0)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument(
+        "--fcm-plain",
+        action="store_true",
+        help="the fake FCM on plain http:// (HTTP/1.1) instead of TLS with HTTP/2",
+    )
+    parser.add_argument(
         "--set", action="append", default=[], metavar="NAME=VALUE", help="extra relay setting"
     )
     args = parser.parse_args()
@@ -188,7 +195,7 @@ def main() -> None:
         workdir = Path(directory)
         apns = FakeApns.create(workdir / "apns")
         apns.start()
-        fcm = FakeFcm.create(workdir / "fcm")
+        fcm = FakeFcm.create(workdir / "fcm", use_tls=not args.fcm_plain)
         fcm.start()
         account = fcm.write_service_account(workdir / "sa.json")
         env = {
@@ -199,6 +206,7 @@ def main() -> None:
             "PN_APNS_CA_FILE": str(apns.tls.ca_file),
             "PN_FCM_SERVICE_ACCOUNT_FILE": str(account.file),
             "PN_FCM_ENDPOINT": fcm.base_url,
+            **({"PN_FCM_CA_FILE": str(fcm.tls.ca_file)} if fcm.tls else {}),
             "PN_LOG_LEVEL": "INFO",  # the "listening" line tells the port
         }
         env.update(("PN_" + item.partition("=")[0], item.partition("=")[2]) for item in args.set)

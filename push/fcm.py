@@ -1,100 +1,204 @@
-"""FCM HTTP v1 through firebase-admin 7 (`send_each_async`), on the server's IOLoop.
+"""FCM HTTP v1 over our own HTTP/2 client: many pushes multiplexed on few connections.
 
-- The app is a named firebase-admin App of our own (deleted on close), built on first use,
-  because its HTTP client binds to the first event loop it meets: the IOLoop.
-- FCM_ENDPOINT replaces https://fcm.googleapis.com (path unchanged). firebase-admin has no
-  public option: `_build_app` is the one place its private parts are touched (the service's
-  `_fcm_url`, and its `_async_client` replaced by one that does not retry on its own), and
-  tests/test_delivery.py fails if they disappear.
-- The OAuth token comes from the service account's own `token_uri`. firebase-admin refreshes
-  it synchronously inside the request; we refresh it ahead of time in a worker thread so the
-  IOLoop never waits on Google's token endpoint.
-- A message that failed before any response (a connection closed by GOAWAY: httpx does not
-  retry it) is transient: the dispatcher re-queues it.
+firebase-admin's `send_each_async` made one HTTP/1.1 request per message through httpx, with
+its per-request authentication flow: ~250 pushes/s to the fake FCM in bench/push_bench.py,
+against ~3,800 now (and ~70 us of the sender's CPU per push: bench/sender_bench.py). A
+`send` call is one task (the dispatcher's) for its whole batch; no task or future per push.
+
+- push/httppool.py keeps a bounded pool of connections to FCM_ENDPOINT (default
+  https://fcm.googleapis.com): HTTP/2 when TLS negotiates ALPN "h2" (push/h2conn.py: many
+  streams per connection, flow control both ways, GOAWAY handled), else HTTP/1.1 with
+  keep-alive (push/h1conn.py; a plain http:// endpoint, a proxy). FCM_CA_FILE trusts a
+  private CA for a TLS endpoint (and for the service account's token endpoint).
+- firebase-admin and google-auth still do what they are good at: loading the service
+  account and getting the OAuth access token, refreshed ahead of expiry in a worker thread
+  (push/fcm_auth.py).
+- The body is exactly what firebase-admin's encoder makes of `Message(token=..., data=...,
+  android=AndroidConfig(priority="high"))`, built from a template (push/payloads.py;
+  tests/test_fcm_body.py compares the bytes).
+- Answers map to verdicts as firebase-admin's exceptions did (`classify`; the contract is
+  pinned by tests/test_fcm_sender.py against firebase-admin's own error parsing).
+- A 401 (our access token refused) gets one new token and one more try; a request the
+  server refused unprocessed (GOAWAY, REFUSED_STREAM) is sent once more at once; anything
+  else that fails before an answer is transient: the dispatcher retries it later.
+- Every step is bounded: connecting (TCP, TLS, HTTP/2 SETTINGS), the token, each request,
+  and the whole `send` (`send_timeout_s`, well below DELIVERY_LEASE's 60 s default).
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime
-import itertools
-import logging
-import warnings
+import json
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlsplit
 
-import firebase_admin
-import google.auth.transport.requests
-from firebase_admin import _http_client, credentials, exceptions, messaging
-from firebase_admin._retry import HttpxRetry
-
+from push.exchange import Exchange
+from push.fcm_auth import AccessTokens
+from push.httppool import ConnectionPool, Endpoint
 from push.outcome import ACCEPTED, ProviderSender, Push, PushOutcome, Verdict
-from push.payloads import fcm_data
+from push.payloads import fcm_body
 from storage.records import Provider
 
-log = logging.getLogger(__name__)
-
 CREDENTIAL_HINT = "FCM_SERVICE_ACCOUNT_FILE and FCM_PROJECT_ID"
-TOKEN_REFRESH_MARGIN = datetime.timedelta(minutes=5)
-_app_names = itertools.count(1)
+DEFAULT_ENDPOINT = "https://fcm.googleapis.com"
+FCM_ERROR_TYPE = "type.googleapis.com/google.firebase.fcm.v1.FcmError"
+THIRD_PARTY_AUTH_CODES = frozenset({"THIRD_PARTY_AUTH_ERROR", "APNS_AUTH_ERROR"})
+
+# firebase-admin's reading of a Google API error (firebase_admin/_utils.py): the JSON
+# `error.status` if any, else the HTTP status's canonical code; unknown words are UNKNOWN.
+_HTTP_STATUS_CODES = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    409: "CONFLICT",
+    412: "FAILED_PRECONDITION",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    503: "UNAVAILABLE",
+}
+_CANONICAL_CODES = frozenset(
+    {
+        "INVALID_ARGUMENT",
+        "FAILED_PRECONDITION",
+        "OUT_OF_RANGE",
+        "UNAUTHENTICATED",
+        "PERMISSION_DENIED",
+        "NOT_FOUND",
+        "ABORTED",
+        "ALREADY_EXISTS",
+        "CONFLICT",
+        "RESOURCE_EXHAUSTED",
+        "CANCELLED",
+        "DATA_LOSS",
+        "UNKNOWN",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DEADLINE_EXCEEDED",
+    }
+)
+_TRANSIENT_CODES = frozenset(
+    {"RESOURCE_EXHAUSTED", "UNAVAILABLE", "INTERNAL", "DEADLINE_EXCEEDED", "UNKNOWN"}
+)
 
 
 @dataclass(frozen=True)
 class FCMConfig:
     service_account_file: Path
     project_id: str | None = None
-    endpoint: str | None = None  # e.g. http://127.0.0.1:8443; None: Google's
-    timeout_s: float = 30.0
+    endpoint: str | None = None  # e.g. https://127.0.0.1:8443; None: Google's
+    ca_file: Path | None = None  # trusted for a TLS endpoint (and the token endpoint)
+    max_connections: int = 4  # HTTP/2 connections
+    max_streams: int = 100  # per HTTP/2 connection (the server's own limit may be lower)
+    http1_connections: int = 16  # when the endpoint offers no HTTP/2
+    connect_timeout_s: float = 10.0  # TCP + TLS + the server's HTTP/2 SETTINGS
+    token_timeout_s: float = 10.0  # waiting for an OAuth access token
+    request_timeout_s: float = 15.0  # one request, queueing for a connection included
+    send_timeout_s: float = 30.0  # one `send` call, retries included
 
 
-def _retry_after(error: exceptions.FirebaseError) -> float | None:
-    response = error.http_response
-    if response is None:
-        return None
-    value = response.headers.get("Retry-After")
+@dataclass(frozen=True)
+class FCMError:
+    """An FCM error answer, read as firebase-admin reads it."""
+
+    code: str  # the canonical code, e.g. NOT_FOUND, UNAVAILABLE
+    fcm_code: str  # details[].errorCode of type FcmError, e.g. UNREGISTERED; "" if none
+    message: str
+
+
+def read_error(status: int, body: bytes) -> FCMError:
+    content = body.decode("utf-8", "replace")
+    data: Any = None
     try:
-        return max(0.0, float(value)) if value is not None else None
+        data = json.loads(content)
+    except ValueError:
+        data = None
+    error = data.get("error") if isinstance(data, dict) else None
+    error = error if isinstance(error, dict) else {}
+    message = error.get("message")
+    if not message or not isinstance(message, str):
+        message = f"Unexpected HTTP response with status: {status}; body: {content}"
+    fcm_code = ""
+    details = error.get("details")
+    for detail in details if isinstance(details, list) else []:
+        if isinstance(detail, dict) and detail.get("@type") == FCM_ERROR_TYPE:
+            fcm_code = str(detail.get("errorCode") or "")
+            break
+    code = error.get("status") or _HTTP_STATUS_CODES.get(status, "UNKNOWN")
+    if code not in _CANONICAL_CODES:
+        code = "UNKNOWN"
+    return FCMError(code=str(code), fcm_code=fcm_code, message=message)
+
+
+def _retry_after(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
     except ValueError:
         return None
 
 
-def classify(error: Exception) -> PushOutcome:
-    """Map a firebase-admin send error to what the dispatcher does about it."""
-    if not isinstance(error, exceptions.FirebaseError):
-        return PushOutcome.transient(type(error).__name__)
-    reason = str(getattr(error, "code", "") or type(error).__name__)
-    if error.http_response is None:
-        return PushOutcome.transient(f"transport: {type(error.cause).__name__}")
-    if isinstance(error, messaging.UnregisteredError):
+def classify(status: int, body: bytes, retry_after: str | None = None) -> PushOutcome:
+    """Map an FCM answer to what the dispatcher does about it (firebase-admin's verdicts)."""
+    if 200 <= status < 300:
+        return ACCEPTED
+    error = read_error(status, body)
+    fcm_code, code = error.fcm_code, error.code
+    if fcm_code == "UNREGISTERED":
         return PushOutcome(Verdict.DEAD_TOKEN, reason="UNREGISTERED")
-    if isinstance(error, messaging.SenderIdMismatchError):
+    if fcm_code == "SENDER_ID_MISMATCH":
         return PushOutcome(Verdict.CONFIG_ERROR, reason="SENDER_ID_MISMATCH", hint=CREDENTIAL_HINT)
-    if isinstance(error, messaging.ThirdPartyAuthError):
+    if fcm_code in THIRD_PARTY_AUTH_CODES:
         return PushOutcome(
             Verdict.CONFIG_ERROR, reason="THIRD_PARTY_AUTH_ERROR", hint=CREDENTIAL_HINT
         )
-    if isinstance(error, exceptions.InvalidArgumentError):
-        if "registration token" in str(error).lower():
+    if fcm_code == "QUOTA_EXCEEDED":
+        return PushOutcome.transient("RESOURCE_EXHAUSTED", _retry_after(retry_after))
+    if code == "INVALID_ARGUMENT":
+        if "registration token" in error.message.lower():
             return PushOutcome(Verdict.DEAD_TOKEN, reason="INVALID_ARGUMENT")
         return PushOutcome(Verdict.REJECTED, reason="INVALID_ARGUMENT")
-    if isinstance(error, (exceptions.UnauthenticatedError, exceptions.PermissionDeniedError)):
-        return PushOutcome(Verdict.CONFIG_ERROR, reason=reason, hint=CREDENTIAL_HINT)
-    if isinstance(error, exceptions.NotFoundError):
-        return PushOutcome(Verdict.CONFIG_ERROR, reason=reason, hint="FCM_PROJECT_ID")
-    if isinstance(
-        error,
-        (
-            messaging.QuotaExceededError,
-            exceptions.ResourceExhaustedError,
-            exceptions.UnavailableError,
-            exceptions.InternalError,
-            exceptions.DeadlineExceededError,
-            exceptions.UnknownError,
-        ),
-    ):
-        return PushOutcome.transient(reason, _retry_after(error))
-    return PushOutcome(Verdict.REJECTED, reason=reason)
+    if code in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
+        return PushOutcome(Verdict.CONFIG_ERROR, reason=code, hint=CREDENTIAL_HINT)
+    if code == "NOT_FOUND":
+        return PushOutcome(Verdict.CONFIG_ERROR, reason=code, hint="FCM_PROJECT_ID")
+    if code in _TRANSIENT_CODES:
+        return PushOutcome.transient(code, _retry_after(retry_after))
+    return PushOutcome(Verdict.REJECTED, reason=code)
+
+
+def classify_token_error(error: BaseException) -> PushOutcome:
+    """The OAuth token endpoint refused or failed: wrong account, or Google unreachable."""
+    name = type(error).__name__
+    if name == "RefreshError" and "invalid_grant" in str(error):
+        return PushOutcome(Verdict.CONFIG_ERROR, reason="invalid_grant", hint=CREDENTIAL_HINT)
+    if isinstance(error, TimeoutError):
+        return PushOutcome.transient("token: timeout")
+    return PushOutcome.transient(f"token: {name}")
+
+
+def _needs_new_token(exchange: Exchange) -> bool:
+    """A 401 for our access token (not for the app's APNs/web credentials at Google)."""
+    if exchange.status != 401:
+        return False
+    return read_error(401, bytes(exchange.response)).fcm_code not in THIRD_PARTY_AUTH_CODES
+
+
+def endpoint_for(config: FCMConfig, project_id: str) -> Endpoint:
+    url = urlsplit(config.endpoint or DEFAULT_ENDPOINT)
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise ValueError(f"not an http(s) URL: {config.endpoint!r}")
+    context: ssl.SSLContext | None = None
+    if url.scheme == "https":
+        context = ssl.create_default_context(cafile=str(config.ca_file) if config.ca_file else None)
+        context.set_alpn_protocols(["h2", "http/1.1"])
+    port = url.port or (443 if context is not None else 80)
+    path = f"{url.path.rstrip('/')}/v1/projects/{quote(project_id, safe='')}/messages:send"
+    return Endpoint(host=url.hostname, port=port, path=path, ssl_context=context)
 
 
 class FCMSender(ProviderSender):
@@ -102,102 +206,143 @@ class FCMSender(ProviderSender):
     name = "FCM"
 
     def __init__(
-        self, config: FCMConfig, *, max_in_flight: int = 100, batch_size: int = 25
+        self, config: FCMConfig, *, max_in_flight: int = 250, batch_size: int = 50
     ) -> None:
         self.config = config
         self.max_in_flight = max_in_flight
-        self.batch_size = min(batch_size, 500)  # send_each_async takes at most 500
-        self._app: firebase_admin.App | None = None
-        self._service: Any = None
-        self._credential: Any = None
-        self._refreshing: asyncio.Future[None] | None = None
+        self.batch_size = batch_size
+        self.tokens: AccessTokens | None = None
+        self.pool: ConnectionPool | None = None
 
-    def _build_app(self) -> firebase_admin.App:
-        certificate = credentials.Certificate(str(self.config.service_account_file))
-        options: dict[str, Any] = {"httpTimeout": self.config.timeout_s}
-        if self.config.project_id:
-            options["projectId"] = self.config.project_id
-        app = firebase_admin.initialize_app(
-            certificate, options, name=f"pn-relay-fcm-{next(_app_names)}"
+    def _build(self) -> tuple[AccessTokens, ConnectionPool]:
+        config = self.config
+        tokens = AccessTokens(
+            config.service_account_file, timeout_s=config.token_timeout_s, ca_file=config.ca_file
         )
-        service = messaging._get_messaging_service(app)  # private: see the module docstring
-        # firebase-admin would retry 500/503 itself (4 times, ignoring Retry-After) while the
-        # dispatcher waits; the dispatcher's own backoff honours Retry-After instead.
-        service._async_client = _http_client.HttpxAsyncClient(
-            credential=service._credential,
-            timeout=self.config.timeout_s,
-            retry_config=HttpxRetry(max_retries=0),
+        project_id = config.project_id or tokens.project_id
+        if not project_id:
+            tokens.close()
+            raise ValueError("no project id")
+        pool = ConnectionPool(
+            endpoint_for(config, project_id),
+            max_h2_connections=config.max_connections,
+            max_streams=config.max_streams,
+            max_h1_connections=config.http1_connections,
+            connect_timeout_s=config.connect_timeout_s,
         )
-        self._service = service
-        if self.config.endpoint:
-            project = app.project_id
-            service._fcm_url = (
-                f"{self.config.endpoint.rstrip('/')}/v1/projects/{project}/messages:send"
-            )
-        self._credential = certificate.get_credential()
-        return app
-
-    async def _fresh_token(self) -> None:
-        credential = self._credential
-        expiry = getattr(credential, "expiry", None)
-        now = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
-        if credential.valid and expiry is not None and expiry - now > TOKEN_REFRESH_MARGIN:
-            return
-        if self._refreshing is None:
-            loop = asyncio.get_running_loop()
-            request = google.auth.transport.requests.Request()
-            self._refreshing = asyncio.ensure_future(
-                loop.run_in_executor(None, credential.refresh, request)
-            )
-        try:
-            await self._refreshing
-        finally:
-            self._refreshing = None
+        self.tokens, self.pool = tokens, pool
+        return tokens, pool
 
     async def send(self, pushes: list[Push]) -> list[PushOutcome]:
-        if self._app is None:
-            self._app = self._build_app()
-        try:
-            await self._fresh_token()
-        except Exception as exc:  # noqa: BLE001 - any failure to get a token
-            outcome = classify_token_error(exc)
-            return [outcome] * len(pushes)
-        messages = []
-        trimmed_flags = []
-        for push in pushes:
-            data, trimmed = fcm_data(push.data)
-            trimmed_flags.append(trimmed)
-            with warnings.catch_warnings():
-                # firebase-admin 7.7 nudges towards `fid`; Session's apps register tokens.
-                warnings.simplefilter("ignore", DeprecationWarning)
-                message = messaging.Message(
-                    token=push.token, data=data, android=messaging.AndroidConfig(priority="high")
+        tokens, pool = self.tokens, self.pool
+        if tokens is None or pool is None:
+            try:
+                tokens, pool = self._build()
+            except (ValueError, OSError) as exc:  # settings checked it; the file changed since
+                outcome = PushOutcome(
+                    Verdict.CONFIG_ERROR, reason=type(exc).__name__, hint=CREDENTIAL_HINT
                 )
-            messages.append(message)
-        batch = await messaging.send_each_async(messages, app=self._app)
-        outcomes = []
-        for response, trimmed in zip(batch.responses, trimmed_flags, strict=True):
-            outcome = ACCEPTED if response.success else classify(response.exception)
-            outcomes.append(outcome.with_trimmed() if trimmed else outcome)
-        return outcomes
+                return [outcome] * len(pushes)
+        loop = asyncio.get_running_loop()
+        config = self.config
+        deadline = loop.time() + config.send_timeout_s
+        count = len(pushes)
+        bodies: list[bytes] = []
+        trimmed: list[bool] = []
+        for push in pushes:
+            body, cut = fcm_body(push.token, push.data)
+            bodies.append(body)
+            trimmed.append(cut)
+        outcomes: list[PushOutcome | None] = [None] * count
+        resent = [False] * count  # sent once more after the server refused it unprocessed
+        reauthorised = [False] * count  # sent once more with a new token after a 401
+        todo = list(range(count))
+        while todo:
+            try:
+                async with asyncio.timeout_at(min(deadline, loop.time() + config.token_timeout_s)):
+                    authorization = await tokens.header()
+            except Exception as exc:  # noqa: BLE001 - any failure to get a token
+                outcome = classify_token_error(exc)
+                for index in todo:
+                    outcomes[index] = outcome
+                break
+            exchanges = await self._round(pool, todo, bodies, authorization, deadline)
+            todo = []
+            for exchange in exchanges:
+                index = exchange.index
+                if exchange.failure:
+                    if exchange.refused and not resent[index]:
+                        resent[index] = True
+                        todo.append(index)
+                    else:
+                        outcomes[index] = PushOutcome.transient(
+                            "timeout"
+                            if exchange.failure == "timeout"
+                            else f"transport: {exchange.failure}"
+                        )
+                elif _needs_new_token(exchange) and not reauthorised[index]:
+                    reauthorised[index] = True
+                    tokens.invalidate(authorization)
+                    todo.append(index)
+                else:
+                    outcomes[index] = classify(
+                        exchange.status, bytes(exchange.response), exchange.retry_after
+                    )
+            if todo and loop.time() >= deadline:
+                for index in todo:
+                    outcomes[index] = PushOutcome.transient("timeout")
+                break
+        result: list[PushOutcome] = []
+        for answer, cut in zip(outcomes, trimmed, strict=True):
+            assert answer is not None
+            result.append(answer.with_trimmed() if cut else answer)
+        return result
+
+    async def _round(
+        self,
+        pool: ConnectionPool,
+        indexes: list[int],
+        bodies: list[bytes],
+        authorization: str,
+        deadline: float,
+    ) -> list[Exchange]:
+        """Send these bodies at once; returns their exchanges, each answered or failed."""
+        loop = asyncio.get_running_loop()
+        finished: asyncio.Future[None] = loop.create_future()
+        remaining = len(indexes)
+
+        def on_done(_: Exchange) -> None:
+            nonlocal remaining
+            remaining -= 1
+            if remaining == 0 and not finished.done():
+                finished.set_result(None)
+
+        exchanges = [Exchange(bodies[i], authorization, i, on_done) for i in indexes]
+        try:
+            for exchange in exchanges:
+                pool.submit(exchange)
+            if remaining:
+                timeout = min(deadline, loop.time() + self.config.request_timeout_s)
+                async with asyncio.timeout_at(timeout):
+                    await finished
+        except TimeoutError:
+            pass
+        finally:  # on a timeout, or if the dispatcher is cancelled: reset and release
+            for exchange in exchanges:
+                if not exchange.done:
+                    pool.cancel(exchange, "timeout")
+        return exchanges
 
     async def close(self) -> None:
-        if self._app is not None:
-            app, self._app = self._app, None
-            # Close the HTTP client on the loop it belongs to; delete_app (which runs its own
-            # asyncio.run) then finds it closed, so it goes to a worker thread.
-            await self._service._async_client.aclose()
-            await asyncio.get_running_loop().run_in_executor(None, firebase_admin.delete_app, app)
-
-
-def classify_token_error(error: Exception) -> PushOutcome:
-    """The OAuth token endpoint refused or failed: wrong account, or Google unreachable."""
-    name = type(error).__name__
-    if name == "RefreshError" and "invalid_grant" in str(error):
-        return PushOutcome(Verdict.CONFIG_ERROR, reason="invalid_grant", hint=CREDENTIAL_HINT)
-    return PushOutcome.transient(f"token: {name}")
+        pool, tokens = self.pool, self.tokens
+        self.pool = self.tokens = None
+        if pool is not None:
+            await pool.close()
+        if tokens is not None:
+            tokens.close()
 
 
 def describe(config: FCMConfig) -> str:
-    endpoint = config.endpoint or "https://fcm.googleapis.com"
-    return f"{endpoint}, service account {config.service_account_file.name}"
+    endpoint = config.endpoint or DEFAULT_ENDPOINT
+    trust = f", trusting {config.ca_file.name}" if config.ca_file else ""
+    return f"{endpoint}{trust}, service account {config.service_account_file.name}"

@@ -10,6 +10,9 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from urllib.parse import urlsplit
+
+from firebase_admin import credentials
 
 from push import apns, fcm
 from push.outcome import ProviderSender
@@ -81,12 +84,33 @@ def fcm_config(settings: Settings) -> fcm.FCMConfig | None:
         )
     if not settings.FCM_PROJECT_ID and not account.get("project_id"):
         raise DeliveryConfigError("FCM_PROJECT_ID: the service account names no project")
+    try:
+        credentials.Certificate(str(path))
+    except ValueError:
+        raise DeliveryConfigError(
+            f"FCM_SERVICE_ACCOUNT_FILE: {path} is not a usable service account key"
+        ) from None
     endpoint = settings.FCM_ENDPOINT.rstrip("/") or None
-    if endpoint is not None and not endpoint.startswith(("http://", "https://")):
-        raise DeliveryConfigError(f"FCM_ENDPOINT: expected an http(s) URL, got {endpoint!r}")
+    if endpoint is not None:
+        _url(endpoint, "FCM_ENDPOINT")
+    if settings.FCM_CA_FILE is not None:
+        _readable(settings.FCM_CA_FILE, "FCM_CA_FILE")
     return fcm.FCMConfig(
-        service_account_file=path, project_id=settings.FCM_PROJECT_ID or None, endpoint=endpoint
+        service_account_file=path,
+        project_id=settings.FCM_PROJECT_ID or None,
+        endpoint=endpoint,
+        ca_file=settings.FCM_CA_FILE,
     )
+
+
+def _url(value: str, setting: str) -> None:
+    url = urlsplit(value)
+    try:
+        port = url.port
+    except ValueError:
+        port = -1
+    if url.scheme not in ("http", "https") or not url.hostname or port == -1:
+        raise DeliveryConfigError(f"{setting}: expected an http(s) URL, got {value!r}")
 
 
 def build_senders(settings: Settings) -> dict[Provider, ProviderSender | None]:

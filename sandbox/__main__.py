@@ -37,7 +37,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--apns-port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--fcm-port", type=int, default=0, help="0 picks a free port")
     parser.add_argument(
-        "--fcm-tls", action="store_true", help="serve FCM over https with the test CA"
+        "--fcm-plain",
+        action="store_true",
+        help="serve FCM on plain http:// (HTTP/1.1 only); default: https with the test CA,"
+        " HTTP/2 or HTTP/1.1 as the client chooses (ALPN), like Google's",
     )
     parser.add_argument("--topic", default=DEFAULT_TOPIC, help="the apns-topic APNs accepts")
     parser.add_argument("--project", default=DEFAULT_PROJECT, help="the FCM project id")
@@ -59,8 +62,7 @@ def _log_fcm(push: FcmPush) -> None:
 
 
 def settings_lines(apns: FakeApns, fcm: FakeFcm, service_account: Path) -> list[str]:
-    """The environment lines that point the relay at the two fakes (``PN_*`` settings, plus
-    the CA-bundle variables firebase-admin needs when FCM runs over https)."""
+    """The environment lines (``PN_*`` settings) that point the relay at the two fakes."""
     lines = [
         f"PN_APNS_ENDPOINT={apns.endpoint}",
         f"PN_APNS_CA_FILE={apns.tls.ca_file.resolve()}",
@@ -74,10 +76,7 @@ def settings_lines(apns: FakeApns, fcm: FakeFcm, service_account: Path) -> list[
         f"PN_FCM_ENDPOINT={fcm.base_url}",
     ]
     if fcm.tls is not None:
-        # firebase-admin's httpx client and google-auth's requests read these CA bundles.
-        ca = fcm.tls.ca_file.resolve()
-        lines.append(f"SSL_CERT_FILE={ca}")
-        lines.append(f"REQUESTS_CA_BUNDLE={ca}")
+        lines.append(f"PN_FCM_CA_FILE={fcm.tls.ca_file.resolve()}")
     return lines
 
 
@@ -86,7 +85,7 @@ async def run(args: argparse.Namespace) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     tls = generate_tls(directory)
     apns = FakeApns(tls, generate_apns_key(directory), topic=args.topic, port=args.apns_port)
-    fcm = FakeFcm(project_id=args.project, tls=tls if args.fcm_tls else None, port=args.fcm_port)
+    fcm = FakeFcm(project_id=args.project, tls=None if args.fcm_plain else tls, port=args.fcm_port)
     apns.pushes.listeners.append(_log_apns)
     fcm.pushes.listeners.append(_log_fcm)
 

@@ -1,6 +1,8 @@
 """A fake Firebase Cloud Messaging HTTP v1 API, with the OAuth2 token endpoint it needs.
 
-HTTP/1.1 (plain or TLS) on 127.0.0.1, served by Tornado:
+On 127.0.0.1, served by Tornado: with TLS (a throwaway CA, like the fake APNs) it offers
+ALPN "h2" and "http/1.1" and speaks HTTP/2 (sandbox/fcm_h2.py) to clients that choose it, as
+Google's does; HTTP/1.1 to the others, and without TLS (plain http://).
 
 - ``POST /token``: the OAuth2 JWT-bearer grant google-auth performs for service accounts. The
   assertion (RS256) is verified against the trusted service-account keys.
@@ -8,6 +10,8 @@ HTTP/1.1 (plain or TLS) on 127.0.0.1, served by Tornado:
   validated like FCM does, then answered as scripted per registration token.
 
 Errors use Google's JSON shape, so firebase-admin maps them to its exception classes.
+Both protocols answer the same, from the same scripts (sandbox/script.py), and record the
+same `FcmPush` (with its `http_version`).
 """
 
 from __future__ import annotations
@@ -19,14 +23,14 @@ import json
 import os
 import re
 import secrets
-import socket
 import ssl
-import struct
 import time
 import weakref
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -43,6 +47,7 @@ from sandbox.certs import (
     server_ssl_context,
     write_service_account,
 )
+from sandbox.fcm_h2 import H2Session, Reply, abort_stream
 from sandbox.script import Behaviour, Kind, Recorder, Scripts
 
 __all__ = [
@@ -62,6 +67,7 @@ FCM_ERROR_TYPE = "type.googleapis.com/google.firebase.fcm.v1.FcmError"
 BAD_REQUEST_TYPE = "type.googleapis.com/google.rpc.BadRequest"
 INVALID_TOKEN_MESSAGE = "The registration token is not a valid FCM registration token"
 _TOKEN_CHARS = re.compile(r"^[A-Za-z0-9_:\-]+$")
+_SEND_PATH = re.compile(r"^/v1/projects/([^/]+)/messages:send$")
 
 _STATUS_NAMES = {
     400: "INVALID_ARGUMENT",
@@ -140,7 +146,9 @@ class FcmPush:
 
     ``body`` is the parsed JSON request (``None`` if it was not JSON). ``error_code`` is the
     FCM errorCode (or Google status) answered, "" on success; ``status`` 0 means the connection
-    was closed without an answer (``drop``/``goaway``).
+    was closed without an answer (``drop``/``goaway``). ``headers`` holds the request headers,
+    names lower-case (over HTTP/2, pseudo-headers such as ``:authority`` too);
+    ``http_version`` is ``HTTP/2`` or ``HTTP/1.1``.
     """
 
     token: str
@@ -153,6 +161,8 @@ class FcmPush:
     project: str
     message_id: str
     validate_only: bool
+    http_version: str = "HTTP/1.1"
+    connection_id: int = 0  # which connection (numbered from 1 as they come) carried it
 
     @property
     def message(self) -> dict[str, Any]:
@@ -201,14 +211,6 @@ class _Outcome:
         self.headers = headers or {}
 
 
-def _abort_stream(stream: iostream.IOStream) -> None:
-    sock = stream.socket
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    stream.close()
-
-
 def _no_access_log(handler: web.RequestHandler) -> None:
     return None
 
@@ -216,14 +218,39 @@ def _no_access_log(handler: web.RequestHandler) -> None:
 class _HTTPServer(HTTPServer):
     fake: FakeFcm
 
-    def handle_stream(self, stream: iostream.IOStream, address: tuple[Any, ...]) -> None:
+    def handle_stream(self, stream: iostream.IOStream, address: tuple[Any, ...]) -> Any:
         fake = self.fake
         fake.connections_total += 1
         if fake.down:
-            _abort_stream(stream)
-            return
+            abort_stream(stream)
+            return None
         fake._streams.add(stream)
+        fake._next_connection_id += 1
+        fake._connection_ids[stream] = fake._next_connection_id
+        if isinstance(stream, iostream.SSLIOStream):
+            return self._negotiate(stream, address)
         super().handle_stream(stream, address)
+        return None
+
+    async def _negotiate(self, stream: iostream.SSLIOStream, address: tuple[Any, ...]) -> None:
+        """After the TLS handshake: HTTP/2 if the client chose "h2", else HTTP/1.1."""
+        try:
+            await stream.wait_for_handshake()
+        except (iostream.StreamClosedError, ssl.SSLError, OSError):
+            stream.close()
+            return
+        sock = stream.socket
+        alpn = sock.selected_alpn_protocol() if isinstance(sock, ssl.SSLSocket) else None
+        if alpn != "h2":
+            super().handle_stream(stream, address)
+            return
+        connection_id = self.fake._connection_ids.get(stream, 0)
+        session = H2Session(self.fake, stream, self.fake._h2_request, connection_id)
+        self.fake._sessions.add(session)
+        try:
+            await session.run()
+        finally:
+            self.fake._sessions.discard(session)
 
 
 class _Handler(web.RequestHandler):
@@ -246,6 +273,8 @@ class _Handler(web.RequestHandler):
 
 class _TokenHandler(_Handler):
     async def post(self) -> None:
+        if self.fake.token_delay > 0:
+            await asyncio.sleep(self.fake.token_delay)
         status, body = self.fake._grant(
             self.get_body_argument("grant_type", ""),
             self.get_body_argument("assertion", ""),
@@ -255,35 +284,21 @@ class _TokenHandler(_Handler):
 
 class _SendHandler(_Handler):
     async def post(self, project: str) -> None:
-        fake = self.fake
-        received_at = time.monotonic()
-        outcome, push_args = fake._handle_send(
-            project, self.request.headers.get("Authorization"), self.request.body
-        )
-        fake.pushes.add(
-            FcmPush(
-                headers=dict(self.request.headers.get_all()),
-                received_at=received_at,
-                status=outcome.status,
-                error_code=outcome.error_code,
-                project=project,
-                message_id=outcome.message_id,
-                raw=self.request.body,
-                **push_args,
-            )
-        )
-        behaviour = outcome.behaviour
-        delay = fake.global_delay + (behaviour.delay if behaviour is not None else 0.0)
-        if delay > 0:
-            await asyncio.sleep(delay)
-        if behaviour is not None and behaviour.kind in (Kind.DROP, Kind.GOAWAY):
+        headers = {name.lower(): value for name, value in self.request.headers.get_all()}
+        connection = self.request.connection
+        stream = getattr(connection, "stream", None)
+        connection_id = self.fake._connection_ids.get(stream, 0) if stream is not None else 0
+        reply = self.fake._send(project, headers, self.request.body, "HTTP/1.1", connection_id)
+        if reply.delay > 0:
+            await asyncio.sleep(reply.delay)
+        if reply.action:  # drop or goaway: HTTP/1.1 can only close the connection
             stream = self.detach()
-            if behaviour.kind is Kind.DROP:
-                _abort_stream(stream)
+            if reply.action == "drop":
+                abort_stream(stream)
             else:
                 stream.close()
             return
-        self._json(outcome.status, outcome.body, outcome.headers)
+        self._json(reply.status, reply.body, reply.headers)
 
 
 class _NotFoundHandler(_Handler):
@@ -310,6 +325,9 @@ class FakeFcm(LoopServer):
         check_token_format: bool = True,
         service_account_key: rsa.RSAPrivateKey | None = None,
         client_email: str | None = None,
+        alpn: Iterable[str] = ("h2", "http/1.1"),
+        max_concurrent_streams: int = 100,
+        receive_window: int = 65535,
     ) -> None:
         super().__init__()
         self.project_id = project_id
@@ -318,6 +336,13 @@ class FakeFcm(LoopServer):
         self.port = port
         self.token_lifetime = token_lifetime
         self.check_token_format = check_token_format
+        #: TLS only: the ALPN protocols offered; without "h2" every client gets HTTP/1.1.
+        self.alpn = tuple(alpn)
+        #: HTTP/2: SETTINGS_MAX_CONCURRENT_STREAMS (Google's is 100); more are refused.
+        self.max_concurrent_streams = max_concurrent_streams
+        #: HTTP/2: our SETTINGS_INITIAL_WINDOW_SIZE; below 65535 the connection window stays
+        #: at 65535 too, so clients must wait for WINDOW_UPDATEs to send large bodies.
+        self.receive_window = receive_window
         self.client_email = (
             client_email or f"firebase-adminsdk-sandbox@{project_id}.iam.gserviceaccount.com"
         )
@@ -334,11 +359,21 @@ class FakeFcm(LoopServer):
         self.pushes: Recorder[FcmPush] = Recorder()
         #: Seconds added before every ``messages:send`` answer (a globally slow server).
         self.global_delay = 0.0
+        #: Seconds before every OAuth token answer (a slow or hung token endpoint).
+        self.token_delay = 0.0
         self.connections_total = 0
+        #: HTTP/2 streams refused (over SETTINGS_MAX_CONCURRENT_STREAMS), reset by clients.
+        self.streams_refused = 0
+        self.streams_reset = 0
         self.tokens_issued = 0
         self._down = False
         self._server: _HTTPServer | None = None
         self._streams: weakref.WeakSet[iostream.IOStream] = weakref.WeakSet()
+        self._sessions: set[H2Session] = set()
+        self._connection_ids: weakref.WeakKeyDictionary[iostream.IOStream, int] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._next_connection_id = 0
         self._app = web.Application(
             [
                 (r"/token", _TokenHandler, {"fake": self}),
@@ -384,10 +419,11 @@ class FakeFcm(LoopServer):
     def connections_open(self) -> int:
         return sum(1 for stream in list(self._streams) if not stream.closed())
 
-    def client_ssl_context(self) -> ssl.SSLContext:
+    def client_ssl_context(self, alpn: Iterable[str] | None = None) -> ssl.SSLContext:
+        """A client context trusting this fake's CA (offering ALPN ``alpn``, if given)."""
         if self.tls is None:
             raise RuntimeError("this fake FCM runs without TLS")
-        return client_ssl_context(self.tls)
+        return client_ssl_context(self.tls, alpn)
 
     def write_service_account(self, path: str | os.PathLike[str]) -> ServiceAccount:
         """Write the service-account JSON (``token_uri`` → this fake) for firebase-admin."""
@@ -437,6 +473,15 @@ class FakeFcm(LoopServer):
         else:
             self._go_up()
 
+    def goaway_all(self, error_code: int = 0) -> None:
+        """Send GOAWAY on every HTTP/2 connection (streams already open are still answered)."""
+
+        def run() -> None:
+            for session in list(self._sessions):
+                session.goaway(error_code=error_code)
+
+        self.call_in_loop(run)
+
     def delivered(self) -> list[FcmPush]:
         """Recorded pushes answered 200."""
         return [p for p in self.pushes.snapshot() if p.status == 200]
@@ -446,7 +491,7 @@ class FakeFcm(LoopServer):
         self._listen()
 
     def _listen(self) -> None:
-        ssl_options = server_ssl_context(self.tls, ("http/1.1",)) if self.tls else None
+        ssl_options = server_ssl_context(self.tls, self.alpn) if self.tls else None
         server = _HTTPServer(self._app, ssl_options=ssl_options, idle_connection_timeout=300)
         server.fake = self
         sockets = netutil.bind_sockets(self.port, self.host, backlog=1024)
@@ -468,7 +513,7 @@ class FakeFcm(LoopServer):
         self._down = True
         for stream in list(self._streams):
             if not stream.closed():
-                _abort_stream(stream)
+                abort_stream(stream)
         if refuse and self._server is not None:
             self._server.stop()
             self._server = None
@@ -518,6 +563,60 @@ class FakeFcm(LoopServer):
         token = self.issue_access_token(account.client_email)
         body = {"access_token": token, "expires_in": self.token_lifetime, "token_type": "Bearer"}
         return 200, json.dumps(body).encode()
+
+    # -- requests --------------------------------------------------------------------------------
+    def _h2_request(self, headers: Mapping[str, str], body: bytes, connection_id: int) -> Reply:
+        """Route one HTTP/2 request as the Tornado application routes HTTP/1.1 ones."""
+        path = headers.get(":path", "").partition("?")[0]
+        method = headers.get(":method", "")
+        json_type = {"Content-Type": "application/json; charset=UTF-8"}
+        sent = _SEND_PATH.match(path)
+        if path != "/token" and sent is None:
+            message = f"Requested entity was not found. ({path})"
+            return Reply(404, json_type, fcm_error_body(404, message))
+        if method != "POST":
+            return Reply(405, json_type, fcm_error_body(405, "Method Not Allowed"))
+        if sent is not None:
+            return self._send(sent.group(1), headers, body, "HTTP/2", connection_id)
+        form = parse_qs(body.decode("utf-8", "replace"))
+        status, answer = self._grant(
+            form.get("grant_type", [""])[0], form.get("assertion", [""])[0]
+        )
+        json_type["Cache-Control"] = "no-cache, no-store, max-age=0"
+        return Reply(status, json_type, answer, self.token_delay)
+
+    def _send(
+        self,
+        project: str,
+        headers: Mapping[str, str],
+        raw: bytes,
+        http_version: str,
+        connection_id: int = 0,
+    ) -> Reply:
+        """Answer one ``messages:send`` (either protocol) and record it."""
+        received_at = time.monotonic()
+        outcome, push_args = self._handle_send(project, headers.get("authorization"), raw)
+        self.pushes.add(
+            FcmPush(
+                headers=dict(headers),
+                received_at=received_at,
+                status=outcome.status,
+                error_code=outcome.error_code,
+                project=project,
+                message_id=outcome.message_id,
+                raw=raw,
+                http_version=http_version,
+                connection_id=connection_id,
+                **push_args,
+            )
+        )
+        behaviour = outcome.behaviour
+        delay = self.global_delay + (behaviour.delay if behaviour is not None else 0.0)
+        if behaviour is not None and behaviour.kind in (Kind.DROP, Kind.GOAWAY):
+            action = "drop" if behaviour.kind is Kind.DROP else "goaway"
+            return Reply(0, {}, b"", delay, action)
+        headers_out = {"Content-Type": "application/json; charset=UTF-8", **outcome.headers}
+        return Reply(outcome.status, headers_out, outcome.body, delay)
 
     # -- messages:send -------------------------------------------------------------------------
     def _handle_send(
@@ -625,7 +724,7 @@ class FakeFcm(LoopServer):
         if kind is Kind.OK:
             message_id = f"0:{time.time_ns() // 1000}%{secrets.token_hex(8)}"
             name = f"projects/{project}/messages/{message_id}"
-            body = json.dumps({"name": name}, indent=2).encode()
+            body = b'{\n  "name": ' + json.dumps(name).encode() + b"\n}"  # Google's indent
             return _Outcome(200, body, behaviour=behaviour, message_id=name, headers=headers)
         if kind is Kind.DROP or kind is Kind.GOAWAY:
             return _Outcome(0, b"", behaviour=behaviour)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,10 +18,12 @@ class Providers:
     settings: dict[str, Any]
 
 
-def start_providers(directory: Path) -> Iterator[Providers]:
+def start_providers(directory: Path, *, fcm_tls: bool = True) -> Generator[Providers, None, None]:
+    """The fake FCM speaks HTTP/2 over TLS, as Google's does; `fcm_tls=False`: plain http://,
+    where the relay falls back to HTTP/1.1."""
     apns = FakeApns.create(directory / "apns")
     apns.start()
-    fcm = FakeFcm.create(directory / "fcm")
+    fcm = FakeFcm.create(directory / "fcm", use_tls=fcm_tls)
     fcm.start()
     try:
         account = fcm.write_service_account(directory / "service-account.json")
@@ -35,6 +37,8 @@ def start_providers(directory: Path) -> Iterator[Providers]:
             "FCM_ENDPOINT": fcm.base_url,
             "PUSH_RETRY_BASE": 0.05,
         }
+        if fcm.tls is not None:
+            settings["FCM_CA_FILE"] = fcm.tls.ca_file
         yield Providers(apns=apns, fcm=fcm, settings=settings)
     finally:
         apns.stop()

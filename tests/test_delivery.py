@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from push.payloads import apns_payload
 from sandbox import script
 from storage.schema import deliveries, devices, notifications
-from tests.providers import Providers
+from tests.providers import Providers, start_providers
 from tests.support import RunningRelay, random_apns_token, random_fcm_token, random_session_id
 
 SUCCESS = (200, {"code": 1, "message": "Success"})
@@ -84,6 +84,7 @@ def test_exact_bytes_of_a_one_to_one_notify(
 
     (fcm_push,) = providers.fcm.pushes.wait_for(1)
     assert fcm_push.status == 200
+    assert fcm_push.http_version == "HTTP/2"  # TLS with ALPN h2, as Google's FCM
     assert fcm_push.body == {
         "message": {
             "token": fcm_token,
@@ -327,3 +328,28 @@ def test_providers_off_count_and_drop(
     wait_until(lambda: count(relay, deliveries) == 0)
     lifetime = relay.relay.counters.lifetime()
     assert (lifetime["ios_pn_failed"], lifetime["android_pn_failed"]) == (1, 1)
+
+
+def test_fcm_over_plain_http_falls_back_to_http1(
+    start_relay: Any, sqlite_url: str, tmp_path: Any
+) -> None:
+    plain = start_providers(tmp_path / "plain", fcm_tls=False)
+    providers = next(plain)
+    try:
+        assert "FCM_CA_FILE" not in providers.settings
+        relay = start_relay(sqlite_url, dispatch=True, **providers.settings)
+        alice, token = random_session_id(), random_fcm_token()
+        gone = random_fcm_token()
+        providers.fcm.scripts.set(gone, script.unregistered())
+        register(relay, token, alice)
+        register(relay, gone, alice)
+        message = data()
+        notify(relay, alice, message)
+        pushes = {p.token: p for p in providers.fcm.pushes.wait_for(2)}
+        assert {p.http_version for p in pushes.values()} == {"HTTP/1.1"}
+        assert pushes[token].status == 200
+        assert pushes[token].data == {"ENCRYPTED_DATA": message}
+        wait_until(lambda: count(relay, devices) == 1)  # the dead one pruned
+        wait_until(lambda: count(relay, deliveries) == 0)
+    finally:
+        plain.close()

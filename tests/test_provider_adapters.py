@@ -1,4 +1,4 @@
-"""The adapters around aioapns 4.0 and firebase-admin 7: fail loudly if their internals move."""
+"""The adapters around aioapns 4.0 and h2: fail loudly if the internals they use move."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import aioapns
-import firebase_admin
 from aioapns.connection import (
     APNsBaseClientProtocol,
     APNsBaseConnectionPool,
@@ -18,7 +17,7 @@ from aioapns.connection import (
     ChannelPool,
     H2Protocol,
 )
-from firebase_admin import _http_client, messaging
+from h2.connection import ConnectionState, H2Connection
 
 from push.apns import APNsConfig, APNsSender, RelayAPNsProtocol
 from push.fcm import FCMConfig, FCMSender
@@ -62,11 +61,19 @@ def test_the_aioapns_internals_the_adapter_relies_on() -> None:
     assert "StreamReset" not in inspect.getsource(H2Protocol.data_received)  # resets ignored
 
 
-def test_the_firebase_admin_internals_the_adapter_relies_on() -> None:
-    assert "_fcm_url" in inspect.getsource(messaging._MessagingService.__init__)
-    assert "_async_client" in inspect.getsource(messaging._MessagingService.send_each_async)
-    assert callable(messaging._get_messaging_service)
-    assert "retry_config" in inspect.signature(_http_client.HttpxAsyncClient).parameters
+def test_the_h2_internals_the_fcm_connection_relies_on() -> None:
+    # push/h2conn.py keeps a connection open after a graceful GOAWAY by restoring the state
+    # h2's `_receive_goaway_frame` moves to CLOSED, and counts streams instead of h2.
+    source = inspect.getsource(H2Connection._receive_goaway_frame)
+    assert "ConnectionInputs.RECV_GOAWAY" in source
+    assert "clear_outbound_data_buffer" in source
+    assert "self._data_to_send = bytearray()" in inspect.getsource(
+        H2Connection.clear_outbound_data_buffer
+    )
+    assert hasattr(ConnectionState, "CLIENT_OPEN")
+    counted = inspect.getattr_static(H2Connection, "open_outbound_streams")
+    assert "_open_streams" in inspect.getsource(counted.fget)
+    assert "open_outbound_streams" in inspect.getsource(H2Connection.send_headers)
 
 
 def pushes_for(tokens: list[str], provider: Provider) -> list[Push]:
@@ -150,6 +157,7 @@ def test_fcm_sender_goes_to_the_configured_endpoint_and_closes(providers: Provid
     config = FCMConfig(
         service_account_file=Path(providers.settings["FCM_SERVICE_ACCOUNT_FILE"]),
         endpoint=str(providers.settings["FCM_ENDPOINT"]),
+        ca_file=Path(providers.settings["FCM_CA_FILE"]),
     )
     sender = FCMSender(config)
     tokens = [random_fcm_token() for _ in range(150)]
@@ -163,8 +171,12 @@ def test_fcm_sender_goes_to_the_configured_endpoint_and_closes(providers: Provid
 
     assert asyncio.run(run()) == [Verdict.ACCEPTED] * 150
     assert len(providers.fcm.pushes) == 150
+    assert {p.http_version for p in providers.fcm.pushes.snapshot()} == {"HTTP/2"}
     assert providers.fcm.tokens_issued == 1
-    assert not [app for app in firebase_admin._apps if app.startswith("pn-relay-fcm")]
+    deadline = time.monotonic() + 10
+    while providers.fcm.connections_open and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert providers.fcm.connections_open == 0
 
 
 def test_apns_certificate_authentication(tmp_path: Path) -> None:

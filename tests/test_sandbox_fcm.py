@@ -1,114 +1,53 @@
-"""The fake FCM HTTP v1 API and its OAuth2 token endpoint, driven by firebase-admin 7.7, httpx."""
+"""The fake FCM HTTP v1 API and its OAuth2 token endpoint, driven by raw clients: httpx over
+HTTP/1.1 (plain and TLS) and HTTP/2 (TLS, ALPN "h2"), and sandbox/h2client.py for the
+HTTP/2 details (stream limit, flow control, GOAWAY). The relay's own sender against it:
+tests/test_fcm_sender.py."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import secrets
 import time
-import uuid
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import firebase_admin
 import httpx
 import jwt
 import pytest
-from firebase_admin import _http_client, credentials, exceptions, messaging
-from firebase_admin._retry import HttpxRetry
 
 from sandbox import script
 from sandbox.certs import generate_service_account, load_service_account
 from sandbox.fcm import GOOGLE_TOKEN_ENDPOINT, FakeFcm
+from sandbox.h2client import ConnectionClosedError, RawH2Client, StreamResetError
 
 DATA = {"ENCRYPTED_DATA": "aGVsbG8="}
 
 
 @pytest.fixture(scope="module")
 def fake() -> Iterator[FakeFcm]:
-    # firebase-admin fetches OAuth tokens with blocking `requests` calls inside its async
-    # client, so the fake must run on its own thread, never on the test's event loop.
     server = FakeFcm().start()
     yield server
     server.stop()
 
 
 @pytest.fixture(scope="module")
-def service_account(fake: FakeFcm, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return fake.write_service_account(tmp_path_factory.mktemp("fcm") / "sa.json").file
+def tls_fake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeFcm]:
+    server = FakeFcm.create(tmp_path_factory.mktemp("fcm-tls"), use_tls=True).start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(autouse=True)
-def _reset(fake: FakeFcm) -> Iterator[None]:
+def _reset(fake: FakeFcm, tls_fake: FakeFcm) -> Iterator[None]:
     yield
-    fake.set_down(False)
-    fake.global_delay = 0.0
-    fake.scripts.clear()
-    fake.pushes.clear()
-
-
-@contextlib.contextmanager
-def firebase(
-    fake: FakeFcm, service_account: Path, *, retries: int | None = None
-) -> Iterator[firebase_admin.App]:
-    """A firebase-admin app whose messaging service talks to the fake.
-
-    firebase-admin 7.7 builds the send URL in ``_MessagingService.__init__`` from the class
-    constant ``_MessagingService.FCM_URL`` ('https://fcm.googleapis.com/v1/projects/{0}/
-    messages:send') into the instance attribute ``_fcm_url``: override the instance attribute.
-    The OAuth endpoint comes from the service account's ``token_uri``.
-
-    Use it outside the event loop: ``delete_app`` runs ``asyncio.run(aclose())`` in 7.7.
-    """
-    app = firebase_admin.initialize_app(
-        credentials.Certificate(str(service_account)), name=f"sandbox-{uuid.uuid4()}"
-    )
-    service = messaging._get_messaging_service(app)
-    service._fcm_url = fake.send_url
-    if retries is not None:
-        # Default: 4 retries on 500/503 with 0.5 s exponential backoff (about 7 s in all).
-        service._async_client = _http_client.HttpxAsyncClient(
-            credential=service._credential,
-            retry_config=HttpxRetry(max_retries=retries, status_forcelist=[500, 503]),
-        )
-    try:
-        yield app
-    finally:
-        firebase_admin.delete_app(app)
-
-
-async def close_http(app: firebase_admin.App) -> None:
-    """Close the app's httpx client on the loop that opened its connections."""
-    await messaging._get_messaging_service(app)._async_client.aclose()
-
-
-def message(token: str, data: dict[str, str] | None = None) -> messaging.Message:
-    with warnings.catch_warnings():
-        # 7.7 deprecates Message.token in favour of fid; FCM registration tokens still work.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return messaging.Message(
-            token=token,
-            data=DATA if data is None else data,
-            android=messaging.AndroidConfig(priority="high"),
-        )
-
-
-def send(
-    fake: FakeFcm, service_account: Path, *tokens: str, retries: int | None = 0
-) -> list[messaging.SendResponse]:
-    with firebase(fake, service_account, retries=retries) as app:
-
-        async def main() -> list[messaging.SendResponse]:
-            try:
-                batch = await messaging.send_each_async([message(t) for t in tokens], app=app)
-                return list(batch.responses)
-            finally:
-                await close_http(app)
-
-        return asyncio.run(main())
+    for server in (fake, tls_fake):
+        server.set_down(False)
+        server.global_delay = 0.0
+        server.max_concurrent_streams = 100
+        server.scripts.clear()
+        server.pushes.clear()
 
 
 def new_token() -> str:
@@ -118,137 +57,123 @@ def new_token() -> str:
 def raw_post(fake: FakeFcm, body: Any, token: str | None = None, **kwargs: Any) -> httpx.Response:
     access = fake.issue_access_token() if token is None else token
     headers = {"Authorization": f"Bearer {access}"} if access else {}
+    if fake.tls is not None:
+        kwargs.setdefault("verify", fake.client_ssl_context())
     return httpx.post(fake.send_url, json=body, headers=headers, **kwargs)
 
 
-# -- firebase-admin ------------------------------------------------------------------------------
+def h2_post(fake: FakeFcm, body: Any, token: str | None = None) -> httpx.Response:
+    access = fake.issue_access_token() if token is None else token
+    with httpx.Client(http2=True, verify=fake.client_ssl_context()) as client:
+        response = client.post(
+            fake.send_url, json=body, headers={"Authorization": f"Bearer {access}"}
+        )
+    assert response.http_version == "HTTP/2"
+    return response
 
 
-def test_firebase_admin_send_is_delivered_and_recorded(fake, service_account):
+# -- delivery and scripted answers -----------------------------------------------------------
+
+
+def test_send_is_delivered_and_recorded(fake: FakeFcm) -> None:
     token = new_token()
     before = time.monotonic()
-    [response] = send(fake, service_account, token, retries=None)
-    assert response.success
-    assert response.message_id.startswith(f"projects/{fake.project_id}/messages/0:")
+    body = {"message": {"token": token, "data": DATA, "android": {"priority": "high"}}}
+    response = raw_post(fake, body)
+    assert response.status_code == 200
+    name = response.json()["name"]
+    assert name.startswith(f"projects/{fake.project_id}/messages/0:")
+    assert response.text == json.dumps({"name": name}, indent=2)  # Google's layout
     [push] = fake.pushes.snapshot()
     assert push.token == token
     assert push.status == 200
-    assert push.message_id == response.message_id
-    assert push.body == {"message": {"token": token, "data": DATA, "android": {"priority": "high"}}}
+    assert push.message_id == name
+    assert push.body == body
     assert push.data == DATA
-    assert push.headers["Authorization"].startswith("Bearer ya29.sandbox-")
-    assert push.headers["X-Goog-Api-Format-Version"] == "2"
+    assert push.headers["authorization"].startswith("Bearer ya29.sandbox-")
+    assert push.http_version == "HTTP/1.1"
+    assert push.connection_id > 0
     assert before <= push.received_at <= time.monotonic()
     assert not push.validate_only
     assert fake.delivered() == [push]
 
 
-@pytest.mark.parametrize(
-    "case",
-    [
-        (script.unregistered(), messaging.UnregisteredError, 404, "UNREGISTERED"),
-        (script.invalid_argument(), exceptions.InvalidArgumentError, 400, "INVALID_ARGUMENT"),
-        (script.payload_too_large(), exceptions.InvalidArgumentError, 400, "INVALID_ARGUMENT"),
-        (script.quota_exceeded(30), messaging.QuotaExceededError, 429, "QUOTA_EXCEEDED"),
-        (script.sender_id_mismatch(), messaging.SenderIdMismatchError, 403, "SENDER_ID_MISMATCH"),
-        (script.internal(), exceptions.InternalError, 500, "INTERNAL"),
-        (script.unavailable(), exceptions.UnavailableError, 503, "UNAVAILABLE"),
-        (script.error(401, "THIRD_PARTY_AUTH_ERROR"), messaging.ThirdPartyAuthError, 401, None),
-    ],
-)
-def test_firebase_admin_maps_scripted_errors(fake, service_account, case):
-    behaviour, exception, status, code = case
+ANSWERS = [
+    script.unregistered(),
+    script.invalid_argument(),
+    script.payload_too_large(),
+    script.quota_exceeded(30),
+    script.sender_id_mismatch(),
+    script.internal(),
+    script.unavailable(2.5),
+    script.error(401, "THIRD_PARTY_AUTH_ERROR"),
+]
+
+
+@pytest.mark.parametrize("behaviour", ANSWERS, ids=lambda b: f"{b.kind.value}-{b.reason}")
+def test_http2_and_http1_answer_alike(tls_fake: FakeFcm, behaviour: script.Behaviour) -> None:
     token = new_token()
-    fake.scripts.set(token, behaviour)
-    [response] = send(fake, service_account, token)
-    assert not response.success
-    assert type(response.exception) is exception
-    assert response.exception.http_response.status_code == status
-    pushes = fake.pushes.snapshot()
-    # A 401 makes firebase-admin refresh its access token and try twice more.
-    assert len(pushes) == (3 if status == 401 else 1)
-    assert {p.status for p in pushes} == {status}
-    assert pushes[0].error_code == (code or "THIRD_PARTY_AUTH_ERROR")
+    tls_fake.scripts.set(token, behaviour)
+    body = {"message": {"token": token, "data": DATA}}
+    over_h1, over_h2 = raw_post(tls_fake, body), h2_post(tls_fake, body)
+    assert over_h1.http_version == "HTTP/1.1"
+    assert over_h2.status_code == over_h1.status_code >= 400
+    assert over_h2.json() == over_h1.json()
+    assert over_h2.headers.get("retry-after") == over_h1.headers.get("retry-after")
+    assert over_h2.headers["content-type"] == "application/json; charset=UTF-8"
+    assert [p.http_version for p in tls_fake.pushes.snapshot()] == ["HTTP/1.1", "HTTP/2"]
 
 
-def test_firebase_admin_retries_a_transient_error(fake, service_account):
-    token = new_token()
-    fake.scripts.fail_times(token, 1, script.unavailable())
-    [response] = send(fake, service_account, token, retries=None)  # firebase's own retries
-    assert response.success
-    assert [p.status for p in fake.pushes.snapshot()] == [503, 200]
-
-
-def test_fail_n_times_then_succeed(fake, service_account):
+def test_fail_n_times_then_succeed(fake: FakeFcm) -> None:
     token = new_token()
     fake.scripts.fail_times(token, 2, script.internal())
-    results = [send(fake, service_account, token)[0] for _ in range(3)]
-    assert [r.success for r in results] == [False, False, True]
+    body = {"message": {"token": token, "data": DATA}}
+    assert [raw_post(fake, body).status_code for _ in range(3)] == [500, 500, 200]
 
 
-def test_drop_closes_without_an_answer(fake, service_account):
+def test_drop_closes_without_an_answer(fake: FakeFcm, tls_fake: FakeFcm) -> None:
     token, then_ok = new_token(), new_token()
     fake.scripts.set(token, script.drop())
     fake.scripts.fail_times(then_ok, 1, script.drop())
-    dropped, dropped_once = send(fake, service_account, token, then_ok)
-    for response in (dropped, dropped_once):
-        # RST: httpx.ReadError, which firebase-admin wraps in UnknownError (no retry).
-        assert isinstance(response.exception, exceptions.UnknownError)
-        assert isinstance(response.exception.cause, httpx.TransportError)
     with pytest.raises(httpx.TransportError):
         raw_post(fake, {"message": {"token": token, "data": DATA}})
+    with pytest.raises(httpx.TransportError):
+        raw_post(fake, {"message": {"token": then_ok, "data": DATA}})
     assert raw_post(fake, {"message": {"token": then_ok, "data": DATA}}).status_code == 200
-    assert [p.status for p in fake.pushes.snapshot()].count(0) == 3
+    assert [p.status for p in fake.pushes.snapshot()] == [0, 0, 200]
+    tls_fake.scripts.set(token, script.drop())
+    with pytest.raises(httpx.TransportError):
+        h2_post(tls_fake, {"message": {"token": token, "data": DATA}})
 
 
-def test_slow_and_global_delay(fake, service_account):
+def test_slow_and_global_delay(fake: FakeFcm, tls_fake: FakeFcm) -> None:
     token = new_token()
     fake.scripts.set(token, script.slow(0.3))
     start = time.monotonic()
-    assert send(fake, service_account, token)[0].success
+    assert raw_post(fake, {"message": {"token": token}}).status_code == 200
     assert time.monotonic() - start >= 0.3
-    fake.global_delay = 0.2
+    tls_fake.global_delay = 0.2
     start = time.monotonic()
-    assert raw_post(fake, {"message": {"token": new_token()}}).status_code == 200
+    assert h2_post(tls_fake, {"message": {"token": new_token()}}).status_code == 200
     assert time.monotonic() - start >= 0.2
 
 
-def test_data_over_4096_bytes_is_too_big(fake, service_account):
+def test_data_over_4096_bytes_is_too_big(fake: FakeFcm) -> None:
     token = new_token()
-
-    async def main(app: firebase_admin.App) -> messaging.SendResponse:
-        try:
-            big = {"ENCRYPTED_DATA": "x" * 4096}
-            batch = await messaging.send_each_async([message(token, big)], app=app)
-            return batch.responses[0]
-        finally:
-            await close_http(app)
-
-    with firebase(fake, service_account, retries=0) as app:
-        response = asyncio.run(main(app))
-    assert isinstance(response.exception, exceptions.InvalidArgumentError)
-    assert str(response.exception) == "Message is too big"
+    response = raw_post(fake, {"message": {"token": token, "data": {"ENCRYPTED_DATA": "x" * 4096}}})
+    assert response.status_code == 400
+    assert response.json()["error"]["message"] == "Message is too big"
     fits = {"ENCRYPTED_DATA": "x" * (4096 - len("ENCRYPTED_DATA"))}
     assert raw_post(fake, {"message": {"token": token, "data": fits}}).status_code == 200
 
 
-def test_access_token_is_refreshed_after_revocation(fake, service_account):
-    token = new_token()
-
-    async def main(app: firebase_admin.App) -> list[bool]:
-        try:
-            first = await messaging.send_each_async([message(token)], app=app)
-            fake.revoke_access_tokens()
-            second = await messaging.send_each_async([message(token)], app=app)
-            return [first.responses[0].success, second.responses[0].success]
-        finally:
-            await close_http(app)
-
-    issued = fake.tokens_issued
-    with firebase(fake, service_account, retries=0) as app:
-        assert asyncio.run(main(app)) == [True, True]
-    assert fake.tokens_issued == issued + 2
-    assert [p.status for p in fake.pushes.snapshot()] == [200, 401, 200]
+def test_a_revoked_access_token_is_refused(fake: FakeFcm) -> None:
+    access = fake.issue_access_token()
+    body = {"message": {"token": new_token()}}
+    assert raw_post(fake, body, token=access).status_code == 200
+    fake.revoke_access_tokens()
+    assert raw_post(fake, body, token=access).status_code == 401
+    assert raw_post(fake, body).status_code == 200  # a new token works
 
 
 # -- the wire, seen by httpx -----------------------------------------------------------------------
@@ -393,25 +318,137 @@ def test_server_down_and_back(fake):
         assert client.post(fake.send_url, json=body, headers=headers).status_code == 200
 
 
-# -- TLS -----------------------------------------------------------------------------------------
+# -- TLS and HTTP/2 -------------------------------------------------------------------------------
 
 
-def test_https_with_the_test_ca(tmp_path, monkeypatch):
-    """firebase-admin over https: httpx (sends) reads SSL_CERT_FILE when its client is built,
-    google-auth's requests (token refresh) reads REQUESTS_CA_BUNDLE."""
-    server = FakeFcm.create(tmp_path, use_tls=True).start()
-    try:
-        assert server.base_url.startswith("https://127.0.0.1:")
-        assert server.tls is not None
-        monkeypatch.setenv("SSL_CERT_FILE", str(server.tls.ca_file))
-        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(server.tls.ca_file))
-        sa_file = server.write_service_account(tmp_path / "sa.json").file
-        token = new_token()
-        [response] = send(server, sa_file, token, retries=None)
-        assert response.success, response.exception
-        assert server.pushes.snapshot()[0].token == token
-    finally:
-        server.stop()
+def test_alpn_chooses_the_protocol(tls_fake: FakeFcm, tmp_path: Path) -> None:
+    body = {"message": {"token": new_token()}}
+    assert tls_fake.base_url.startswith("https://127.0.0.1:")
+    assert h2_post(tls_fake, body).status_code == 200  # offered h2: HTTP/2
+    assert raw_post(tls_fake, body).http_version == "HTTP/1.1"  # offered http/1.1 only
+    # A server like a proxy that only speaks HTTP/1.1 answers HTTP/1.1 even to h2 clients.
+    with FakeFcm.create(tmp_path, use_tls=True, alpn=("http/1.1",)) as old:
+        with httpx.Client(http2=True, verify=old.client_ssl_context()) as client:
+            access = old.issue_access_token()
+            response = client.post(
+                old.send_url, json=body, headers={"Authorization": f"Bearer {access}"}
+            )
+        assert (response.status_code, response.http_version) == (200, "HTTP/1.1")
+
+
+def test_http2_token_endpoint_and_unknown_paths(tls_fake: FakeFcm) -> None:
+    with httpx.Client(http2=True, verify=tls_fake.client_ssl_context()) as client:
+        grant = client.post(tls_fake.token_uri, data={"grant_type": "password"})
+        assert grant.http_version == "HTTP/2"
+        assert grant.json()["error"] == "unsupported_grant_type"
+        missing = client.post(tls_fake.base_url + "/v1/elsewhere")
+        assert missing.status_code == 404
+        assert missing.json()["error"]["status"] == "NOT_FOUND"
+        wrong_method = client.get(tls_fake.send_url)
+        assert wrong_method.status_code == 405
+
+
+def request_headers(fake: FakeFcm) -> list[tuple[str, str]]:
+    return [
+        ("authorization", f"Bearer {fake.issue_access_token()}"),
+        ("content-type", "application/json"),
+    ]
+
+
+def send_path(fake: FakeFcm) -> str:
+    return f"/v1/projects/{fake.project_id}/messages:send"
+
+
+def test_streams_over_the_limit_are_refused(tls_fake: FakeFcm) -> None:
+    async def main() -> list[Any]:
+        client = await RawH2Client.connect(
+            "127.0.0.1", tls_fake.port, tls_fake.client_ssl_context(alpn=("h2",))
+        )
+        try:
+            tls_fake.max_concurrent_streams = 2  # from now on, for this open connection too
+            tls_fake.global_delay = 0.5
+            body = json.dumps({"message": {"token": new_token()}}).encode()
+            futures = [
+                client.start_request("POST", send_path(tls_fake), request_headers(tls_fake), body)
+                for _ in range(3)
+            ]
+            return list(await asyncio.gather(*futures, return_exceptions=True))
+        finally:
+            await client.aclose()
+
+    refused_before = tls_fake.streams_refused
+    first, second, third = asyncio.run(main())
+    assert (first.status, second.status) == (200, 200)
+    assert isinstance(third, StreamResetError)
+    assert third.error_code == 7  # REFUSED_STREAM: never processed, safe to retry
+    assert tls_fake.streams_refused == refused_before + 1
+
+
+def test_answers_wait_for_the_clients_flow_control_window(tls_fake: FakeFcm) -> None:
+    token = new_token()
+    tls_fake.scripts.set(token, script.unregistered())
+
+    async def main() -> tuple[int, int, Any]:
+        client = await RawH2Client.connect(
+            "127.0.0.1",
+            tls_fake.port,
+            tls_fake.client_ssl_context(alpn=("h2",)),
+            auto_ack=False,
+            initial_window_size=16,
+        )
+        try:
+            body = json.dumps({"message": {"token": token}}).encode()
+            future = client.start_request(
+                "POST", send_path(tls_fake), request_headers(tls_fake), body
+            )
+            while client.unacked_bytes < 16:
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.2)
+            held = client.unacked_bytes  # the fake stopped at our window
+            assert not future.done()
+            while not future.done():
+                client.acknowledge()
+                await asyncio.sleep(0.01)
+            response = future.result()
+            return held, response.data_frames, response.json()
+        finally:
+            await client.aclose()
+
+    held, frames, answer = asyncio.run(main())
+    assert held == 16
+    assert frames > 5
+    assert answer["error"]["details"][0]["errorCode"] == "UNREGISTERED"
+
+
+def test_goaway_leaves_the_stream_unprocessed(tls_fake: FakeFcm) -> None:
+    token = new_token()
+    tls_fake.scripts.fail_times(token, 1, script.goaway())
+
+    async def main() -> tuple[Any, Any]:
+        client = await RawH2Client.connect(
+            "127.0.0.1", tls_fake.port, tls_fake.client_ssl_context(alpn=("h2",))
+        )
+        try:
+            body = json.dumps({"message": {"token": new_token()}}).encode()
+            first = await client.request(
+                "POST", send_path(tls_fake), request_headers(tls_fake), body
+            )
+            body = json.dumps({"message": {"token": token}}).encode()
+            future = client.start_request(
+                "POST", send_path(tls_fake), request_headers(tls_fake), body
+            )
+            with pytest.raises(ConnectionClosedError):
+                await future
+            await client.wait_closed()
+            return first, client.terminated
+        finally:
+            await client.aclose()
+
+    first, terminated = asyncio.run(main())
+    assert first.status == 200
+    assert terminated is not None
+    assert (terminated.error_code, terminated.last_stream_id) == (0, 1)  # stream 3 not taken
+    assert [p.status for p in tls_fake.pushes.snapshot()] == [200, 0]
 
 
 def test_serve_on_the_callers_loop_for_raw_clients():

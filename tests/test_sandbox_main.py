@@ -53,9 +53,10 @@ def test_demo_prints_settings_and_logs_pushes_without_tokens(tmp_path):
             "PN_FCM_SERVICE_ACCOUNT_FILE",
             "PN_FCM_PROJECT_ID",
             "PN_FCM_ENDPOINT",
+            "PN_FCM_CA_FILE",
         }
         assert settings["PN_APNS_ENDPOINT"].startswith("127.0.0.1:")
-        assert settings["PN_FCM_ENDPOINT"].startswith("http://127.0.0.1:")
+        assert settings["PN_FCM_ENDPOINT"].startswith("https://127.0.0.1:")
         assert settings["PN_APNS_SANDBOX"] == "true"
 
         apns_token = secrets.token_hex(32)
@@ -88,20 +89,23 @@ def test_demo_prints_settings_and_logs_pushes_without_tokens(tmp_path):
             algorithm="RS256",
             headers={"kid": account["private_key_id"]},
         )
+        fcm_ca = ssl.create_default_context(cafile=settings["PN_FCM_CA_FILE"])
         grant = httpx.post(
             account["token_uri"],
+            verify=fcm_ca,
             data={
                 "grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer",
                 "assertion": assertion,
             },
         )
         fcm_token = secrets.token_urlsafe(120)
-        response = httpx.post(
-            f"{settings['PN_FCM_ENDPOINT']}/v1/projects/{account['project_id']}/messages:send",
-            headers={"Authorization": f"Bearer {grant.json()['access_token']}"},
-            json={"message": {"token": fcm_token, "data": {"ENCRYPTED_DATA": "x"}}},
-        )
-        assert response.status_code == 200
+        with httpx.Client(http2=True, verify=fcm_ca) as client:
+            response = client.post(
+                f"{settings['PN_FCM_ENDPOINT']}/v1/projects/{account['project_id']}/messages:send",
+                headers={"Authorization": f"Bearer {grant.json()['access_token']}"},
+                json={"message": {"token": fcm_token, "data": {"ENCRYPTED_DATA": "x"}}},
+            )
+        assert (response.status_code, response.http_version) == (200, "HTTP/2")
     finally:
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate(timeout=10)
@@ -111,3 +115,30 @@ def test_demo_prints_settings_and_logs_pushes_without_tokens(tmp_path):
     assert apns_token[:7] not in stderr
     assert fcm_token[:7] not in stderr
     assert "stopped: apns 1 pushes" in stderr
+
+
+def test_demo_with_plain_http_fcm(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sandbox", "--dir", str(tmp_path), "--fcm-plain"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        settings: dict[str, str] = {}
+        for line in iter(process.stdout.readline, ""):
+            if line.startswith("# Ctrl-C"):
+                break
+            if "=" in line and not line.startswith("#"):
+                name, _, value = line.strip().partition("=")
+                settings[name] = value
+        assert settings["PN_FCM_ENDPOINT"].startswith("http://127.0.0.1:")
+        assert "PN_FCM_CA_FILE" not in settings
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=10)
+    assert process.returncode == 0

@@ -263,6 +263,11 @@ def test_each_message_names_the_setting_as_the_user_set_it(tmp_path: Path) -> No
         ),
         (
             {},
+            "FCM_CA_FILE = '/ca.pem'\n",
+            "FCM_CA_FILE is set but FCM_SERVICE_ACCOUNT_FILE is not",
+        ),
+        (
+            {},
             "STATS_USERNAME = 'ops'\n",
             "STATS_USERNAME is set but STATS_PASSWORD_HASH (or STATS_PASSWORD) is not",
         ),

@@ -1,0 +1,63 @@
+"""One HTTP request/answer on a pooled connection (push/httppool.py), as plain state.
+
+Connections fill it in and call `on_done` exactly once: with the answer (`status` > 0), or
+with a `failure` word. `refused` says the server did not process the request (HTTP/2
+REFUSED_STREAM, or a stream above a GOAWAY's last stream id): sending it again cannot
+duplicate it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+
+class Exchange:
+    __slots__ = (
+        "authorization",
+        "body",
+        "connection",
+        "done",
+        "failure",
+        "index",
+        "on_done",
+        "refused",
+        "response",
+        "retry_after",
+        "status",
+        "stream_id",
+    )
+
+    def __init__(
+        self,
+        body: bytes,
+        authorization: str,
+        index: int,
+        on_done: Callable[[Exchange], None],
+    ) -> None:
+        self.body = body
+        self.authorization = authorization
+        self.index = index  # the caller's: where the answer goes
+        self.on_done = on_done
+        self.status = 0
+        self.retry_after: str | None = None
+        self.response = bytearray()
+        self.failure = ""
+        self.refused = False
+        self.done = False
+        self.connection: Any = None  # the connection carrying it, while it does
+        self.stream_id = 0
+
+    def answered(self) -> None:
+        if not self.done:
+            self.done = True
+            self.connection = None
+            self.on_done(self)
+
+    def fail(self, reason: str, *, refused: bool = False) -> None:
+        if not self.done:
+            self.done = True
+            self.connection = None
+            self.failure = reason
+            self.refused = refused
+            self.on_done(self)

@@ -1,0 +1,334 @@
+"""An HTTP/2 client connection (h2 on an asyncio transport) carrying many exchanges at once.
+
+Made for one kind of request repeated (POST of a small JSON body to one path), fast:
+
+- no task or future per request: an `Exchange` is started with a few h2 calls and answered
+  from `data_received`; writes are coalesced once per loop iteration;
+- h2's header validation and normalisation are off (we send fixed headers and read two),
+  HPACK reuses the last header block while the table is unchanged (push/hpack_cache.py), and
+  h2's count of open streams (a walk over every stream, per new stream) is replaced by ours;
+- flow control both ways: a body larger than the stream's or the connection's window, or
+  than the peer's frame size, waits and goes as WINDOW_UPDATEs arrive; received DATA is
+  acknowledged at once, so the server never stalls on us;
+- at most `min(max_streams, the server's SETTINGS_MAX_CONCURRENT_STREAMS)` streams;
+- GOAWAY: no new streams; those above its last stream id fail as `refused` (never processed,
+  safe to send again elsewhere); after a graceful GOAWAY (NO_ERROR) the others still get their
+  answers (h2 would refuse every frame after a GOAWAY: see `_Client._receive_goaway_frame`);
+- a stream that fails or is cancelled is reset and released; a lost connection fails
+  everything it carried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any, Protocol
+
+from h2.config import H2Configuration
+from h2.connection import ConnectionState, H2Connection
+from h2.errors import ErrorCodes
+from h2.events import (
+    ConnectionTerminated,
+    DataReceived,
+    RemoteSettingsChanged,
+    ResponseReceived,
+    StreamEnded,
+    StreamReset,
+    WindowUpdated,
+)
+from h2.exceptions import H2Error, ProtocolError
+from h2.settings import SettingCodes
+
+from push.exchange import Exchange
+from push.hpack_cache import CachingDecoder, CachingEncoder
+
+# hpack logs every header it encodes or decodes at DEBUG, the bearer token included: never.
+logging.getLogger("hpack").setLevel(logging.WARNING)
+
+# Our receive windows: large, so the server never waits for our WINDOW_UPDATEs.
+RECEIVE_WINDOW = 1 << 20
+CONNECTION_RECEIVE_WINDOW = 1 << 24
+MAX_RESPONSE_BYTES = 1 << 16  # an FCM answer is a few hundred bytes
+LAST_STREAM_ID = (1 << 31) - 1
+
+
+class PoolListener(Protocol):
+    def released(self, connection: Any) -> None: ...
+
+    def lost(self, connection: Any) -> None: ...
+
+
+class _Client(H2Connection):
+    @property
+    def open_outbound_streams(self) -> int:
+        # The connection counts its own streams; h2's count walks them all on every new
+        # stream. Let it purge closed streams now and then, which its count also does.
+        if len(self.streams) >= 512:
+            super().open_outbound_streams  # noqa: B018 - purges closed streams
+        return 0
+
+    def _receive_goaway_frame(self, frame: Any) -> tuple[list[Any], list[Any]]:
+        state = self.state_machine.state
+        unsent = bytes(self._data_to_send)
+        frames, events = super()._receive_goaway_frame(frame)
+        if frame.error_code == 0 and state is ConnectionState.CLIENT_OPEN:
+            # A graceful GOAWAY: streams up to its last stream id are still answered; h2
+            # would call every later frame a protocol error, and drop what it had not sent
+            # yet (the rest of a body, say). We open no stream after it.
+            self.state_machine.state = state
+            self._data_to_send[:0] = unsent
+        return frames, events
+
+
+class H2ClientConnection(asyncio.Protocol):
+    protocol = "h2"
+
+    def __init__(self, listener: PoolListener, authority: str, path: str, max_streams: int) -> None:
+        self._listener = listener
+        self._authority = authority.encode()
+        self._path = path.encode()
+        self._max_streams = max_streams
+        self.h2 = _Client(
+            config=H2Configuration(
+                client_side=True,
+                header_encoding=None,
+                validate_outbound_headers=False,
+                normalize_outbound_headers=False,
+                validate_inbound_headers=False,
+            )
+        )
+        self.h2.encoder = CachingEncoder()
+        self.h2.decoder = CachingDecoder(self.h2.decoder.max_header_list_size)
+        self.capacity = 0  # known once the server's SETTINGS arrive
+        self.exchanges: dict[int, Exchange] = {}
+        self._pending: dict[int, bytes] = {}  # body bytes waiting for flow-control window
+        self._transport: asyncio.Transport | None = None
+        self._headers: tuple[str, list[tuple[bytes, bytes]]] | None = None
+        self._flush_scheduled = False
+        self.usable = False  # accepts new exchanges
+        self.closed = False
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    # -- what the pool uses ----------------------------------------------------------------
+    def free_slots(self) -> int:
+        return self.capacity - len(self.exchanges) if self.usable else 0
+
+    def start(self, exchange: Exchange) -> None:
+        h2 = self.h2
+        stream_id = h2.get_next_available_stream_id()
+        if stream_id >= LAST_STREAM_ID - 2:
+            self.usable = False  # stream ids run out: the pool opens another connection
+        h2.send_headers(stream_id, self._request_headers(exchange.authorization))
+        exchange.stream_id = stream_id
+        exchange.connection = self
+        self.exchanges[stream_id] = exchange
+        body = exchange.body
+        if len(body) <= min(h2.local_flow_control_window(stream_id), h2.max_outbound_frame_size):
+            h2.send_data(stream_id, body, end_stream=True)
+        else:
+            self._pending[stream_id] = body
+            self._drain(stream_id)
+        self._flush_soon()
+
+    def cancel(self, exchange: Exchange, reason: str) -> None:
+        """Give up on `exchange` (a timeout): reset its stream and release the slot."""
+        stream_id = exchange.stream_id
+        if self.exchanges.pop(stream_id, None) is None:
+            return
+        self._pending.pop(stream_id, None)
+        if not self.closed:
+            with contextlib.suppress(H2Error):
+                self.h2.reset_stream(stream_id, ErrorCodes.CANCEL)
+            self._flush_soon()
+        exchange.fail(reason)
+        self._after_release()
+
+    def close(self) -> None:
+        if self._transport is not None and not self.closed:
+            with contextlib.suppress(H2Error):
+                self.h2.close_connection()
+            self._flush()
+            self._transport.close()
+        self._lose("closed")
+
+    # -- asyncio.Protocol ------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        h2 = self.h2
+        h2.local_settings.update(
+            {
+                SettingCodes.ENABLE_PUSH: 0,
+                SettingCodes.INITIAL_WINDOW_SIZE: RECEIVE_WINDOW,
+            }
+        )
+        h2.initiate_connection()
+        h2.increment_flow_control_window(CONNECTION_RECEIVE_WINDOW - 65535)
+        self._flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lose(f"connection lost ({type(exc).__name__})" if exc else "connection closed")
+
+    def data_received(self, data: bytes) -> None:
+        h2 = self.h2
+        try:
+            events = h2.receive_data(data)
+        except ProtocolError:
+            self._flush()
+            if self._transport is not None:
+                self._transport.close()
+            self._lose("HTTP/2 protocol error")
+            return
+        exchanges = self.exchanges
+        released = 0
+        for event in events:
+            if isinstance(event, ResponseReceived):
+                exchange = exchanges.get(event.stream_id)
+                if exchange is not None and event.headers:
+                    for name, value in event.headers:
+                        if name == b":status":
+                            exchange.status = int(value) if value.isdigit() else 0
+                        elif name == b"retry-after":
+                            exchange.retry_after = bytes(value).decode("latin-1")
+            elif isinstance(event, DataReceived):
+                stream_id = event.stream_id
+                if event.flow_controlled_length:
+                    h2.acknowledge_received_data(event.flow_controlled_length, stream_id)
+                exchange = exchanges.get(stream_id)
+                if exchange is not None and event.data:
+                    exchange.response += event.data
+                    if len(exchange.response) > MAX_RESPONSE_BYTES:
+                        self.cancel(exchange, "answer too large")
+            elif isinstance(event, StreamEnded):
+                exchange = exchanges.pop(event.stream_id, None)
+                if exchange is not None:
+                    self._pending.pop(event.stream_id, None)
+                    released += 1
+                    exchange.answered()
+            elif isinstance(event, StreamReset):
+                exchange = exchanges.pop(event.stream_id, None)
+                if exchange is not None:
+                    self._pending.pop(event.stream_id, None)
+                    released += 1
+                    exchange.fail(
+                        "stream reset", refused=event.error_code == ErrorCodes.REFUSED_STREAM
+                    )
+            elif isinstance(event, WindowUpdated):
+                if self._pending:
+                    self._drain_all()
+            elif isinstance(event, RemoteSettingsChanged):
+                self._settings_changed()
+            elif isinstance(event, ConnectionTerminated):
+                self._goaway(event)
+                if self.closed:
+                    return
+        self._flush()
+        if released:
+            self._after_release()
+
+    # -- internals -------------------------------------------------------------------------
+    def _request_headers(self, authorization: str) -> list[tuple[bytes, bytes]]:
+        cached = self._headers
+        if cached is not None and cached[0] is authorization:
+            return cached[1]
+        headers = [
+            (b":method", b"POST"),
+            (b":scheme", b"https"),
+            (b":authority", self._authority),
+            (b":path", self._path),
+            (b"content-type", b"application/json"),
+            (b"authorization", authorization.encode()),
+            (b"x-goog-api-format-version", b"2"),
+        ]
+        self._headers = (authorization, headers)
+        return headers
+
+    def _settings_changed(self) -> None:
+        server_limit = self.h2.remote_settings.max_concurrent_streams
+        self.capacity = max(0, min(self._max_streams, server_limit))
+        if self._pending:
+            self._drain_all()
+        if not self.ready.done():
+            self.usable = True
+            self.ready.set_result(None)
+        else:
+            self._listener.released(self)  # the limit may have grown
+
+    def _goaway(self, event: ConnectionTerminated) -> None:
+        self.usable = False
+        last = event.last_stream_id or 0
+        graceful = event.error_code == ErrorCodes.NO_ERROR
+        for stream_id in [s for s in self.exchanges if s > last or not graceful]:
+            exchange = self.exchanges.pop(stream_id)
+            self._pending.pop(stream_id, None)
+            exchange.fail("GOAWAY", refused=stream_id > last)
+        self._listener.lost(self)
+        if not self.exchanges and self._transport is not None:
+            self._flush()
+            self._transport.close()
+            self._lose("GOAWAY")
+
+    def _after_release(self) -> None:
+        if self.usable:
+            self._listener.released(self)
+        elif not self.exchanges and not self.closed and self._transport is not None:
+            self._flush()
+            self._transport.close()  # drained after a GOAWAY (or out of stream ids)
+            self._lose("drained")
+
+    def _lose(self, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.usable = False
+        if not self.ready.done():
+            self.ready.set_exception(ConnectionError(reason))
+            self.ready.exception()  # retrieved: the pool may have stopped waiting
+        exchanges, self.exchanges = self.exchanges, {}
+        self._pending.clear()
+        for exchange in exchanges.values():
+            exchange.fail(reason)
+        self._listener.lost(self)
+
+    def _drain(self, stream_id: int) -> None:
+        data = self._pending.get(stream_id)
+        if data is None:
+            return
+        h2 = self.h2
+        try:
+            window = h2.local_flow_control_window(stream_id)
+            frame = h2.max_outbound_frame_size
+            while data and window > 0:
+                size = min(window, frame, len(data))
+                h2.send_data(stream_id, data[:size], end_stream=size == len(data))
+                data = data[size:]
+                window -= size
+        except H2Error:
+            self._pending.pop(stream_id, None)
+            exchange = self.exchanges.get(stream_id)
+            if exchange is not None:
+                self.cancel(exchange, "stream closed while sending")
+            return
+        if data:
+            self._pending[stream_id] = data
+        else:
+            del self._pending[stream_id]
+
+    def _drain_all(self) -> None:
+        for stream_id in list(self._pending):
+            if self.h2.outbound_flow_control_window <= 0:
+                break
+            self._drain(stream_id)
+
+    def _flush_soon(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._transport is not None and not self.closed:
+            data = self.h2.data_to_send()
+            if data:
+                self._transport.write(data)
