@@ -395,10 +395,14 @@ class ProviderLane:
         self._stopping = True
         self._wake.set()
         self._slot_freed.set()
-        if self._tasks:
-            _, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
-            for task in pending:
-                task.cancel()
+        # Answers arriving meanwhile start settle tasks of their own: wait for those too.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._tasks and (left := deadline - loop.time()) > 0:
+            await asyncio.wait(set(self._tasks), timeout=left)
+            await asyncio.sleep(0)  # let a finished send's flush spawn its settle task
+        for task in set(self._tasks):
+            task.cancel()
         if self._sender is not None:
             await self._sender.close()
 

@@ -244,6 +244,9 @@ def test_transient_failures_retry_with_the_same_apns_id(
 
 
 def test_backoff_honours_retry_after(pushing_relay: RunningRelay, providers: Providers) -> None:
+    """End to end: each provider's Retry-After reaches the dispatcher (the policy itself is
+    tested on virtual time in tests/test_dispatcher.py). Only a lower bound: a loaded machine
+    may retry later, never sooner."""
     alice = random_session_id()
     apns_token, fcm_token = random_apns_token(), random_fcm_token()
     providers.apns.scripts.fail_times(apns_token, 1, script.too_many_requests(retry_after=2))
@@ -252,9 +255,9 @@ def test_backoff_honours_retry_after(pushing_relay: RunningRelay, providers: Pro
     register(pushing_relay, fcm_token, alice)
     notify(pushing_relay, alice, data())
     first, second = providers.apns.pushes.wait_for(2, timeout=10)
-    assert 2.0 <= second.received_at - first.received_at < 4.0
+    assert second.received_at - first.received_at >= 2.0
     first_fcm, second_fcm = providers.fcm.pushes.wait_for(2, timeout=10)
-    assert 2.0 <= second_fcm.received_at - first_fcm.received_at < 4.0
+    assert second_fcm.received_at - first_fcm.received_at >= 2.0
 
 
 def test_goaway_and_dropped_connections_are_retried(
