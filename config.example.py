@@ -1,6 +1,14 @@
 # pn-relay settings. Copy to config.py (read from the working directory) or pass
-# --config FILE. Every setting can also be given as an environment variable PN_<NAME>,
-# which wins over the file. Lines left commented show the default.
+# --config FILE. Every setting can also be given as an environment variable PN_<NAME>
+# (PN_PORT=3005), which wins over the file; a variable without PN_ is ignored, with a warning.
+# Lines left commented show the default.
+#
+# This is Python, and values are Python values: numbers and True/False without quotes
+# (PORT = 3005, APNS_SANDBOX = True), paths and text in quotes; "~" in a path is your home.
+# Every name this file sets must be one of the settings below, exactly as written here (upper
+# case), so that a typo stops the start instead of being ignored. Names of your own must start
+# with "_" (e.g. _BASE = "/srv/pn-relay", then DATA_DIR = _BASE + "/data"); imports and the
+# functions or classes you define are fine.
 
 # -- Network ------------------------------------------------------------------------------
 # Address to listen on. The default keeps the relay private to this machine; service nodes
@@ -23,19 +31,24 @@
 # or machines, PostgreSQL: "postgresql+psycopg://user:password@host/dbname".
 # DATABASE_URL = ""
 
+# The three key files below are created (mode 0600) only on the first start: when DATA_DIR
+# does not exist yet or holds nothing but key files (say, the 2021 server's key you copied
+# in), and only those not named here. A key file you name must exist; a missing one stops
+# the start, so that a typo never makes a new key. `python server.py --init` creates missing
+# key files on purpose. The database keeps a fingerprint of each (never the secret itself):
+# when it holds registrations, a missing or different secret stops the start, naming the file.
+
 # The server's X25519 private key: 64 hex characters (a trailing newline allowed), the
-# 2021 push server's format. Generated on first start (mode 0600). Clients pin its public
-# key (python server.py --print-pubkey): keep this file, or ship new client builds.
-# None: DATA_DIR/server_key.hex
+# 2021 push server's format. Clients pin its public key (python server.py --print-pubkey):
+# keep this file, or ship new client builds. None: DATA_DIR/server_key.hex
 # KEY_FILE = None
 
 # Secret for the keyed hashes that stand in for Session IDs and group keys in the database.
-# Generated on first start. Every process sharing a database needs the same file.
-# None: DATA_DIR/identity_secret.hex
+# Every process sharing a database needs the same file. None: DATA_DIR/identity_secret.hex
 # IDENTITY_KEY_FILE = None
 
-# Secret that seals device tokens in the database. Generated on first start. Lose it and
-# every registration is unusable. None: DATA_DIR/token_secret.hex
+# Secret that seals device tokens in the database. Lose it and every registration is
+# unusable. None: DATA_DIR/token_secret.hex
 # TOKEN_KEY_FILE = None
 
 # -- Limits -------------------------------------------------------------------------------
@@ -71,14 +84,22 @@
 # DEBUG, INFO, WARNING or ERROR. No level ever logs a Session ID, key, token or message.
 # LOG_LEVEL = "INFO"
 
+# "text": one readable line per event on standard error. "json": one JSON object per line
+# ({"time", "level", "logger", "message"}), for log shippers.
+# LOG_FORMAT = "text"
+
+# True: one line per HTTP request (method, path, status, duration), at INFO. Never a body, a
+# query string or an address; the path of a request for an unknown page shows as "-".
+# ACCESS_LOG = False
+
 # -- Delivery: APNs -----------------------------------------------------------------------
 # A provider without credentials is off: its pushes are counted as failed and dropped, and
 # the start-up log says how to turn it on.
 # The app's bundle id, sent as apns-topic. Session's is com.loki-project.loki-messenger.
 # APNS_TOPIC = "com.loki-project.loki-messenger"
 
-# Token auth (recommended): the .p8 key Apple issued, its key id and your team id. The relay
-# signs one JWT per team and renews it every 30 minutes.
+# Token auth (recommended): the .p8 key Apple issued, its key id and your team id (all three,
+# or none). The relay signs one JWT per team and renews it every 30 minutes.
 # APNS_KEY_FILE = None
 # APNS_KEY_ID = ""
 # APNS_TEAM_ID = ""
@@ -139,7 +160,8 @@
 
 # -- Statistics and metrics ---------------------------------------------------------------
 # POST /get_statistics_data answers only HTTP Basic credentials matching these. With no user
-# set it refuses everyone (and the start-up log says so). There is no default password.
+# set it refuses everyone (and the start-up log says so). There is no default password: a
+# user needs STATS_PASSWORD_HASH or STATS_PASSWORD.
 # STATS_USERNAME = ""
 
 # The password, in clear. Prefer STATS_PASSWORD_HASH; set one, not both.

@@ -1,4 +1,4 @@
-"""pn-relay: `python server.py [--config FILE] [--host H] [--port P] [--print-pubkey]`.
+"""pn-relay: `python server.py [--config FILE] [--host H] [--port P] [--print-pubkey] [--init]`.
 
 Builds every part once, wires them together, runs the IOLoop, and shuts down cleanly on
 SIGTERM or Ctrl-C (in-flight requests finish, queued writes commit, the database closes).
@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import sys
 import threading
 import time
@@ -21,34 +22,29 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Engine
 from tornado.httpserver import HTTPServer
+from tornado.netutil import bind_sockets
 from tornado.web import Application, RequestHandler
-from tornado.wsgi import WSGIContainer
 
 from app import AppParts, create_app, create_onion_endpoint, without_onion_routes
-from errors import StartupError
+from errors import StartupError as StartupError  # noqa: PLC0414 - re-exported
 from handlers.endpoints import HandlerContext
 from handlers.runner import OutcomeRunner
-from lsrpc.keys import (
-    KeyFileError,
-    ServerKeypair,
-    load_or_create_hex_secret,
-    load_or_create_keypair,
-)
+from logsetup import AccessLog, LoggedWSGIContainer, held_until_started
+from logsetup import configure_logging as configure_logging  # noqa: PLC0414 - re-exported
 from lsrpc.paths import V2_PATH, V4_PATH
 from lsrpc.route import GuardedFallbackHandler, LsrpcHandler
 from push.dispatcher import Dispatcher, DispatchSettings, LatencyObserver, ProviderLane
 from push.outcome import ProviderSender
 from push.senders import DeliveryConfigError, build_senders
-from settings import Settings, SettingsError, load_settings
+from settings import LoadedSettings, Settings, SettingsError, read_settings
+from startup import load_keys, open_storage
 from stats.auth import StatsAuth
 from stats.counters import Counters
 from stats.healthz import PATH as HEALTH_PATH
 from stats.healthz import HealthHandler, HealthProbe
 from stats.metrics import RelayMetrics
 from stats.rollup import MinuteRollup, RetentionJob, StatsJobs
-from stats.schema import create_stats_schema
 from storage.clock import HeartbeatWriter, RelayClock, boot_id, resume_clock
-from storage.engine import DatabaseConfigError, create_schema, make_engine
 from storage.protect import IdentifierProtector
 from storage.queue import DeliveryQueue
 from storage.records import Provider
@@ -119,29 +115,27 @@ class Relay:
 
     def __init__(self, settings: Settings, *, clock: RelayClock | None = None) -> None:
         self.settings = settings
-        try:  # a wrong URL is refused before any file is written
-            self.engine: Engine = make_engine(
-                settings.database_url,
-                pool_size=settings.db_pool_size,
-                sqlite_synchronous=settings.SQLITE_SYNCHRONOUS,
-            )
-        except DatabaseConfigError as exc:
-            raise StartupError(str(exc)) from None
-        self.keypair, created = _load_keypair(settings.key_file)
-        if created:
-            log.info("generated a new server key in %s", settings.key_file)
-        self.protector = _load_protector(settings)
-        try:
-            create_schema(self.engine)  # stats.schema is imported above: its tables too
-            create_stats_schema(self.engine)  # and columns for counters added since
-        except DatabaseConfigError as exc:
-            self.engine.dispose()
-            raise StartupError(str(exc)) from None
+        # What can refuse the start without a file written comes first; then the database
+        # and the key files, checked against each other (nothing is left behind on failure).
         try:
             senders = build_senders(settings)
         except DeliveryConfigError as exc:
-            self.engine.dispose()
             raise StartupError(str(exc)) from None
+        try:
+            stats_auth = StatsAuth(
+                settings.STATS_USERNAME,
+                settings.STATS_PASSWORD or None,
+                settings.STATS_PASSWORD_HASH or None,
+                threads=settings.STATS_AUTH_THREADS,
+                max_pending=settings.STATS_AUTH_MAX_PENDING,
+                failures_per_minute=settings.STATS_AUTH_FAILURES_PER_MINUTE,
+            )
+        except ValueError as exc:  # both set, or a malformed hash: one line, at start
+            raise StartupError(str(exc)) from None
+        self.engine: Engine
+        self.engine, keys = open_storage(settings)
+        self.keypair = keys.server
+        self.protector = IdentifierProtector(keys.identity, keys.token)
         boot = boot_id()
         if clock is None:
             with self.engine.connect() as conn:
@@ -153,24 +147,13 @@ class Relay:
         self.counters = Counters()
         self.in_flight = InFlight()
         self.errors = RateLimitedLog(log)  # unexpected errors: a line per kind and minute
-        try:
-            stats_auth = StatsAuth(
-                settings.STATS_USERNAME,
-                settings.STATS_PASSWORD or None,
-                settings.STATS_PASSWORD_HASH or None,
-                threads=settings.STATS_AUTH_THREADS,
-                max_pending=settings.STATS_AUTH_MAX_PENDING,
-                failures_per_minute=settings.STATS_AUTH_FAILURES_PER_MINUTE,
-            )
-        except ValueError as exc:  # both set, or a malformed hash: one line, at start
-            self.writer.close()
-            self.engine.dispose()
-            raise StartupError(str(exc)) from None
         self.stats_auth = stats_auth
         if not stats_auth.configured:
             log.warning(
                 "the statistics endpoint refuses everyone: set STATS_USERNAME and"
-                " STATS_PASSWORD_HASH (python -m stats.hash_password)"
+                " STATS_PASSWORD_HASH in config.py (or PN_STATS_USERNAME and"
+                " PN_STATS_PASSWORD_HASH in the environment); python -m stats.hash_password"
+                " makes the hash"
             )
         self.queue = DeliveryQueue(self.engine)
         self._queue_stats_cache: tuple[float, tuple[int, float]] | None = None
@@ -252,11 +235,18 @@ class Relay:
     def tornado_app(self) -> Application:
         """The onion paths and /healthz on Tornado directly (on the IOLoop), all else on the
         Flask app; aliases of the onion paths reach neither Flask nor a web thread."""
-        wsgi = WSGIContainer(
+        access = AccessLog(self.settings.ACCESS_LOG)
+        wsgi = LoggedWSGIContainer(
             self.in_flight.wrap_wsgi(without_onion_routes(self.app)),
             executor=self.executor,
+            access_log=access,
         )
         errors = self.errors
+
+        def log_request(handler: RequestHandler) -> None:
+            log_server_errors(handler, errors)
+            access.tornado(handler)
+
         onion_routes = [
             (path, LsrpcHandler, {"answer": self.in_flight.wrap_async(answer), "errors": errors})
             for path, answer in (
@@ -270,11 +260,14 @@ class Relay:
                 (HEALTH_PATH, HealthHandler, {"probe": self.health, "errors": errors}),
                 (r".*", GuardedFallbackHandler, {"fallback": wsgi, "errors": errors}),
             ],
-            log_function=lambda handler: log_server_errors(handler, errors),
+            log_function=log_request,
         )
 
-    async def start(self, *, dispatch: bool = True) -> None:
-        """Listen, and (unless `dispatch` is False: tests that inspect the queue) push."""
+    async def start(
+        self, *, dispatch: bool = True, sockets: list[socket.socket] | None = None
+    ) -> None:
+        """Listen (on `sockets` if bound already: `serve` binds before any file is made),
+        and (unless `dispatch` is False: tests that inspect the queue) push."""
         # Tornado refuses bodies past its own limit with a bare 400 before any handler sees
         # them; keep it well above MAX_BODY_BYTES so oversized bodies get a clear 413.
         tornado_limit = max(4 * self.settings.MAX_BODY_BYTES, 1024 * 1024)
@@ -286,9 +279,9 @@ class Relay:
             body_timeout=self.settings.BODY_TIMEOUT,
             max_connections=fit_to_file_limit(self.settings.MAX_CONNECTIONS),
         )
-        self.http.listen(
-            self.settings.PORT, address=self.settings.HOST, reuse_port=self.settings.REUSE_PORT
-        )
+        if sockets is None:
+            sockets = bind_listening_sockets(self.settings)
+        self.http.add_sockets(sockets)
         self.port = _bound_port(self.http)
         if dispatch:
             self.dispatcher.start()
@@ -396,70 +389,83 @@ def _bound_port(http: HTTPServer) -> int:
     raise StartupError("the HTTP server has no listening socket")
 
 
-def _load_keypair(path: Path) -> tuple[ServerKeypair, bool]:
+def bind_listening_sockets(settings: Settings) -> list[socket.socket]:
+    """Bind HOST:PORT, or StartupError in one line (e.g. the port is in use)."""
     try:
-        return load_or_create_keypair(path)
-    except KeyFileError as exc:
-        raise StartupError(str(exc)) from None
+        return bind_sockets(settings.PORT, settings.HOST, reuse_port=settings.REUSE_PORT)
+    except OSError as exc:
+        raise StartupError(
+            f"cannot listen on {settings.HOST}:{settings.PORT}: {exc.strerror or exc}"
+        ) from None
+    except ValueError as exc:  # reuse_port where the system has none
+        raise StartupError(f"REUSE_PORT: {exc}") from None
 
 
-def _load_protector(settings: Settings) -> IdentifierProtector:
-    try:
-        identity, _ = load_or_create_hex_secret(settings.identity_key_file, what="identity secret")
-        token, _ = load_or_create_hex_secret(settings.token_key_file, what="token secret")
-    except KeyFileError as exc:
-        raise StartupError(str(exc)) from None
-    return IdentifierProtector(identity, token)
+HELP_EPILOG = """\
+settings: config.py in the working directory (or --config FILE), then environment
+variables PN_<NAME> (e.g. PN_PORT=3005, PN_DATABASE_URL=...), which win over the file;
+--host and --port win over both. config.example.py lists every setting with its default.
 
-
-# Libraries whose DEBUG lines carry identifiers: hpack prints every HTTP/2 header (the APNs
-# path holds the device token, `authorization` the JWT). Whatever LOG_LEVEL says, they stay
-# at WARNING; tests/test_privacy_logs.py runs the relay at DEBUG to prove nothing leaks.
-QUIET_LIBRARIES = ("hpack", "h2")
-
-
-def configure_logging(level: str) -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for name in QUIET_LIBRARIES:
-        logging.getLogger(name).setLevel(logging.WARNING)
-    # Tornado's per-request access line costs throughput and says nothing an operator needs
-    # (every request comes from a service node); the statistics endpoint counts instead.
-    logging.getLogger("tornado.access").setLevel(logging.WARNING)
-    # aioapns logs every failed attempt (a flood while APNs is down); the dispatcher logs a
-    # summary a minute instead.
-    logging.getLogger("aioapns").setLevel(logging.CRITICAL)
-    # APScheduler logs each minute's roll-up run at INFO; keep its warnings and errors.
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+key files: made only on the first start (DATA_DIR new or holding only key files) or by
+--init; a key file you name that does not exist stops the start.
+"""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="server.py", description="pn-relay: push notifications for Session clients"
+        prog="server.py",
+        description="pn-relay: push notifications for Session clients",
+        epilog=HELP_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--config", type=Path, help="a Python settings file (default: ./config.py)")
+    parser.add_argument(
+        "--config", type=Path, help="a Python settings file (default: ./config.py if present)"
+    )
     parser.add_argument("--host", help="address to listen on (setting HOST)")
     parser.add_argument("--port", type=int, help="port to listen on (setting PORT)")
     parser.add_argument(
         "--print-pubkey",
         action="store_true",
-        help="print the server's X25519 public key (64 hex characters) and exit",
+        help="print the server's X25519 public key (64 hex characters) and exit; on the"
+        " first start (a new DATA_DIR) this makes the key files",
+    )
+    parser.add_argument(
+        "--init",
+        action="store_true",
+        help="make the missing key files (KEY_FILE, IDENTITY_KEY_FILE, TOKEN_KEY_FILE; never"
+        " overwriting one), print the public key, and exit",
     )
     return parser.parse_args(argv)
 
 
-async def serve(settings: Settings) -> None:
-    relay = Relay(settings)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    try:
-        await relay.start()
-    except OSError as exc:
-        await relay.stop()
-        raise StartupError(
-            f"cannot listen on {settings.HOST}:{settings.PORT}: {exc.strerror}"
-        ) from None
+async def serve(loaded: LoadedSettings) -> None:
+    settings = loaded.settings
+    # Nothing is shown until the relay listens: a failed start says one line, from main().
+    with held_until_started(discard_on=(StartupError,)):
+        for warning in loaded.warnings:
+            log.warning("%s", warning)
+        sockets = bind_listening_sockets(settings)  # before any file is made
+        try:
+            relay = Relay(settings)
+        except BaseException:
+            for sock in sockets:
+                sock.close()
+            raise
+        log.info(
+            "workers: 1 process (onion requests on its event loop, %d threads for the other"
+            " routes)%s",
+            settings.WEB_THREADS,
+            "; REUSE_PORT lets more processes share the port" if settings.REUSE_PORT else "",
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        try:
+            await relay.start(sockets=sockets)
+        except BaseException:
+            await relay.stop()
+            raise
     await stop.wait()
     log.info("shutting down")
     await relay.stop()
@@ -472,16 +478,26 @@ def main(argv: list[str] | None = None) -> int:
         overrides["HOST"] = args.host
     if args.port is not None:
         overrides["PORT"] = args.port
+    loaded: LoadedSettings | None = None
     try:
-        settings = load_settings(args.config, overrides=overrides)
-        if args.print_pubkey:
-            keypair, _ = _load_keypair(settings.key_file)
-            print(keypair.public_hex)
+        loaded = read_settings(
+            args.config, overrides=overrides, override_labels={"HOST": "--host", "PORT": "--port"}
+        )
+        if args.init or args.print_pubkey:
+            keys = load_keys(loaded.settings, init=args.init)
+            for key_file in keys.new:
+                print(
+                    f"pn-relay: made {key_file.what} {key_file.path} (mode 0600)", file=sys.stderr
+                )
+            if args.init and not keys.new:
+                print("pn-relay: every key file exists; nothing made", file=sys.stderr)
+            print(keys.server.public_hex)
             return 0
-        configure_logging(settings.LOG_LEVEL)
-        asyncio.run(serve(settings))
+        configure_logging(loaded.settings.LOG_LEVEL, loaded.settings.LOG_FORMAT)
+        asyncio.run(serve(loaded))
     except (SettingsError, StartupError) as exc:
-        print(f"pn-relay: {exc}", file=sys.stderr)
+        message = loaded.in_user_words(str(exc)) if loaded is not None else str(exc)
+        print(f"pn-relay: {message}", file=sys.stderr)
         return 2
     return 0
 

@@ -1,12 +1,14 @@
-"""The server's long-term X25519 key: a file of 64 hex characters (a trailing newline allowed).
+"""Key files: 64 hex characters (a trailing newline allowed), and the server's X25519 key.
 
 The format is the 2021 push server's: the private key, hex encoded. Clients pin the *public*
-key, so the operator must keep this file; losing it means shipping new client builds.
+key, so the operator must keep this file; losing it means shipping new client builds. The two
+secrets protecting identifiers at rest use the same format. When a missing key file may be
+created is decided in `startup.keyfiles`, never here.
 """
 
 from __future__ import annotations
 
-import logging
+import hmac
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,8 +17,6 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from errors import ConfigurationError
-
-log = logging.getLogger(__name__)
 
 
 class KeyFileError(ConfigurationError):
@@ -54,39 +54,43 @@ def parse_key_text(text: str, *, where: str) -> bytes:
 
 
 def write_secret_file(path: Path, content: str) -> None:
-    """Create `path` with mode 0600 atomically; never overwrite an existing file."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # DATA_DIR: owner only
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(content)
-        handle.flush()
-        os.fsync(handle.fileno())
+    """Create `path` with mode 0600 atomically; never overwrite an existing file.
 
-
-def load_or_create_hex_secret(path: Path, *, what: str) -> tuple[bytes, bool]:
-    """Read a 32-byte hex secret from `path`, generating it (mode 0600) if absent.
-
-    Returns the secret and whether it was just created.
+    Raises FileExistsError if it exists, OSError if it cannot be written. The caller creates
+    the directory (and knows whether it did, to remove it again if the start fails).
     """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(content)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError:
+        path.unlink(missing_ok=True)
+        raise
+
+
+def read_key_file(path: Path, *, what: str) -> bytes | None:
+    """The 32 bytes of a hex key file, None if there is no such file, else KeyFileError."""
     try:
         text = path.read_text(encoding="ascii")
     except FileNotFoundError:
-        secret = os.urandom(32)
-        try:
-            write_secret_file(path, secret.hex() + "\n")
-        except FileExistsError:  # another process created it first: use theirs
-            return load_or_create_hex_secret(path, what=what)
-        except OSError as exc:
-            raise KeyFileError(f"{what} {path}: cannot create it: {exc.strerror}") from None
-        return secret, True
+        return None
+    except IsADirectoryError:
+        raise KeyFileError(f"{what} {path}: is a directory, not a key file") from None
     except UnicodeDecodeError:
         raise KeyFileError(f"{what} {path}: not a text file of hex characters") from None
     except OSError as exc:
         raise KeyFileError(f"{what} {path}: cannot read it: {exc.strerror}") from None
-    return parse_key_text(text, where=f"{what} {path}"), False
+    return parse_key_text(text, where=f"{what} {path}")
 
 
-def load_or_create_keypair(path: Path) -> tuple[ServerKeypair, bool]:
-    """Load the server keypair, generating the key file on first start."""
-    raw, created = load_or_create_hex_secret(path, what="key file")
-    return ServerKeypair.from_private_bytes(raw), created
+def new_secret() -> bytes:
+    """32 random bytes: an X25519 private key or an HMAC/AEAD secret."""
+    return os.urandom(32)
+
+
+def fingerprint(secret: bytes, purpose: str) -> str:
+    """A keyed digest that tells secrets apart and reveals nothing of them (hex, 64 chars)."""
+    label = b"pn-relay key fingerprint\x00" + purpose.encode()
+    return hmac.new(secret, label, "sha256").hexdigest()

@@ -29,7 +29,6 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from sqlalchemy import Engine, select, text
 
-from lsrpc.keys import load_or_create_hex_secret
 from storage.engine import create_schema, make_engine
 from storage.protect import IdentifierProtector
 from storage.records import Provider
@@ -241,6 +240,14 @@ def run_import(capsys: pytest.CaptureFixture[str], *args: str) -> Run:
     return Run(status, out.getvalue(), capsys.readouterr().err)
 
 
+def secret_in(path: Path) -> bytes:
+    """The secret in a test's own key file, made first if missing (as a first start would)."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(os.urandom(32).hex() + "\n")
+    return bytes.fromhex(path.read_text())
+
+
 def protector_of(data_dir: Path) -> IdentifierProtector:
     identity = bytes.fromhex((data_dir / "identity_secret.hex").read_text())
     token = bytes.fromhex((data_dir / "token_secret.hex").read_text())
@@ -365,8 +372,8 @@ def test_import_counts_stores_and_is_idempotent(
 
 def _seed_registration(data_dir: Path, database_url: str, token: str, owner: str) -> None:
     """A registration the relay made itself (as a client's register would)."""
-    identity, _ = load_or_create_hex_secret(data_dir / "identity_secret.hex", what="identity")
-    secret, _ = load_or_create_hex_secret(data_dir / "token_secret.hex", what="token")
+    identity = secret_in(data_dir / "identity_secret.hex")
+    secret = secret_in(data_dir / "token_secret.hex")
     engine = make_engine(database_url, pool_size=1)
     create_schema(engine)
     writer = BatchWriter(engine)
@@ -448,8 +455,8 @@ def test_an_interrupted_import_writes_nothing(relay_env: tuple[Path, str], tmp_p
     """Ctrl-C sets the cancel flag; the operation stops at its next check and rolls back."""
     data_dir, database_url = relay_env
     source_path = build_legacy("sqlite-2022", sessions=300).write("sqlite-2022", tmp_path)
-    identity, _ = load_or_create_hex_secret(data_dir / "identity_secret.hex", what="identity")
-    secret, _ = load_or_create_hex_secret(data_dir / "token_secret.hex", what="token")
+    identity = secret_in(data_dir / "identity_secret.hex")
+    secret = secret_in(data_dir / "token_secret.hex")
     protect = IdentifierProtector(identity, secret)
     engine = make_engine(database_url, pool_size=1)
     create_schema(engine)
@@ -570,7 +577,8 @@ def test_a_missing_key_file_is_pointed_out(
     source = write_legacy_sqlite(tmp_path / "old.db", [], [])
     result = run_import(capsys, "--quiet", str(source))
     assert result.status == 0, result
-    assert "does not exist yet: the relay will make a NEW key" in result.out
+    assert "does not exist. To keep the clients pinned to the 2021" in result.out
+    assert "python server.py --init makes a NEW key instead" in result.out
     assert not (default_env / "server_key.hex").exists()  # the importer never makes one
 
 

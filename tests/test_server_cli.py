@@ -32,9 +32,9 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 class ServerProcess:
-    def __init__(self, cwd: Path, **env: str) -> None:
+    def __init__(self, cwd: Path, *args: str, **env: str) -> None:
         self.process = subprocess.Popen(
-            [*SERVER, "--port", "0"],
+            [*SERVER, "--port", "0", *args],
             cwd=cwd,
             env=clean_env(**env),
             stderr=subprocess.PIPE,
@@ -78,6 +78,15 @@ class ServerProcess:
         code = self.process.wait(30)
         self._reader.join(5)
         return code
+
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        """A test that failed before `terminate` leaves no relay running."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(30)
 
 
 @pytest.fixture
@@ -125,7 +134,7 @@ def test_key_file_of_the_2021_server_is_used(workdir: Path) -> None:
 
 def test_start_serve_and_stop_on_sigterm(workdir: Path) -> None:
     server = ServerProcess(workdir)
-    assert "generated a new server key" in server.log
+    assert "INFO pn_relay: first start: made the key files data/server_key.hex," in server.log
     client = OnionClient(bytes.fromhex(server.public_key))
     request = client.v2("register", {"token": random_apns_token(), "pubKey": random_session_id()})
     status, body = server.post("/loki/v2/lsrpc", request.body)
@@ -188,56 +197,221 @@ def test_sigterm_finishes_in_flight_requests_and_loses_no_accepted_notify(workdi
     [
         ({"PN_PORT": "abc"}, {}, "pn-relay: PN_PORT: expected a whole number, got 'abc'\n"),
         ({"PN_NOPE": "1"}, {}, "pn-relay: PN_NOPE: unknown setting (see config.example.py)\n"),
-        ({}, {"config.py": "PORT = 'x'\n"}, "pn-relay: PORT: expected a whole number, got 'x'\n"),
+        (
+            {},
+            {"config.py": "PORT = 'x'\n"},
+            "pn-relay: PORT: expected a whole number, got a string, 'x'\n",
+        ),
         ({}, {"data/server_key.hex": "abc\n"}, "expected 64 hex characters, found 3 characters\n"),
         ({}, {"data/server_key.hex": "z" * 64}, "not hexadecimal\n"),
         (
             {"PN_DATABASE_URL": "mysql://x/y"},
             {},
-            "pn-relay: DATABASE_URL: unsupported database 'mysql'",
+            "pn-relay: PN_DATABASE_URL: unsupported database 'mysql'",
         ),
         (
             {"PN_DATABASE_URL": "sqlite://"},
             {},
-            "pn-relay: DATABASE_URL: an in-memory SQLite database",
+            "pn-relay: PN_DATABASE_URL: an in-memory SQLite database",
         ),
         (
             {"PN_DATABASE_URL": "not a url"},
             {},
+            "pn-relay: PN_DATABASE_URL is not a valid database URL\n",
+        ),
+        (
+            {},
+            {"config.py": "DATABASE_URL = 'not a url'\n"},
             "pn-relay: DATABASE_URL is not a valid database URL\n",
+        ),
+        (
+            {"PN_DATABASE_URL": "postgresql+psycopg://postgres@127.0.0.1:9/test"},
+            {},
+            "pn-relay: cannot open the database: OperationalError: connection failed:",
+        ),
+        (
+            {},
+            {"config.py": 'APNS_SANDBOX = "false"\n'},
+            "pn-relay: APNS_SANDBOX: expected True or False, got a string, 'false'"
+            " (write APNS_SANDBOX = False, without quotes)\n",
+        ),
+        (
+            {},
+            {"config.py": "PORT = '3005'\n"},
+            "pn-relay: PORT: expected a whole number, got a string, '3005'"
+            " (write PORT = 3005, without quotes)\n",
+        ),
+        (
+            {},
+            {"config.py": "port = 3005\n"},
+            "port is not a setting; setting names are upper case: PORT\n",
+        ),
+        (
+            {"PN_MAX_BODY_BYTES": "0"},
+            {},
+            "pn-relay: PN_MAX_BODY_BYTES: 0 is outside 1024..67108864\n",
+        ),
+        (
+            {"PN_APNS_KEY_ID": "ABC123"},
+            {},
+            "pn-relay: PN_APNS_KEY_ID is set but APNS_KEY_FILE and APNS_TEAM_ID are not:"
+            " APNs token auth needs all three\n",
+        ),
+        (
+            {
+                "PN_APNS_KEY_FILE": "/nonexistent/k.p8",
+                "PN_APNS_KEY_ID": "K",
+                "PN_APNS_TEAM_ID": "T",
+            },
+            {},
+            "pn-relay: PN_APNS_KEY_FILE: /nonexistent/k.p8 is not a readable file\n",
+        ),
+        (
+            {"PN_STATS_USERNAME": "ops"},
+            {},
+            "pn-relay: PN_STATS_USERNAME is set but STATS_PASSWORD_HASH (or STATS_PASSWORD) is"
+            " not: make a hash with python -m stats.hash_password\n",
+        ),
+        (
+            {"PN_STATS_USERNAME": "ops", "PN_STATS_PASSWORD_HASH": "md5$x"},
+            {},
+            "pn-relay: PN_STATS_PASSWORD_HASH: expected pbkdf2_sha256$",
+        ),
+        (
+            {"PN_KEY_FILE": "/srv/old-2021-key.hx"},
+            {},
+            "pn-relay: PN_KEY_FILE: /srv/old-2021-key.hx does not exist; fix the path",
+        ),
+        (
+            {"PN_DATA_DIR": "~/pn-relay-test-never-made", "PN_TOKEN_KEY_FILE": "/nope.hex"},
+            {},
+            "pn-relay: PN_TOKEN_KEY_FILE: /nope.hex does not exist",
         ),
     ],
 )
-def test_bad_settings_stop_the_start_with_one_line(
+def test_bad_settings_stop_the_start_with_one_line_and_leave_nothing(
     workdir: Path, env: dict[str, str], files: dict[str, str], message: str
 ) -> None:
     for name, content in files.items():
         (workdir / name).parent.mkdir(parents=True, exist_ok=True)
         (workdir / name).write_text(content)
+    before = sorted(workdir.rglob("*"))
     result = subprocess.run(
-        SERVER, cwd=workdir, env=clean_env(**env), capture_output=True, text=True, timeout=30
+        SERVER, cwd=workdir, env=clean_env(**env), capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 2
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert sorted(p for p in workdir.rglob("*") if p.name != "__pycache__") == before
+    assert not (Path.home() / "pn-relay-test-never-made").exists()
 
 
-def test_port_in_use_is_one_line(workdir: Path) -> None:
-    server = ServerProcess(workdir)
-    try:
+def test_port_in_use_is_one_line_and_makes_nothing(workdir: Path) -> None:
+    (workdir / "first").mkdir()
+    second = workdir / "second"
+    second.mkdir()
+    with ServerProcess(workdir / "first") as server:
         result = subprocess.run(
             [*SERVER, "--port", str(server.port)],
-            cwd=workdir,
+            cwd=second,
             env=clean_env(),
             capture_output=True,
             text=True,
             timeout=30,
         )
         assert result.returncode == 2
-        assert f"pn-relay: cannot listen on 127.0.0.1:{server.port}" in result.stderr
-        assert "Traceback" not in result.stderr
-    finally:
-        server.terminate()
+        assert result.stderr == (
+            f"pn-relay: cannot listen on 127.0.0.1:{server.port}: Address already in use\n"
+        )
+        assert list(second.iterdir()) == []  # neither keys nor a database
+        assert server.terminate() == 0
+
+
+def test_help_says_where_settings_come_from() -> None:
+    result = subprocess.run(
+        [*SERVER, "--help"], env=clean_env(), capture_output=True, text=True, check=True
+    )
+    for words in ("config.py", "PN_<NAME>", "PN_PORT=3005", "config.example.py", "--init"):
+        assert words in result.stdout
+
+
+def test_init_makes_missing_key_files_even_named_ones_and_never_overwrites(workdir: Path) -> None:
+    env = clean_env(PN_KEY_FILE="keys/server.hex")
+
+    def init() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*SERVER, "--init"], cwd=workdir, env=env, capture_output=True, text=True, check=True
+        )
+
+    first = init()
+    assert re.fullmatch(r"[0-9a-f]{64}\n", first.stdout)
+    assert first.stderr.splitlines() == [
+        "pn-relay: made server key keys/server.hex (mode 0600)",
+        "pn-relay: made identity secret data/identity_secret.hex (mode 0600)",
+        "pn-relay: made token secret data/token_secret.hex (mode 0600)",
+    ]
+    for path in ("keys/server.hex", "data/identity_secret.hex", "data/token_secret.hex"):
+        assert (workdir / path).stat().st_mode & 0o777 == 0o600
+    again = init()
+    assert again.stdout == first.stdout
+    assert again.stderr == "pn-relay: every key file exists; nothing made\n"
+    # And the relay starts with them, recording their fingerprints.
+    with ServerProcess(workdir, PN_KEY_FILE="keys/server.hex") as server:
+        assert server.terminate() == 0
+    assert server.public_key == first.stdout.strip()
+    assert "made the key file" not in server.log
+
+
+def test_print_pubkey_never_makes_a_named_key(workdir: Path) -> None:
+    result = subprocess.run(
+        [*SERVER, "--print-pubkey"],
+        cwd=workdir,
+        env=clean_env(PN_KEY_FILE="typo.hex"),
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.startswith("pn-relay: PN_KEY_FILE: typo.hex does not exist;")
+    assert list(workdir.iterdir()) == []
+
+
+def test_a_wrong_secret_in_front_of_registrations_refuses_in_one_line(workdir: Path) -> None:
+    with ServerProcess(workdir) as server:
+        client = OnionClient(bytes.fromhex(server.public_key))
+        params = {"token": random_apns_token(), "pubKey": random_session_id()}
+        assert server.post("/loki/v2/lsrpc", client.v2("register", params).body)[0] == 200
+        assert server.terminate() == 0
+    other = workdir / "other_token_secret.hex"
+    other.write_text("11" * 32 + "\n")
+    result = subprocess.run(
+        SERVER,
+        cwd=workdir,
+        env=clean_env(PN_TOKEN_KEY_FILE=str(other)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith(
+        f"pn-relay: PN_TOKEN_KEY_FILE: {other} is not the token secret this database was"
+        " written with, and the database holds registrations made with the old one: restore"
+        " the file from your backup, or set PN_TOKEN_KEY_FILE to where it is"
+    )
+    assert len(result.stderr.splitlines()) == 1
+
+
+def test_an_unprefixed_variable_is_named_in_a_warning(workdir: Path) -> None:
+    with ServerProcess(workdir, STATS_USERNAME="ops") as server:
+        assert server.terminate() == 0
+    assert (
+        "WARNING pn_relay: STATS_USERNAME is set in the environment but ignored: pn-relay reads"
+        " PN_STATS_USERNAME (or STATS_USERNAME in config.py)"
+    ) in server.log
+    assert (
+        "set STATS_USERNAME and STATS_PASSWORD_HASH in config.py (or PN_STATS_USERNAME and"
+        " PN_STATS_PASSWORD_HASH in the environment)"
+    ) in server.log
 
 
 def test_reuse_port_lets_two_processes_share_a_port(tmp_path: Path) -> None:
@@ -253,15 +427,22 @@ def test_reuse_port_lets_two_processes_share_a_port(tmp_path: Path) -> None:
     second = subprocess.Popen(
         [*SERVER], cwd=tmp_path, env=clean_env(**env), stderr=subprocess.PIPE, text=True
     )
+    public_keys = set()
     try:
         for process in (first, second):
             assert process.stderr is not None
             for line in process.stderr:
                 if "listening on" in line:
                     assert f":{port} " in line
+                    public_keys.add(line.rsplit(" ", 1)[1])
                     break
             else:
                 raise AssertionError("a process did not start")
+        # Both started on an empty DATA_DIR at once, and made one set of keys together.
+        assert len(public_keys) == 1
+        assert sorted(p.name for p in (tmp_path / "data").iterdir() if "key" in p.name) == [
+            "server_key.hex"
+        ]
     finally:
         for process in (first, second):
             process.send_signal(signal.SIGTERM)

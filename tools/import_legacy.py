@@ -26,15 +26,9 @@ from typing import TextIO
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 
-from lsrpc.keys import (
-    KeyFileError,
-    ServerKeypair,
-    load_or_create_hex_secret,
-    parse_key_text,
-)
+from lsrpc.keys import KeyFileError, ServerKeypair, parse_key_text
 from settings import Settings, SettingsError, load_settings
-from stats.schema import create_stats_schema
-from storage.engine import DatabaseConfigError, create_schema, make_engine
+from startup import StartupError, open_storage
 from storage.protect import IdentifierProtector
 from storage.store import RelayStore
 from storage.writer import BatchWriter
@@ -95,9 +89,10 @@ def key_file_note(settings: Settings) -> str:
         text = path.read_text(encoding="ascii")
     except FileNotFoundError:
         return (
-            f"server key: {path} does not exist yet: the relay will make a NEW key, and clients\n"
-            "  pinned to the 2021 server's key will not reach it. To keep them, copy the 2021\n"
-            "  server's key file (x25519-priv.pem, 64 hex characters) there, or set KEY_FILE."
+            f"server key: {path} does not exist. To keep the clients pinned to the 2021\n"
+            "  server's key, copy its key file (x25519-priv.pem, 64 hex characters) there, or\n"
+            "  set KEY_FILE to it; python server.py --init makes a NEW key instead, which those\n"
+            "  clients will not reach."
         )
     except (OSError, UnicodeDecodeError) as exc:
         return f"server key: {path} cannot be read ({exc}); the relay will not start"
@@ -110,28 +105,15 @@ def key_file_note(settings: Settings) -> str:
     )
 
 
-def load_protector(settings: Settings) -> IdentifierProtector:
-    """The secrets the relay protects identifiers with (made now if this is the first use)."""
+def open_database(settings: Settings) -> tuple[Engine, IdentifierProtector]:
+    """The database and the secrets identifiers are protected with, as the relay opens them
+    (startup/): secrets made only where the relay's first start would make them, and checked
+    against the fingerprints the database keeps. The server key is never made here."""
     try:
-        identity, _ = load_or_create_hex_secret(settings.identity_key_file, what="identity secret")
-        token, _ = load_or_create_hex_secret(settings.token_key_file, what="token secret")
-    except KeyFileError as exc:
+        engine, keys = open_storage(settings, server_key=False)
+    except StartupError as exc:
         raise ToolError(str(exc)) from None
-    return IdentifierProtector(identity, token)
-
-
-def open_database(settings: Settings) -> Engine:
-    try:
-        engine = make_engine(settings.database_url, pool_size=2)
-    except DatabaseConfigError as exc:
-        raise ToolError(str(exc)) from None
-    try:
-        create_schema(engine)
-        create_stats_schema(engine)
-    except DatabaseConfigError as exc:
-        engine.dispose()
-        raise ToolError(str(exc)) from None
-    return engine
+    return engine, IdentifierProtector(keys.identity, keys.token)
 
 
 def wait_for(future: Future[ImportSummary], progress: Progress, *, quiet: bool) -> ImportSummary:
@@ -176,9 +158,8 @@ def print_summary(out: TextIO, summary: ImportSummary, *, seconds: float, dry_ru
 def run_import(
     settings: Settings, source: LegacySource, *, dry_run: bool, quiet: bool, out: TextIO
 ) -> int:
-    engine = open_database(settings)
+    engine, protector = open_database(settings)
     try:
-        protector = load_protector(settings)
         writer = BatchWriter(engine, max_batch=1, name="import-writer")
         try:
             store = RelayStore(engine, writer, protector, now_ms)
