@@ -142,8 +142,9 @@ def quiesce(relay: RunningRelay) -> None:
 
 
 def shared_keys(relay: RunningRelay) -> dict[str, Any]:
-    """Settings that make another relay read the same identity and token secrets."""
+    """Settings that make another relay read the same key files, as several nodes must."""
     return {
+        "KEY_FILE": relay.relay.settings.key_file,
         "IDENTITY_KEY_FILE": relay.relay.settings.identity_key_file,
         "TOKEN_KEY_FILE": relay.relay.settings.token_key_file,
     }

@@ -82,12 +82,15 @@ def build_v1_database(database_url: str) -> None:
 
 
 def key_files(directory: Path) -> dict[str, Path]:
-    """The fixture's identity and token secrets, as the files the relay reads."""
+    """The fixture's identity and token secrets, and a server key (the fixture's release kept
+    its own, which clients pin; any key file stands in for it here), as the relay reads them."""
     directory.mkdir(parents=True, exist_ok=True)
     files = {
+        "KEY_FILE": directory / "server_key.hex",
         "IDENTITY_KEY_FILE": directory / "identity_secret.hex",
         "TOKEN_KEY_FILE": directory / "token_secret.hex",
     }
+    files["KEY_FILE"].write_text("42" * 32 + "\n")
     files["IDENTITY_KEY_FILE"].write_text(FIXTURE["identity_secret"] + "\n")
     files["TOKEN_KEY_FILE"].write_text(FIXTURE["token_secret"] + "\n")
     for path in files.values():
