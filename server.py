@@ -42,7 +42,7 @@ from settings import Settings, SettingsError, load_settings
 from stats.auth import StatsAuth
 from stats.counters import Counters
 from stats.healthz import PATH as HEALTH_PATH
-from stats.healthz import HealthHandler, HealthProbe
+from stats.healthz import HealthHandler, HealthProbe, HealthSettings
 from stats.metrics import RelayMetrics
 from stats.rollup import MinuteRollup, RetentionJob, StatsJobs
 from stats.schema import create_stats_schema
@@ -227,7 +227,14 @@ class Relay:
             errors=self.errors,
         )
         self.onion = create_onion_endpoint(parts)
-        self.health = HealthProbe(self.engine, self._dispatcher_alive)
+        self.health = HealthProbe(
+            self.engine,
+            self._dispatcher_alive,
+            lanes=lambda: self.dispatcher.lanes,
+            queue_age=self.oldest_queued_age_s,
+            writer_commits=lambda: self.writer.commits,
+            settings=HealthSettings(max_queue_age_s=settings.HEALTH_MAX_QUEUE_AGE),
+        )
         self.app = create_app(parts, self.onion)
         self.executor = ThreadPoolExecutor(settings.WEB_THREADS, thread_name_prefix="web")
         self.http: CappedHTTPServer | None = None
@@ -251,6 +258,12 @@ class Relay:
         age = 0.0 if oldest is None else max(0.0, (self.clock.now_ms() - oldest) / 1000)
         self._queue_stats_cache = (now, (count, age))
         return count, age
+
+    def oldest_queued_age_s(self) -> float:
+        """Seconds the oldest queued push has waited (0 when none), for /healthz (uncached:
+        health caches its own probe). Read beside the writer, like `queue_stats`."""
+        _, oldest = self.queue.depth(self.engine)
+        return 0.0 if oldest is None else max(0.0, (self.clock.now_ms() - oldest) / 1000)
 
     def tornado_app(self) -> Application:
         """The onion paths and /healthz on Tornado directly (on the IOLoop), all else on the
