@@ -191,7 +191,12 @@ class Relay:
             else None
         )
         self.stats_jobs = StatsJobs(
-            MinuteRollup(self.engine, self.counters, now_ms),
+            MinuteRollup(
+                self.engine,
+                self.counters,
+                now_ms,
+                queue_depth=lambda: self.queue.depth(self.engine)[0],
+            ),
             RetentionJob(self.engine, now_ms, settings.STATS_RETENTION_DAYS)
             if settings.STATS_RETENTION_DAYS
             else None,
@@ -225,6 +230,7 @@ class Relay:
             dispatcher_alive=self._dispatcher_alive,
             clock_ms=now_ms,
             errors=self.errors,
+            queue_stats=self.queue_stats,
         )
         self.onion = create_onion_endpoint(parts)
         self.health = HealthProbe(
