@@ -405,7 +405,8 @@ def log_server_errors(handler: RequestHandler, errors: RateLimitedLog) -> None:
     """Tornado's per-request log, reduced to server errors (never a client's data), at most
     a line per status and minute."""
     status = handler.get_status()
-    if status >= 500:
+    # /healthz answers 503 on purpose, and stats/healthz.py logs each change of its answer.
+    if status >= 500 and not isinstance(handler, HealthHandler):
         method = handler.request.method
         errors.log(
             logging.ERROR, f"status {status}", "%d %s %s", status, method, type(handler).__name__

@@ -19,7 +19,8 @@ statistics auth's PBKDF2 pool) never makes an orchestrator's probe time out. It 
 The answer names the database's own message ("database refuses writes: attempt to write a
 readonly database"), and so does the log: one line when the verdict changes (unhealthy, and
 why; healthy again), never one per probe. The message is about the probe's own row, which
-holds no identifier.
+holds no identifier. A connection failure's message (it may name the database's host) goes to
+the log only: /healthz is often reachable from outside.
 """
 
 from __future__ import annotations
@@ -62,10 +63,22 @@ class HealthSettings:
 
 
 @dataclass(frozen=True)
+class Reason:
+    """Why health is not ok: `text` for the answer, `detail` for the log only."""
+
+    text: str
+    detail: str = ""
+
+    @property
+    def logged(self) -> str:
+        return f"{self.text}: {self.detail}" if self.detail else self.text
+
+
+@dataclass(frozen=True)
 class DatabaseVerdict:
     """The cached result of one probe: the reasons it found (none: healthy)."""
 
-    reasons: tuple[str, ...]
+    reasons: tuple[Reason, ...]
     at: float  # monotonic seconds
 
 
@@ -91,15 +104,15 @@ class HealthProbe:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="healthz")
         self._running: asyncio.Future[DatabaseVerdict] | None = None
         self._cached: DatabaseVerdict | None = None
-        self._last_reasons: tuple[str, ...] = ()
+        self._last_reasons: tuple[Reason, ...] = ()
         self.probes = 0  # write probes run so far
 
     async def check(self) -> tuple[int, str]:
         """(200, "ok") or (503, "reason; reason"): on the IOLoop."""
-        reasons = [*await self._database_reasons(), *self._loop_reasons()]
-        self._log_change(tuple(reasons))
+        reasons = (*await self._database_reasons(), *self._loop_reasons())
+        self._log_change(reasons)
         if reasons:
-            return 503, "; ".join(reasons)
+            return 503, "; ".join(reason.text for reason in reasons)
         return 200, "ok"
 
     def close(self) -> None:
@@ -108,27 +121,29 @@ class HealthProbe:
 
     # -- what is read on the loop (cheap, every request) ----------------------------------
 
-    def _loop_reasons(self) -> list[str]:
-        reasons: list[str] = []
+    def _loop_reasons(self) -> list[Reason]:
+        reasons: list[Reason] = []
         if self._dispatcher_alive is not None:
             try:
                 alive = bool(self._dispatcher_alive())
             except Exception as exc:  # noqa: BLE001 - any failure means: not healthy
                 log.warning("health check: dispatcher check failed (%s)", type(exc).__name__)
-                return ["dispatcher check failed"]
+                return [Reason("dispatcher check failed")]
             if not alive:
-                return ["dispatcher not running"]
+                return [Reason("dispatcher not running")]
         for lane in self._lanes() if self._lanes is not None else ():
             if lane.paused:
                 reasons.append(
-                    f"{lane.name} pushes paused: the provider refused our configuration"
-                    " (the log says which setting to check)"
+                    Reason(
+                        f"{lane.name} pushes paused: the provider refused our configuration"
+                        " (the log says which setting to check)"
+                    )
                 )
         return reasons
 
     # -- what needs the database (a thread, cached) -----------------------------------------
 
-    async def _database_reasons(self) -> tuple[str, ...]:
+    async def _database_reasons(self) -> tuple[Reason, ...]:
         cached = self._cached
         interval = self.settings.write_probe_interval_s
         if cached is not None and self._monotonic() - cached.at < interval:
@@ -141,7 +156,7 @@ class HealthProbe:
             )
         except TimeoutError:
             # Not cached: the probe goes on, and the next request joins it.
-            return (f"database did not answer within {self.settings.answer_within_s:g} s",)
+            return (Reason(f"database did not answer within {self.settings.answer_within_s:g} s"),)
         self._cached = verdict
         return verdict.reasons
 
@@ -150,11 +165,12 @@ class HealthProbe:
         self.probes += 1
         commits_before = self._commits()
         check = self._write_probe.run()
-        reasons: list[str] = []
+        reasons: list[Reason] = []
         if not check.reachable:
-            reasons.append(f"database unreachable: {check.message}")
+            # Its message may name the database's host: the log's, not the open answer's.
+            reasons.append(Reason("database unreachable", check.message))
         elif not check.ok and not (check.locked and self._commits() != commits_before):
-            reasons.append(f"database refuses writes: {check.message}")
+            reasons.append(Reason(f"database refuses writes: {check.message}"))
         limit = self.settings.max_queue_age_s
         if check.reachable and limit > 0 and self._queue_age is not None:
             try:
@@ -164,19 +180,22 @@ class HealthProbe:
             else:
                 if age > limit:
                     reasons.append(
-                        f"oldest queued push waited more than {limit:g} s (HEALTH_MAX_QUEUE_AGE)"
+                        Reason(
+                            f"oldest queued push waited more than {limit:g} s"
+                            " (HEALTH_MAX_QUEUE_AGE)"
+                        )
                     )
         return DatabaseVerdict(tuple(reasons), self._monotonic())
 
     def _commits(self) -> int:
         return self._writer_commits() if self._writer_commits is not None else 0
 
-    def _log_change(self, reasons: tuple[str, ...]) -> None:
+    def _log_change(self, reasons: tuple[Reason, ...]) -> None:
         if reasons == self._last_reasons:
             return
         self._last_reasons = reasons
         if reasons:
-            log.warning("health: unhealthy: %s", "; ".join(reasons))
+            log.warning("health: unhealthy: %s", "; ".join(reason.logged for reason in reasons))
         else:
             log.info("health: ok again")
 

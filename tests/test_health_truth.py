@@ -162,6 +162,7 @@ def test_a_database_file_turned_read_only_makes_healthz_503_with_the_reason(
     assert len(unhealthy) == changes(bodies) < len(bodies)
     assert unhealthy[-1] == "health: unhealthy: " + bodies[-1].strip()
     assert token not in caplog.text and session_id not in caplog.text
+    assert "HealthHandler" not in caplog.text  # a 503 by design is not a server error
 
     read_only_files.undo()
     assert healthz(relay) == (200, "ok\n")
@@ -246,6 +247,22 @@ def test_a_read_only_postgresql_transaction_is_a_503(postgres_url: str) -> None:
     finally:
         probe.close()
         read_only.dispose()
+
+
+def test_an_unreachable_database_is_named_in_the_answer_and_explained_in_the_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'missing' / 'dir' / 'x.sqlite3'}", pool_size=1)
+    probe = HealthProbe(engine, settings=HealthSettings(write_probe_interval_s=0.0))
+    try:
+        assert asyncio.run(probe.check()) == (503, "database unreachable")
+        assert asyncio.run(probe.check()) == (503, "database unreachable")
+    finally:
+        probe.close()
+        engine.dispose()
+    assert health_lines(caplog) == [
+        "health: unhealthy: database unreachable: unable to open database file"
+    ]
 
 
 # -- the probe's cache and its bound --------------------------------------------------------
