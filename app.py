@@ -19,6 +19,7 @@ from lsrpc.keys import ServerKeypair
 from lsrpc.route import ONION_BLUEPRINT, create_lsrpc_blueprint
 from lsrpc.v2 import ClientCall
 from stats.auth import StatsAuth
+from stats.dashboard import create_dashboard_blueprint
 from stats.endpoint import create_stats_blueprint
 from stats.metrics import RelayMetrics, create_metrics_blueprint
 from web.errorlog import RateLimitedLog
@@ -43,6 +44,8 @@ class AppParts:
     clock_ms: Callable[[], int] = field(default=lambda: time.time_ns() // 1_000_000)
     # One rate-limited log of unexpected errors, shared by every route of the process.
     errors: RateLimitedLog = field(default_factory=lambda: RateLimitedLog(log))
+    # (depth, age in s of the oldest) of the delivery queue now, for the /stats page.
+    queue_stats: Callable[[], tuple[int, float]] | None = None
 
 
 def plain_error(status: int, reason: str) -> Response:
@@ -67,6 +70,11 @@ def create_app(parts: AppParts, onion: OnionEndpoint | None = None) -> Flask:
     if parts.engine is not None:
         app.register_blueprint(
             create_stats_blueprint(parts.engine, parts.stats_auth, parts.clock_ms)
+        )
+        app.register_blueprint(
+            create_dashboard_blueprint(
+                parts.engine, parts.stats_auth, parts.clock_ms, queue_stats=parts.queue_stats
+            )
         )
         app.register_blueprint(
             create_metrics_blueprint(

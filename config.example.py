@@ -203,3 +203,9 @@
 # Failed statistics/metrics logins allowed per minute (in bursts of as many); beyond it the
 # answer is 429 with Retry-After, without checking the password.
 # STATS_AUTH_FAILURES_PER_MINUTE = 30
+
+# -- Health (GET /healthz) ----------------------------------------------------------------
+# /healthz answers 503 when the oldest queued push has waited longer than this many seconds
+# (pushes are not going out), as well as when the database refuses writes or a provider is
+# paused for a configuration error. 0 leaves the queue's age out of the check.
+# HEALTH_MAX_QUEUE_AGE = 1800.0

@@ -41,7 +41,7 @@ from startup import load_keys, open_storage
 from stats.auth import StatsAuth
 from stats.counters import Counters
 from stats.healthz import PATH as HEALTH_PATH
-from stats.healthz import HealthHandler, HealthProbe
+from stats.healthz import HealthHandler, HealthProbe, HealthSettings
 from stats.metrics import RelayMetrics
 from stats.rollup import MinuteRollup, RetentionJob, StatsJobs
 from storage.clock import HeartbeatWriter, RelayClock, boot_id, resume_clock
@@ -171,7 +171,12 @@ class Relay:
             else None
         )
         self.stats_jobs = StatsJobs(
-            MinuteRollup(self.engine, self.counters, now_ms),
+            MinuteRollup(
+                self.engine,
+                self.counters,
+                now_ms,
+                queue_depth=lambda: self.queue.depth(self.engine)[0],
+            ),
             RetentionJob(self.engine, now_ms, settings.STATS_RETENTION_DAYS)
             if settings.STATS_RETENTION_DAYS
             else None,
@@ -205,9 +210,17 @@ class Relay:
             dispatcher_alive=self._dispatcher_alive,
             clock_ms=now_ms,
             errors=self.errors,
+            queue_stats=self.queue_stats,
         )
         self.onion = create_onion_endpoint(parts)
-        self.health = HealthProbe(self.engine, self._dispatcher_alive)
+        self.health = HealthProbe(
+            self.engine,
+            self._dispatcher_alive,
+            lanes=lambda: self.dispatcher.lanes,
+            queue_age=self.oldest_queued_age_s,
+            writer_commits=lambda: self.writer.commits,
+            settings=HealthSettings(max_queue_age_s=settings.HEALTH_MAX_QUEUE_AGE),
+        )
         self.app = create_app(parts, self.onion)
         self.executor = ThreadPoolExecutor(settings.WEB_THREADS, thread_name_prefix="web")
         self.http: CappedHTTPServer | None = None
@@ -231,6 +244,12 @@ class Relay:
         age = 0.0 if oldest is None else max(0.0, (self.clock.now_ms() - oldest) / 1000)
         self._queue_stats_cache = (now, (count, age))
         return count, age
+
+    def oldest_queued_age_s(self) -> float:
+        """Seconds the oldest queued push has waited (0 when none), for /healthz (uncached:
+        health caches its own probe). Read beside the writer, like `queue_stats`."""
+        _, oldest = self.queue.depth(self.engine)
+        return 0.0 if oldest is None else max(0.0, (self.clock.now_ms() - oldest) / 1000)
 
     def tornado_app(self) -> Application:
         """The onion paths and /healthz on Tornado directly (on the IOLoop), all else on the
@@ -376,7 +395,8 @@ def log_server_errors(handler: RequestHandler, errors: RateLimitedLog) -> None:
     """Tornado's per-request log, reduced to server errors (never a client's data), at most
     a line per status and minute."""
     status = handler.get_status()
-    if status >= 500:
+    # /healthz answers 503 on purpose, and stats/healthz.py logs each change of its answer.
+    if status >= 500 and not isinstance(handler, HealthHandler):
         method = handler.request.method
         errors.log(
             logging.ERROR, f"status {status}", "%d %s %s", status, method, type(handler).__name__

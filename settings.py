@@ -83,6 +83,8 @@ class Settings:
     # -- config-keys -------------------------------------------------------------------
     LOG_FORMAT: str = "text"
     ACCESS_LOG: bool = False
+    # -- dash: health that tells the truth (issue 11) ------------------------------------
+    HEALTH_MAX_QUEUE_AGE: float = 1800.0
 
     # -- derived paths ------------------------------------------------------------------
     @property
@@ -130,6 +132,8 @@ _LIMITS: dict[str, tuple[float, float]] = {
     "STATS_AUTH_THREADS": (1, 64),
     "STATS_AUTH_MAX_PENDING": (1, 1024),
     "STATS_AUTH_FAILURES_PER_MINUTE": (1, 100_000),
+    # -- dash
+    "HEALTH_MAX_QUEUE_AGE": (0, 28 * 24 * 3600),
 }
 _CHOICES: dict[str, tuple[str, ...]] = {
     "LOG_LEVEL": ("DEBUG", "INFO", "WARNING", "ERROR"),

@@ -282,7 +282,8 @@ def create_metrics_blueprint(
 
     With `auth`, /metrics asks for the same Basic credentials as the statistics endpoint (its
     numbers are the same traffic figures); /healthz is open and says only ok or why not. (A
-    running relay serves /healthz on the IOLoop instead, with the same answer: stats/healthz.py.)
+    running relay serves /healthz on the IOLoop instead, which also probes a write, the provider
+    lanes and the queue's age: stats/healthz.py. This one is the bare WSGI app's.)
     `dispatcher_alive` None means there is no dispatcher to check.
     """
     blueprint = Blueprint("metrics", __name__)

@@ -21,6 +21,16 @@ so any number of processes (on any number of hosts) sharing the database sum exa
 write fails, the swapped counts are `restore`d into the counters and go out with the next
 write: nothing is lost, it is only attributed to a later minute.
 
+Queue depth, sampled
+--------------------
+`queue_depth` is not a count but a level: with a `queue_depth` callable (the relay passes
+`DeliveryQueue.depth`, read on its own connection, never through the writer), each write
+samples the queue once, from the worker thread, and stores it in the row of the minute it
+writes. Processes sharing the database see the same queue, so their samples are merged by
+the largest (``greatest`` on PostgreSQL, ``max(a, b)`` on SQLite, NULL ignored), not summed.
+Gap-filled minutes and failed samples stay NULL ("not sampled"), so a chart does not draw an
+empty queue where nobody looked.
+
 A row for every minute
 ----------------------
 Every write includes its minute even when all counts are zero, and also zero rows for any
@@ -55,12 +65,12 @@ from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
-from sqlalchemy import Connection, Engine, delete, update
+from sqlalchemy import Connection, Engine, delete, func, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.dml import Insert
 
 from stats.counters import COUNTER_NAMES, Counters
-from stats.schema import job_leases, statistics_minutes
+from stats.schema import QUEUE_DEPTH, job_leases, statistics_minutes
 
 log = logging.getLogger(__name__)
 
@@ -91,12 +101,21 @@ def _dialect_insert(engine_or_conn: Engine | Connection, table: Any) -> Any:
 
 
 def additive_upsert(engine: Engine) -> Insert:
-    """``INSERT ... ON CONFLICT (minute_start) DO UPDATE SET n = table.n + excluded.n``."""
+    """``INSERT ... ON CONFLICT (minute_start) DO UPDATE SET n = table.n + excluded.n``, and
+    the larger of two queue-depth samples (NULL: none)."""
     statement = _dialect_insert(engine, statistics_minutes)
     table = statistics_minutes.c
+    stored, sampled = table[QUEUE_DEPTH], statement.excluded[QUEUE_DEPTH]
+    if engine.dialect.name == "postgresql":
+        larger = func.greatest(stored, sampled)  # NULLs ignored
+    else:  # SQLite's two-argument max() is scalar, and NULL if either is
+        larger = func.max(func.coalesce(stored, sampled), func.coalesce(sampled, stored))
     return statement.on_conflict_do_update(  # type: ignore[no-any-return]
         index_elements=[table.minute_start],
-        set_={name: table[name] + statement.excluded[name] for name in COUNTER_NAMES},
+        set_={
+            **{name: table[name] + statement.excluded[name] for name in COUNTER_NAMES},
+            QUEUE_DEPTH: larger,
+        },
     )
 
 
@@ -111,8 +130,10 @@ class MinuteRollup:
         *,
         executor: Executor | None = None,
         max_gap_fill: int = 1440,
+        queue_depth: Callable[[], int] | None = None,
     ) -> None:
         self._engine = engine
+        self._queue_depth = queue_depth
         self._counters = counters
         self._clock = clock
         self._executor = executor
@@ -148,13 +169,18 @@ class MinuteRollup:
         On a database failure the counts are restored into the counters and False returned.
         """
         _check_minute(minute_start)
+        depth = self._sample_queue_depth()
         with self._lock:
-            rows = [
-                {"minute_start": minute, **dict.fromkeys(COUNTER_NAMES, 0)}
+            rows: list[dict[str, int | None]] = [
+                {"minute_start": minute, **dict.fromkeys(COUNTER_NAMES, 0), QUEUE_DEPTH: None}
                 for minute in self._gap_minutes(minute_start)
             ]
             rows.append(
-                {"minute_start": minute_start, **{n: int(counts.get(n, 0)) for n in COUNTER_NAMES}}
+                {
+                    "minute_start": minute_start,
+                    **{n: int(counts.get(n, 0)) for n in COUNTER_NAMES},
+                    QUEUE_DEPTH: depth,
+                }
             )
             try:
                 with self._engine.begin() as conn:
@@ -170,6 +196,15 @@ class MinuteRollup:
                 return False
             self._last_written = max(self._last_written, minute_start)
             return True
+
+    def _sample_queue_depth(self) -> int | None:
+        if self._queue_depth is None:
+            return None
+        try:
+            return int(self._queue_depth())
+        except Exception as exc:  # noqa: BLE001 - the counts still go out; the sample is NULL
+            log.warning("queue depth not sampled for the statistics (%s)", type(exc).__name__)
+            return None
 
     def _gap_minutes(self, minute_start: int) -> range:
         first = max(self._last_written + MINUTE_MS, minute_start - self._max_gap_fill * MINUTE_MS)

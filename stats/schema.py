@@ -9,7 +9,10 @@ was created (``ALTER TABLE ... ADD COLUMN ... DEFAULT 0``; existing rows read as
 Unix epoch (the house convention for times), always a multiple of 60,000, and the primary key:
 on SQLite it is the rowid itself (``INTEGER PRIMARY KEY``), so a date-range query is one
 B-tree range scan over the table; on PostgreSQL a BIGINT primary key with its B-tree index.
-Every other column is one counter of `stats.counters.COUNTER_NAMES`.
+Every other column is one counter of `stats.counters.COUNTER_NAMES`, except `queue_depth`:
+the delivery queue's depth sampled when the minute ended (schema 3; the largest sample when
+several processes share the database; NULL where nothing was sampled, as for every minute
+before the upgrade).
 
 `job_leases`: one row per periodic job that must run in one process only, however many share
 the database; a process claims it by a compare-and-set on `expires_at` (see
@@ -23,6 +26,8 @@ from sqlalchemy import BigInteger, Column, Engine, Integer, String, Table, inspe
 from stats.counters import COUNTER_NAMES
 from storage.schema import Base
 
+QUEUE_DEPTH = "queue_depth"
+
 # SQLite: INTEGER PRIMARY KEY is the rowid (the table's own B-tree); BIGINT would add an index.
 _Key64 = BigInteger().with_variant(Integer(), "sqlite")
 
@@ -34,6 +39,7 @@ statistics_minutes = Table(
         Column(name, BigInteger, nullable=False, default=0, server_default=text("0"))
         for name in COUNTER_NAMES
     ),
+    Column(QUEUE_DEPTH, BigInteger, nullable=True),
 )
 
 job_leases = Table(
@@ -48,16 +54,19 @@ STATS_TABLES = (statistics_minutes, job_leases)
 
 
 def create_stats_schema(engine: Engine) -> None:
-    """Create the statistics tables if missing, and add columns for new counter names."""
+    """Create the statistics tables if missing, and add columns for new counter names (and
+    `queue_depth`, which storage/migrations.py's step 3 adds to a versioned database)."""
     Base.metadata.create_all(engine, tables=list(STATS_TABLES))
     present = {column["name"] for column in inspect(engine).get_columns("statistics_minutes")}
-    missing = [name for name in COUNTER_NAMES if name not in present]
+    missing = {
+        name: "BIGINT NOT NULL DEFAULT 0" for name in COUNTER_NAMES if name not in present
+    }
+    if QUEUE_DEPTH not in present:
+        missing[QUEUE_DEPTH] = "BIGINT"
     if not missing:
         return
     preparer = engine.dialect.identifier_preparer
     table = preparer.quote("statistics_minutes")
     with engine.begin() as conn:
-        for name in missing:
-            conn.exec_driver_sql(
-                f"ALTER TABLE {table} ADD COLUMN {preparer.quote(name)} BIGINT NOT NULL DEFAULT 0"
-            )
+        for name, kind in missing.items():
+            conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {preparer.quote(name)} {kind}")

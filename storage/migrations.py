@@ -103,8 +103,22 @@ def _to_2(conn: Connection) -> None:
     )
 
 
+def _to_3(conn: Connection) -> None:
+    """Schema 3: `statistics_minutes` gains `queue_depth`, the delivery queue's depth sampled
+    at each minute's end (stats/rollup.py). Nullable, no default: the minutes before the
+    upgrade read as "not sampled", not as an empty queue. The same statement on SQLite and
+    PostgreSQL; a database without the statistics table gets it from create_all, column and
+    all."""
+    inspector = inspect(conn)
+    if not inspector.has_table("statistics_minutes"):
+        return
+    if any(c["name"] == "queue_depth" for c in inspector.get_columns("statistics_minutes")):
+        return  # already there (stats.schema.create_stats_schema adds it too)
+    conn.exec_driver_sql("ALTER TABLE statistics_minutes ADD COLUMN queue_depth BIGINT")
+
+
 # version reached -> the step that reaches it from the version before
-STEPS: dict[int, Callable[[Connection], None]] = {2: _to_2}
+STEPS: dict[int, Callable[[Connection], None]] = {2: _to_2, 3: _to_3}
 
 
 def _read_version(conn: Connection) -> int | None:

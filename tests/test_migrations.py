@@ -1,4 +1,4 @@
-"""Upgrading a database written by the previous release (schema 1) to schema 2.
+"""Upgrading a database written by the first release (schema 1) to the current schema.
 
 tests/fixtures/schema_v1.json holds that release's own DDL and the rows its storage code
 wrote (tests/fixtures/README.md says how it was made). Each test rebuilds it on SQLite and on
@@ -19,6 +19,7 @@ from sqlalchemy import Engine, create_engine, text
 from server import Relay, StartupError
 from storage.engine import create_schema, make_engine
 from storage.migrations import upgrade
+from storage.schema import SCHEMA_VERSION
 from tests.providers import Providers
 from tests.support import RunningRelay, random_apns_token, random_session_id, relay_settings
 
@@ -147,7 +148,8 @@ def test_a_schema_1_database_is_upgraded_and_its_queue_delivered(
     protector = relay.relay.protector
     tokens, people = FIXTURE["tokens"], FIXTURE["session_ids"]
 
-    assert rows(relay, "SELECT value FROM schema_meta WHERE key = 'schema_version'") == [("2",)]
+    version = rows(relay, "SELECT value FROM schema_meta WHERE key = 'schema_version'")
+    assert version == [(str(SCHEMA_VERSION),)]
     registrations = {
         device_id: (protector.open_token(sealed), session_hash, provider, generation)
         for device_id, sealed, session_hash, provider, generation in rows(
@@ -197,7 +199,7 @@ def test_a_schema_1_database_is_upgraded_and_its_queue_delivered(
     try:
         before = snapshot(engine)
         with engine.begin() as conn:
-            assert upgrade(conn) == (2, 2)
+            assert upgrade(conn) == (SCHEMA_VERSION, SCHEMA_VERSION)
         create_schema(engine)
         assert snapshot(engine) == before
     finally:
@@ -250,7 +252,8 @@ def test_a_database_from_a_newer_release_is_refused_in_one_line(
         Relay(settings)
     message = str(refused.value)
     assert message == (
-        "the database was written by a newer pn-relay (schema 99); this one knows schema 2"
+        "the database was written by a newer pn-relay (schema 99);"
+        f" this one knows schema {SCHEMA_VERSION}"
     )
     engine = make_engine(database_url, pool_size=1)
     try:
