@@ -71,6 +71,12 @@ class Settings:
     STATS_AUTH_THREADS: int = 2
     STATS_AUTH_MAX_PENDING: int = 8
     STATS_AUTH_FAILURES_PER_MINUTE: int = 30
+    # -- abuse: limits that need no IP address (issue 12; docs/security.md) -------------
+    MAX_DEVICES_PER_SESSION: int = 20
+    MAX_GROUP_MEMBERS: int = 200
+    NOTIFY_PER_MINUTE: int = 120
+    NOTIFY_BURST: int = 60
+    FANOUT_CHUNK: int = 500
 
     # -- derived paths ------------------------------------------------------------------
     @property
@@ -116,6 +122,12 @@ _LIMITS: dict[str, tuple[float, float]] = {
     "STATS_AUTH_THREADS": (1, 64),
     "STATS_AUTH_MAX_PENDING": (1, 1024),
     "STATS_AUTH_FAILURES_PER_MINUTE": (1, 100_000),
+    # -- abuse
+    "MAX_DEVICES_PER_SESSION": (1, 100_000),
+    "MAX_GROUP_MEMBERS": (1, 1_000_000),
+    "NOTIFY_PER_MINUTE": (1, 1_000_000),
+    "NOTIFY_BURST": (1, 1_000_000),
+    "FANOUT_CHUNK": (10, 100_000),
 }
 _CHOICES: dict[str, tuple[str, ...]] = {
     "LOG_LEVEL": ("DEBUG", "INFO", "WARNING", "ERROR"),

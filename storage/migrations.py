@@ -84,8 +84,19 @@ def _to_2(conn: Connection) -> None:
     )
 
 
+def _to_3(conn: Connection) -> None:
+    """Schema 3: a notification is `ready` (claimable) only once its whole fan-out is written;
+    every notification written before is."""
+    if any(c["name"] == "ready" for c in inspect(conn).get_columns(notifications.name)):
+        return  # SQLite's step 2 re-created the table from the current model, column included
+    default = "1" if conn.dialect.name == "sqlite" else "true"
+    conn.exec_driver_sql(
+        f"ALTER TABLE notifications ADD COLUMN ready BOOLEAN NOT NULL DEFAULT {default}"
+    )
+
+
 # version reached -> the step that reaches it from the version before
-STEPS: dict[int, Callable[[Connection], None]] = {2: _to_2}
+STEPS: dict[int, Callable[[Connection], None]] = {2: _to_2, 3: _to_3}
 
 
 def _read_version(conn: Connection) -> int | None:
