@@ -209,3 +209,29 @@
 # (pushes are not going out), as well as when the database refuses writes or a provider is
 # paused for a configuration error. 0 leaves the queue's age out of the check.
 # HEALTH_MAX_QUEUE_AGE = 1800.0
+# -- Abuse limits (docs/security.md) ------------------------------------------------------
+# Anyone may register any token under any Session ID and notify anyone: requests come
+# through onion routing, with no address to block. These bound what one Session ID or group
+# can cost. A refused request gets an encrypted error and is counted in /metrics
+# (pn_relay_refused_total{reason}).
+
+# Devices registered under one Session ID. At the cap, a new registration replaces the least
+# recently registered device (clients register again at every start, so the one unused the
+# longest), and what was queued for it: a user's new phone always works.
+# MAX_DEVICES_PER_SESSION = 20
+
+# Members of one closed group. Session's legacy closed groups hold at most 100; the slack is
+# for members who left without unsubscribing. A new member beyond it is refused (403); one
+# already in the group is not affected.
+# MAX_GROUP_MEMBERS = 200
+
+# Notifies one recipient (a Session ID or a group) may receive a minute on average, and at
+# once after a quiet spell. Beyond that a notify is refused (429), not queued. Counted per
+# process: with several processes a recipient may get up to that many times as many.
+# NOTIFY_PER_MINUTE = 120
+# NOTIFY_BURST = 60
+
+# Deliveries written per transaction when a notify fans out to many devices (a large group):
+# other requests' writes run between the chunks, so none waits behind the whole fan-out. The
+# notify is answered once every chunk is written.
+# FANOUT_CHUNK = 500

@@ -28,6 +28,7 @@ from tornado.web import Application, RequestHandler
 from app import AppParts, create_app, create_onion_endpoint, without_onion_routes
 from errors import StartupError as StartupError  # noqa: PLC0414 - re-exported
 from handlers.endpoints import HandlerContext
+from handlers.notify_limit import NotifyRateLimit
 from handlers.runner import OutcomeRunner
 from logsetup import AccessLog, LoggedWSGIContainer, held_until_started
 from logsetup import configure_logging as configure_logging  # noqa: PLC0414 - re-exported
@@ -143,7 +144,15 @@ class Relay:
         self.clock = clock
         self.heartbeat = HeartbeatWriter(self.engine, clock, boot)
         self.writer = BatchWriter(self.engine, max_batch=settings.WRITE_BATCH_MAX)
-        self.store = RelayStore(self.engine, self.writer, self.protector, clock.now_ms)
+        self.store = RelayStore(
+            self.engine,
+            self.writer,
+            self.protector,
+            clock.now_ms,
+            max_devices=settings.MAX_DEVICES_PER_SESSION,
+            max_members=settings.MAX_GROUP_MEMBERS,
+            fanout_chunk=settings.FANOUT_CHUNK,
+        )
         self.counters = Counters()
         self.in_flight = InFlight()
         self.errors = RateLimitedLog(log)  # unexpected errors: a line per kind and minute
@@ -197,6 +206,7 @@ class Relay:
             max_data_bytes=settings.MAX_DATA_BYTES,
             dedup_window_ms=int(settings.DEDUP_WINDOW * 1000),
             on_queued=self.dispatcher.wake,
+            notify_limit=NotifyRateLimit(settings.NOTIFY_PER_MINUTE, settings.NOTIFY_BURST),
         )
         parts = AppParts(
             keypair=self.keypair,
@@ -315,17 +325,23 @@ class Relay:
         )
 
     async def _housekeep(self) -> None:
-        """The clock's heartbeat every HEARTBEAT_INTERVAL_S; expired dedup fingerprints purged
-        every window (at most hourly)."""
+        """The clock's heartbeat every HEARTBEAT_INTERVAL_S; expired dedup fingerprints and
+        fan-outs abandoned mid-way by a process that died purged at start, then every window
+        (at most hourly)."""
         purge_every = min(max(self.settings.DEDUP_WINDOW, 60.0), 3600.0)
         loop = asyncio.get_running_loop()
-        last_purge = time.monotonic()
+        last_purge: float | None = None
         while True:
             try:
                 await self.writer.submit_on_loop(self.heartbeat.op(), loop)
-                if time.monotonic() - last_purge >= purge_every:
+                if last_purge is None or time.monotonic() - last_purge >= purge_every:
                     last_purge = time.monotonic()
                     await self.writer.submit_on_loop(self.store.purge_expired_dedup_op(), loop)
+                    # A chunk per operation, so other writes run in between.
+                    while await self.writer.submit_on_loop(
+                        self.store.purge_abandoned_fanouts_op(), loop
+                    ):
+                        pass
             except StorageError as exc:
                 log.warning("housekeeping write failed: %s", exc)
             await asyncio.sleep(HEARTBEAT_INTERVAL_S)

@@ -85,6 +85,12 @@ class Settings:
     ACCESS_LOG: bool = False
     # -- dash: health that tells the truth (issue 11) ------------------------------------
     HEALTH_MAX_QUEUE_AGE: float = 1800.0
+    # -- abuse: limits that need no IP address (issue 12; docs/security.md) -------------
+    MAX_DEVICES_PER_SESSION: int = 20
+    MAX_GROUP_MEMBERS: int = 200
+    NOTIFY_PER_MINUTE: int = 120
+    NOTIFY_BURST: int = 60
+    FANOUT_CHUNK: int = 500
 
     # -- derived paths ------------------------------------------------------------------
     @property
@@ -134,6 +140,12 @@ _LIMITS: dict[str, tuple[float, float]] = {
     "STATS_AUTH_FAILURES_PER_MINUTE": (1, 100_000),
     # -- dash
     "HEALTH_MAX_QUEUE_AGE": (0, 28 * 24 * 3600),
+    # -- abuse
+    "MAX_DEVICES_PER_SESSION": (1, 100_000),
+    "MAX_GROUP_MEMBERS": (1, 1_000_000),
+    "NOTIFY_PER_MINUTE": (1, 1_000_000),
+    "NOTIFY_BURST": (1, 1_000_000),
+    "FANOUT_CHUNK": (10, 100_000),
 }
 _CHOICES: dict[str, tuple[str, ...]] = {
     "LOG_LEVEL": ("DEBUG", "INFO", "WARNING", "ERROR"),

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from handlers import validation
+from handlers.notify_limit import NotifyRateLimit
 from handlers.reply import Reply
-from handlers.validation import InvalidParameter
+from handlers.validation import DataTooLarge, InvalidParameter
 from stats.counters import Counters
-from storage.records import NotifyOutcome
+from storage.records import Continuation, Membership, NotifyOutcome, Registered
 from storage.sql import Tx
 from storage.store import RelayStore
 
@@ -33,14 +34,19 @@ class HandlerContext:
     max_data_bytes: int
     dedup_window_ms: int
     on_queued: Callable[[], None]
+    notify_limit: NotifyRateLimit | None = None
 
 
 @dataclass(frozen=True)
 class Pending(Generic[R]):
-    """A validated request waiting for its database operation."""
+    """A validated request waiting for its database operation.
+
+    The operation may return a `Continuation` (a large write done in several transactions):
+    the runner then submits its next operation, and so on; `finish` sees the last result.
+    """
 
     name: str
-    operation: Callable[[Tx], R]
+    operation: Callable[[Tx], R | Continuation]
     finish: Callable[[R], Reply]
 
 
@@ -53,10 +59,30 @@ def _succeed(_: object) -> Reply:
     return Reply.success()
 
 
+def _group_full(ctx: HandlerContext, what: str) -> Reply:
+    ctx.counters.refused("group_members")
+    return Reply.limit_reached(
+        f"{what} has reached its limit of {ctx.store.max_members} members; nothing was changed"
+    )
+
+
+def _registered(ctx: HandlerContext) -> Callable[[Registered], Reply]:
+    def finish(registered: Registered) -> Reply:
+        if registered.full_group:
+            return _group_full(ctx, "A group in legacyGroupPublicKeys")
+        if registered.replaced:
+            # Not a refusal: the new device works, the least recently registered ones went.
+            ctx.counters.incr("devices_replaced", registered.replaced)
+        return Reply.success()
+
+    return finish
+
+
 def register(ctx: HandlerContext, params: Params) -> Outcome:
     token, provider = validation.device_token(params)
     session_id = validation.session_id(params, "pubKey")
-    return Pending("register", ctx.store.register_op(token, session_id, provider), _succeed)
+    operation = ctx.store.register_op(token, session_id, provider)
+    return Pending("register", operation, _registered(ctx))
 
 
 def register_legacy_groups_only(ctx: HandlerContext, params: Params) -> Outcome:
@@ -64,7 +90,7 @@ def register_legacy_groups_only(ctx: HandlerContext, params: Params) -> Outcome:
     session_id = validation.session_id(params, "pubKey")
     groups = validation.group_key_list(params, "legacyGroupPublicKeys")
     operation = ctx.store.register_with_groups_op(token, session_id, provider, groups)
-    return Pending("register_legacy_groups_only", operation, _succeed)
+    return Pending("register_legacy_groups_only", operation, _registered(ctx))
 
 
 def unregister(ctx: HandlerContext, params: Params) -> Outcome:
@@ -75,9 +101,13 @@ def unregister(ctx: HandlerContext, params: Params) -> Outcome:
 def subscribe_closed_group(ctx: HandlerContext, params: Params) -> Outcome:
     group_key = validation.session_id(params, "closedGroupPublicKey")
     session_id = validation.session_id(params, "pubKey")
-    return Pending(
-        "subscribe_closed_group", ctx.store.subscribe_op(group_key, session_id), _succeed
-    )
+
+    def finish(membership: Membership) -> Reply:
+        if membership is Membership.GROUP_FULL:
+            return _group_full(ctx, "The closed group")
+        return Reply.success()
+
+    return Pending("subscribe_closed_group", ctx.store.subscribe_op(group_key, session_id), finish)
 
 
 def unsubscribe_closed_group(ctx: HandlerContext, params: Params) -> Outcome:
@@ -88,14 +118,29 @@ def unsubscribe_closed_group(ctx: HandlerContext, params: Params) -> Outcome:
 
 
 def notify(ctx: HandlerContext, params: Params) -> Outcome:
-    data = validation.notify_data(params, ctx.max_data_bytes)
+    try:
+        data = validation.notify_data(params, ctx.max_data_bytes)
+    except DataTooLarge:
+        ctx.counters.refused("data_too_large")
+        raise
     send_to = validation.session_id(params, "send_to")
+    limit = ctx.notify_limit
     operation = ctx.store.enqueue_notification_op(
-        send_to, data, dedup_window_ms=ctx.dedup_window_ms
+        send_to,
+        data,
+        dedup_window_ms=ctx.dedup_window_ms,
+        admit=limit.admit if limit is not None else None,
     )
 
     def finish(outcome: NotifyOutcome) -> Reply:
         counters = ctx.counters
+        if outcome.refused:
+            counters.refused(outcome.refused)
+            per_minute = limit.per_minute if limit is not None else 0
+            return Reply.too_many(
+                f"Too many notifications for this recipient (at most {per_minute} a minute);"
+                " try again later"
+            )
         counters.incr("total_message_number")
         if outcome.via_group:
             counters.incr("closed_group_message_number")

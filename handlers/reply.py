@@ -22,6 +22,16 @@ class Reply:
         return cls(status=400, code=0, message=message)
 
     @classmethod
+    def too_many(cls, message: str) -> Reply:
+        """A rate limit refused the request (nothing was written); a later one may pass."""
+        return cls(status=429, code=0, message=message)
+
+    @classmethod
+    def limit_reached(cls, message: str) -> Reply:
+        """A size limit refused the request (nothing was written), e.g. a full group."""
+        return cls(status=403, code=0, message=message)
+
+    @classmethod
     def unavailable(cls) -> Reply:
         return cls(status=503, code=0, message="Temporarily unavailable, try again later")
 

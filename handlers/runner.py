@@ -1,4 +1,10 @@
-"""Runs a handler's Outcome: a finished Reply as it is, a Pending write through the writer."""
+"""Runs a handler's Outcome: a finished Reply as it is, a Pending write through the writer.
+
+A write too large for one transaction (a notify's fan-out to many devices) returns a
+`Continuation` from each operation but the last: its next operation is submitted only once
+the previous one committed, so other requests' writes run between them; the request is
+answered after the last.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ from typing import Any
 
 from handlers.endpoints import Outcome, Pending, storage_failed
 from handlers.reply import Reply
+from storage.records import Continuation
 from storage.writer import BatchWriter, StorageError
 
 
@@ -20,6 +27,8 @@ class OutcomeRunner:
             return outcome
         try:
             result = self._writer.submit(outcome.operation)
+            while isinstance(result, Continuation):
+                result = self._writer.submit(result.operation)
         except StorageError as exc:
             return storage_failed(outcome, exc)
         return outcome.finish(result)
@@ -29,10 +38,11 @@ class OutcomeRunner:
         if isinstance(outcome, Reply):
             return outcome
         pending: Pending[Any] = outcome
+        loop = asyncio.get_running_loop()
         try:
-            result = await self._writer.submit_on_loop(
-                pending.operation, asyncio.get_running_loop()
-            )
+            result = await self._writer.submit_on_loop(pending.operation, loop)
+            while isinstance(result, Continuation):
+                result = await self._writer.submit_on_loop(result.operation, loop)
         except StorageError as exc:
             return storage_failed(pending, exc)
         return pending.finish(result)

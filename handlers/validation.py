@@ -24,6 +24,10 @@ class InvalidParameter(ClientError):
         self.message = message
 
 
+class DataTooLarge(InvalidParameter):
+    """`data` is over MAX_DATA_BYTES (counted as a refusal in /metrics)."""
+
+
 def require_str(params: dict[str, Any], name: str) -> str:
     value = params.get(name)
     if value is None:
@@ -82,7 +86,7 @@ def notify_data(params: dict[str, Any], max_bytes: int) -> str:
     if not value:
         raise InvalidParameter("Parameter data must not be empty")
     if len(value) > (max_bytes + 2) // 3 * 4:
-        raise InvalidParameter(f"Parameter data is larger than {max_bytes} bytes")
+        raise DataTooLarge(f"Parameter data is larger than {max_bytes} bytes")
     if not _BASE64.fullmatch(value):
         raise InvalidParameter("Parameter data must be standard base64 with padding")
     try:
@@ -90,7 +94,7 @@ def notify_data(params: dict[str, Any], max_bytes: int) -> str:
     except binascii.Error:
         raise InvalidParameter("Parameter data must be standard base64 with padding") from None
     if decoded_length > max_bytes:
-        raise InvalidParameter(f"Parameter data is larger than {max_bytes} bytes")
+        raise DataTooLarge(f"Parameter data is larger than {max_bytes} bytes")
     return value
 
 

@@ -19,12 +19,35 @@ push this lane is still sending adopts the new lease instead of sending it twice
 
 Time: persisted times come from the relay clock (storage/clock.py, never jumps); pauses,
 log intervals and renewal use the monotonic clock.
+
+Answers that look like dead tokens but may be our configuration (`SUSPECT_REASONS`): APNs
+`BadDeviceToken` is what Apple answers for *every* token when APNS_SANDBOX names the wrong
+environment; `DeviceTokenNotForTopic` for every token when APNS_TOPIC is wrong; FCM
+`SENDER_ID_MISMATCH` for every token when the service account belongs to another project. One
+such answer alone says nothing about which it is, so the lane judges it by the answers it got
+in the last `storm_window_s` (push/answer_window.py):
+- a storm: at least `storm_min_answers` answers, more than half of them suspect and fewer than
+  `storm_max_accepted_share` accepted. That is our configuration: the lane pauses (as for any
+  configuration error), nothing is pruned, the push is retried after the pause, and the log
+  says once, for the whole storm, which settings to check.
+- healthy: at least `storm_min_answers` answers, at most half of them suspect. The
+  configuration demonstrably works, so this token belongs to another app, build environment
+  or Firebase project: it can never be delivered by this relay, and its registration is
+  pruned like a dead token (a real user of our app registers a valid token at its next start).
+  Only that push is dropped; the lane keeps running.
+- otherwise (too few answers yet, or mostly suspect while pushes still get through): unsure.
+  Nothing is pruned and the lane keeps running; the push is held back and tried again later
+  (backing off from `config_pause_s`), until PUSH_MAX_AGE.
+The accepted-share condition of a storm is what keeps an anonymous client from pausing
+everyone's pushes: anyone may register made-up tokens and notify them, but cannot stop real
+users' pushes from being accepted, while a wrong configuration gets (nearly) nothing accepted.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 import threading
@@ -32,6 +55,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from push.answer_window import Answer, AnswerWindow, WindowCounts
 from push.outcome import ProviderSender, Push, PushOutcome, Verdict
 from stats.counters import Counters
 from storage.clock import RelayClock
@@ -47,7 +71,23 @@ COUNTERS = {
     Provider.FCM: ("android_pn_number", "android_pn_failed"),
 }
 PROVIDER_NAMES = {Provider.APNS: "APNs", Provider.FCM: "FCM"}
+PROVIDER_KEYS = {Provider.APNS: "apns", Provider.FCM: "fcm"}
 TRANSIENT_LOG_INTERVAL_S = 60.0
+
+# Provider reasons that mean "this token is not ours" or "our configuration is wrong", told
+# apart by how many answers say the same (module docstring), and the settings to check.
+SUSPECT_REASONS: dict[str, str] = {
+    "BadDeviceToken": (
+        "APNS_SANDBOX (False for App Store and TestFlight builds, True for development builds)"
+        " and APNS_TOPIC"
+    ),
+    "DeviceTokenNotForTopic": "APNS_TOPIC (the app's bundle id) and APNS_SANDBOX",
+    "SENDER_ID_MISMATCH": (
+        "FCM_SERVICE_ACCOUNT_FILE (a service account of the app's own Firebase project)"
+        " and FCM_PROJECT_ID"
+    ),
+}
+SUSPECT_VERDICTS = (Verdict.DEAD_TOKEN, Verdict.CONFIG_ERROR)
 
 
 @dataclass(frozen=True)
@@ -60,6 +100,12 @@ class DispatchSettings:
     backoff_cap_s: float = 300.0
     config_pause_s: float = 30.0
     config_pause_cap_s: float = 600.0
+    # suspect answers (SUSPECT_REASONS): a storm is more than half of at least
+    # `storm_min_answers` answers within `storm_window_s`, with fewer than
+    # `storm_max_accepted_share` of them accepted
+    storm_window_s: float = 60.0
+    storm_min_answers: int = 20
+    storm_max_accepted_share: float = 0.1
 
 
 LatencyObserver = Callable[[Provider, float], None]
@@ -109,6 +155,13 @@ class ProviderLane:
         self._stopping = False
         self._transient_logged_at: float | None = None
         self._transient_unlogged = 0
+        self._answers = AnswerWindow(settings.storm_window_s, self._clock.monotonic_s)
+        self._storm_logged = False  # this storm of suspect answers was logged
+        self._held_logged_at: float | None = None
+        self._held_unlogged = 0
+        key = PROVIDER_KEYS[provider]
+        self._storm_counter = f"{key}_config_storms"
+        self._held_counter = f"{key}_suspect_answers_held"
         # The pushes being sent, by delivery id, with the lease this lane holds on each now.
         self._sending: dict[int, ClaimedDelivery] = {}
         # Results of pushes that finished in the same loop iteration, written as one operation.
@@ -296,12 +349,18 @@ class ProviderLane:
             counters.incr("payload_trimmed_number")
         verdict = outcome.verdict
         if verdict is Verdict.ACCEPTED:
+            self._answers.add(Answer.ACCEPTED)
             counters.incr(self._ok_counter)
             settlement.done.append(delivery)
             if self._observe_latency is not None:
                 self._observe_latency(self.provider, max(0.0, (now - delivery.created_at) / 1000))
             return
         counters.incr(self._failed_counter)
+        if verdict in SUSPECT_VERDICTS and outcome.reason in SUSPECT_REASONS:
+            self._judge_suspect(delivery, outcome, settlement, now)
+            return
+        if verdict is not Verdict.TRANSIENT:  # a transient answer says nothing about the token
+            self._answers.add(Answer.OTHER)
         if verdict is Verdict.DEAD_TOKEN:
             invalid_since = outcome.invalid_since_ms if outcome.invalid_since_ms else NEVER
             settlement.dead_tokens.append((delivery, invalid_since))
@@ -315,16 +374,98 @@ class ProviderLane:
         else:
             self._note_transient(outcome)
             delay_ms = self._backoff_ms(delivery.attempts + 1, outcome.retry_after)
-            if now + delay_ms - delivery.created_at > self._settings.max_age_ms:
-                log.warning(
-                    "%s push dropped after %d attempts within PUSH_MAX_AGE (last: %s)",
-                    self.name,
-                    delivery.attempts + 1,
-                    outcome.reason,
-                )
-                settlement.done.append(delivery)
-            else:
-                settlement.retry.append((delivery, now + delay_ms))
+            self._retry_or_drop(delivery, outcome, settlement, now, delay_ms)
+
+    def _retry_or_drop(
+        self,
+        delivery: ClaimedDelivery,
+        outcome: PushOutcome,
+        settlement: Settlement,
+        now: int,
+        delay_ms: int,
+    ) -> None:
+        if now + delay_ms - delivery.created_at > self._settings.max_age_ms:
+            log.warning(
+                "%s push dropped after %d attempts within PUSH_MAX_AGE (last: %s)",
+                self.name,
+                delivery.attempts + 1,
+                outcome.reason,
+            )
+            settlement.done.append(delivery)
+        else:
+            settlement.retry.append((delivery, now + delay_ms))
+
+    def _judge_suspect(
+        self, delivery: ClaimedDelivery, outcome: PushOutcome, settlement: Settlement, now: int
+    ) -> None:
+        """A token-or-configuration answer, judged by the lane's recent answers (see the
+        module docstring): storm → pause; healthy → this token is not ours; else hold back."""
+        counts = self._answers.add(Answer.SUSPECT)
+        settings = self._settings
+        hint = SUSPECT_REASONS[outcome.reason]
+        enough = counts.total >= settings.storm_min_answers
+        mostly_suspect = 2 * counts.suspect > counts.total
+        if enough and not mostly_suspect:
+            # The configuration works for most tokens: this one belongs to another app, build
+            # environment or Firebase project, and can never be delivered from here.
+            self._storm_logged = False
+            settlement.dead_tokens.append((delivery, outcome.invalid_since_ms or NEVER))
+            return
+        if enough and counts.accepted < settings.storm_max_accepted_share * counts.total:
+            self._config_storm(outcome, hint, counts)
+            remaining_s = max(0.0, self._paused_until_s - self._clock.monotonic_s())
+            settlement.retry.append((delivery, now + int(remaining_s * 1000)))
+            return
+        self._counters.incr(self._held_counter)
+        self._note_held(outcome, hint, counts)
+        base = settings.config_pause_s
+        delay_s = min(settings.config_pause_cap_s, base * 2**delivery.attempts)
+        delay_ms = int(delay_s * self._rng.uniform(0.5, 1.5) * 1000)
+        self._retry_or_drop(delivery, outcome, settlement, now, delay_ms)
+
+    def _config_storm(self, outcome: PushOutcome, hint: str, counts: WindowCounts) -> None:
+        if self.paused:
+            return
+        self._counters.incr(self._storm_counter)
+        # Said once (below) for the whole storm, not at each pause it causes.
+        self._pause(dataclasses.replace(outcome, hint=hint), level=logging.DEBUG)
+        if self._storm_logged:
+            return
+        self._storm_logged = True
+        log.error(
+            "%s: %d of the last %d answers within %.0f s were %s (and %d accepted): that is"
+            " our configuration, not the tokens. Check %s. Pausing %s pushes for %.0f s,"
+            " doubling while it lasts; nothing is deleted, the pushes wait.",
+            self.name,
+            counts.suspect,
+            counts.total,
+            self._settings.storm_window_s,
+            outcome.reason,
+            counts.accepted,
+            hint,
+            self.name,
+            self._pause_s,
+        )
+
+    def _note_held(self, outcome: PushOutcome, hint: str, counts: WindowCounts) -> None:
+        """One warning a minute at most about suspect answers held back unjudged."""
+        self._held_unlogged += 1
+        now = self._clock.monotonic_s()
+        last = self._held_logged_at
+        if last is None or now - last >= TRANSIENT_LOG_INTERVAL_S:
+            log.warning(
+                "%s: %d push(es) answered %s held back: %d of the last %d answers are alike,"
+                " too few to tell tokens of another app or environment from a wrong %s;"
+                " nothing deleted, retried later",
+                self.name,
+                self._held_unlogged,
+                outcome.reason,
+                counts.suspect,
+                counts.total,
+                hint,
+            )
+            self._held_logged_at = now
+            self._held_unlogged = 0
 
     def _note_transient(self, outcome: PushOutcome) -> None:
         """One warning a minute at most, however many pushes fail while a provider is down."""
@@ -349,7 +490,7 @@ class ProviderLane:
             delay = max(delay, retry_after)
         return int(delay * 1000)
 
-    def _pause(self, outcome: PushOutcome) -> None:
+    def _pause(self, outcome: PushOutcome, *, level: int = logging.ERROR) -> None:
         now = self._clock.monotonic_s()
         if self._paused_until_s > now:
             return  # already paused: say it once
@@ -358,7 +499,8 @@ class ProviderLane:
             settings.config_pause_cap_s, max(settings.config_pause_s, self._pause_s * 2)
         )
         self._paused_until_s = now + self._pause_s
-        log.error(
+        log.log(
+            level,
             "%s refused our configuration (%s): check %s. Pausing %s pushes for %.0f s;"
             " nothing is deleted.",
             self.name,
@@ -387,6 +529,7 @@ class ProviderLane:
         provider_answered = bool(settlement.done or settlement.dead_tokens)
         if provider_answered and self._pause_s and not self.paused:
             self._pause_s = 0.0  # the provider works again
+            self._storm_logged = False
 
     # -- lifecycle ----------------------------------------------------------------------
 

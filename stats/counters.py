@@ -22,6 +22,25 @@ COUNTER_NAMES = (
     "stale_results",
 )
 
+# Counted for /metrics only, never a statistics column (stats/metrics.py says how each is
+# exported). Refusals by an abuse limit, by reason (`pn_relay_refused_total{reason}`):
+REFUSAL_REASONS = ("notify_rate", "group_members", "data_too_large")
+# Other events (`pn_relay_events_total{event}`): registrations that replaced the least recently
+# registered device of a Session ID at MAX_DEVICES_PER_SESSION; per provider lane, storms of
+# "wrong configuration" answers that paused it, and such answers held back unjudged
+# (push/dispatcher.py).
+METRIC_EVENTS = (
+    "devices_replaced",
+    "apns_config_storms",
+    "fcm_config_storms",
+    "apns_suspect_answers_held",
+    "fcm_suspect_answers_held",
+)
+
+
+def refusal_counter(reason: str) -> str:
+    return f"refused_{reason}"
+
 
 class Counters:
     def __init__(self) -> None:
@@ -34,6 +53,10 @@ class Counters:
             self._current[name] += amount
             self._lifetime[name] += amount
 
+    def refused(self, reason: str) -> None:
+        """An abuse limit refused a request (`reason`: one of REFUSAL_REASONS)."""
+        self.incr(refusal_counter(reason))
+
     def swap(self) -> dict[str, int]:
         """Take the counts since the last swap, and start again from zero."""
         with self._lock:
@@ -45,6 +68,6 @@ class Counters:
         with self._lock:
             self._current.update(counts)
 
-    def lifetime(self) -> dict[str, int]:
+    def lifetime(self, names: tuple[str, ...] = COUNTER_NAMES) -> dict[str, int]:
         with self._lock:
-            return {name: self._lifetime.get(name, 0) for name in COUNTER_NAMES}
+            return {name: self._lifetime.get(name, 0) for name in names}

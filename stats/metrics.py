@@ -9,7 +9,11 @@ Exposed families (labels are fixed words, never an identifier):
 - ``pn_relay_pushes_total{provider="apns"|"fcm", outcome="sent"|"failed"}``: from the lifetime
   counters ``ios_pn_number``, ``ios_pn_failed``, ``android_pn_number``, ``android_pn_failed``.
 - ``pn_relay_events_total{event=<counter name>}``: every other counter of `COUNTER_NAMES`
-  (``total_message_number``, ``closed_group_message_number``, ``tokens_pruned``, ...).
+  (``total_message_number``, ``closed_group_message_number``, ``tokens_pruned``, ...), and
+  the events of `METRIC_EVENTS` (``devices_replaced``, ``apns_config_storms``, ...), which have
+  no statistics column.
+- ``pn_relay_refused_total{reason}``: requests an abuse limit refused (`REFUSAL_REASONS`:
+  ``notify_rate``, ``group_members``, ``data_too_large``).
 - ``pn_relay_push_latency_seconds{provider}``: histogram, fed by `observe_push_latency` (the
   dispatcher's `observe_latency` hook: notify accepted -> provider accepted).
 - ``pn_relay_pushes_in_flight{provider}``: gauge; read at scrape time from the
@@ -43,7 +47,13 @@ from prometheus_client.registry import Collector
 from sqlalchemy import Engine, text
 
 from stats.auth import THROTTLED_MESSAGE, WWW_AUTHENTICATE, StatsAuth, Verdict
-from stats.counters import COUNTER_NAMES, Counters
+from stats.counters import (
+    COUNTER_NAMES,
+    METRIC_EVENTS,
+    REFUSAL_REASONS,
+    Counters,
+    refusal_counter,
+)
 from storage.records import Provider
 
 log = logging.getLogger(__name__)
@@ -78,7 +88,7 @@ class _CountersCollector(Collector):
         self._counters = counters
 
     @staticmethod
-    def _families() -> tuple[CounterMetricFamily, CounterMetricFamily]:
+    def _families() -> tuple[CounterMetricFamily, CounterMetricFamily, CounterMetricFamily]:
         pushes = CounterMetricFamily(
             "pn_relay_pushes",
             "Pushes handed to a provider since this process started, by outcome.",
@@ -86,23 +96,32 @@ class _CountersCollector(Collector):
         )
         events = CounterMetricFamily(
             "pn_relay_events",
-            "Relay events since this process started (statistics counter names).",
+            "Relay events since this process started (statistics counter names, and events"
+            " without a statistics column).",
             labels=["event"],
         )
-        return pushes, events
+        refused = CounterMetricFamily(
+            "pn_relay_refused",
+            "Requests refused by an abuse limit since this process started, by reason.",
+            labels=["reason"],
+        )
+        return pushes, events, refused
 
     def describe(self) -> Iterable[Metric]:
         return self._families()
 
     def collect(self) -> Iterable[Metric]:
-        lifetime = self._counters.lifetime()
-        pushes, events = self._families()
-        for name in COUNTER_NAMES:
+        refusal_names = tuple(refusal_counter(reason) for reason in REFUSAL_REASONS)
+        lifetime = self._counters.lifetime(COUNTER_NAMES + METRIC_EVENTS + refusal_names)
+        pushes, events, refused = self._families()
+        for name in COUNTER_NAMES + METRIC_EVENTS:
             if name in PUSH_COUNTERS:
                 pushes.add_metric(list(PUSH_COUNTERS[name]), lifetime.get(name, 0))
             else:
                 events.add_metric([name], lifetime.get(name, 0))
-        return [pushes, events]
+        for reason, name in zip(REFUSAL_REASONS, refusal_names, strict=True):
+            refused.add_metric([reason], lifetime.get(name, 0))
+        return [pushes, events, refused]
 
 
 def _gauge(name: str, documentation: str, labels: list[str] | None = None) -> GaugeMetricFamily:

@@ -105,16 +105,21 @@ def _to_2(conn: Connection) -> None:
 
 def _to_3(conn: Connection) -> None:
     """Schema 3: `statistics_minutes` gains `queue_depth`, the delivery queue's depth sampled
-    at each minute's end (stats/rollup.py). Nullable, no default: the minutes before the
-    upgrade read as "not sampled", not as an empty queue. The same statement on SQLite and
-    PostgreSQL; a database without the statistics table gets it from create_all, column and
-    all."""
+    at each minute's end (stats/rollup.py; nullable, no default: the minutes before the
+    upgrade read as "not sampled", not as an empty queue); and a notification is `ready`
+    (claimable) only once its whole fan-out is written (storage/store.py), every one written
+    before is. Each change is skipped where the column is there already (SQLite's step 2
+    re-creates `notifications` from the current model; create_stats_schema adds queue_depth)."""
     inspector = inspect(conn)
-    if not inspector.has_table("statistics_minutes"):
-        return
-    if any(c["name"] == "queue_depth" for c in inspector.get_columns("statistics_minutes")):
-        return  # already there (stats.schema.create_stats_schema adds it too)
-    conn.exec_driver_sql("ALTER TABLE statistics_minutes ADD COLUMN queue_depth BIGINT")
+    if inspector.has_table("statistics_minutes") and not any(
+        c["name"] == "queue_depth" for c in inspector.get_columns("statistics_minutes")
+    ):
+        conn.exec_driver_sql("ALTER TABLE statistics_minutes ADD COLUMN queue_depth BIGINT")
+    if not any(c["name"] == "ready" for c in inspector.get_columns(notifications.name)):
+        default = "1" if conn.dialect.name == "sqlite" else "true"
+        conn.exec_driver_sql(
+            f"ALTER TABLE notifications ADD COLUMN ready BOOLEAN NOT NULL DEFAULT {default}"
+        )
 
 
 # version reached -> the step that reaches it from the version before

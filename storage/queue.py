@@ -71,6 +71,21 @@ class Settlement:
         return bool(self.done or self.dead_tokens or self.retry)
 
 
+def finished_notification_delete() -> Any:
+    """Delete notification `:notification_id` if no delivery is left for it.
+
+    Never one whose fan-out is still being written (not `ready`): an unregister may delete
+    every delivery written so far, and the chunks still to come need their notification.
+    """
+    return delete(notifications).where(
+        and_(
+            notifications.c.id == bindparam("notification_id"),
+            notifications.c.ready,
+            ~exists().where(deliveries.c.notification_id == bindparam("notification_id")),
+        )
+    )
+
+
 class QueueStatements:
     def __init__(self, engine: Engine) -> None:
         dialect = engine.dialect
@@ -89,6 +104,11 @@ class QueueStatements:
             devices.c.generation == deliveries.c.device_generation,
             devices.c.provider == deliveries.c.provider,
         )
+        # A notification whose fan-out is still being written (storage/store.py) is not ready:
+        # none of its deliveries is claimed until its last chunk has committed.
+        of_ready_notification = and_(
+            notifications.c.id == deliveries.c.notification_id, notifications.c.ready
+        )
         self.claim = prepare(
             select(
                 deliveries.c.id,
@@ -103,9 +123,9 @@ class QueueStatements:
                 devices.c.registered_at,
             )
             .select_from(
-                deliveries.join(
-                    notifications, notifications.c.id == deliveries.c.notification_id
-                ).outerjoin(devices, same_registration)
+                deliveries.join(notifications, of_ready_notification).outerjoin(
+                    devices, same_registration
+                )
             )
             .where(due)
             .order_by(deliveries.c.not_before, deliveries.c.id)
@@ -151,16 +171,11 @@ class QueueStatements:
         self.drop_device_deliveries = prepare(
             delete(deliveries).where(deliveries.c.device_id == bindparam("device_id"))
         )
-        self.delete_finished_notification = prepare(
-            delete(notifications).where(
-                and_(
-                    notifications.c.id == bindparam("notification_id"),
-                    ~exists().where(deliveries.c.notification_id == bindparam("notification_id")),
-                )
-            )
-        )
+        self.delete_finished_notification = prepare(finished_notification_delete())
         self.next_due = prepare(
-            select(func.min(deliveries.c.not_before)).where(
+            select(func.min(deliveries.c.not_before))
+            .select_from(deliveries.join(notifications, of_ready_notification))
+            .where(
                 and_(
                     deliveries.c.provider == bindparam("provider"),
                     deliveries.c.lease_until <= bindparam("now"),

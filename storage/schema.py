@@ -18,6 +18,7 @@ from typing import cast
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Index,
     Integer,
     LargeBinary,
@@ -25,6 +26,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    true,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -72,12 +74,17 @@ class GroupMember(Base):
 
 
 class Notification(Base):
-    """An accepted notify's opaque, end-to-end encrypted data, kept until delivered."""
+    """An accepted notify's opaque, end-to-end encrypted data, kept until delivered.
+
+    `ready` is False while a large fan-out is still being written in chunks (storage/store.py):
+    its deliveries are neither claimed nor counted as finished until the last chunk commits.
+    """
 
     __tablename__ = "notifications"
     id: Mapped[int] = mapped_column(Id64, primary_key=True, autoincrement=True)
     data: Mapped[str] = mapped_column(Text)
     created_at: Mapped[int] = mapped_column(BigInteger)
+    ready: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
     __table_args__ = ({"sqlite_autoincrement": True},)
 
 

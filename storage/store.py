@@ -3,12 +3,28 @@
 Statements are SQLAlchemy Core, compiled once for the engine's dialect (storage/sql.py).
 The `*_op` methods do the per-request work that needs no database (hashing, sealing) and
 return the operation for the BatchWriter, which runs it (see handlers/runner.py).
+
+Abuse limits that need no IP address (docs/security.md) live here where they need the
+database: at most `max_devices` registrations per Session ID (a new one replaces the least
+recently registered), at most `max_members` members per group (a new member beyond it is
+refused), and a notify's fan-out written `fanout_chunk` deliveries per transaction.
+
+Chunked fan-out, and what a crash between chunks leaves. A notify with more recipients than
+one chunk writes its notification row *not ready* together with the first chunk, one further
+chunk per writer operation, and marks the notification ready (and claims the dedup window) in
+the last one; only then is it answered. The writer runs other requests between the chunks, so
+no request waits behind more than one chunk. Until it is ready, none of its deliveries can be
+claimed (storage/queue.py), so a crash between chunks pushes nothing at all: the client, never
+answered, sends the notify again, and it is written afresh (the dedup window was not claimed).
+The unready leftovers are deleted, a chunk at a time, by `purge_abandoned_fanouts_op`
+(run at start and periodically by server.py).
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from sqlalchemy import (
@@ -18,22 +34,32 @@ from sqlalchemy import (
     bindparam,
     case,
     delete,
+    func,
     insert,
     literal_column,
     or_,
     select,
     union_all,
+    update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
 from storage.protect import IdentifierProtector
-from storage.records import NotifyOutcome, Provider
+from storage.queue import finished_notification_delete
+from storage.records import Continuation, Membership, NotifyOutcome, Provider, Registered
 from storage.schema import deliveries, devices, group_members, notifications, notify_dedup
 from storage.sql import Prepared, Tx
-from storage.writer import BatchWriter
+from storage.writer import BatchWriter, StorageError
 
 Clock = Callable[[], int]
 T = TypeVar("T")
+# Decides whether one more notify to a recipient (its keyed hash) is allowed now.
+Admission = Callable[[bytes], bool]
+
+NO_LIMIT = 2**31 - 1
+# A fan-out still not ready this long after its notification was written was abandoned (its
+# process died between chunks): a live one takes a fraction of a second per thousand devices.
+FANOUT_ABANDONED_AFTER_MS = 15 * 60 * 1000
 
 DEVICE_COLUMNS = (
     "token_hash",
@@ -91,20 +117,42 @@ class Statements:
             DEVICE_COLUMNS,
         )
         self.drop_stale_deliveries = prepare(
-            delete(deliveries).where(
+            delete(deliveries)
+            .where(
                 and_(
                     deliveries.c.device_id == bindparam("device_id"),
                     deliveries.c.device_generation != bindparam("generation"),
                 )
             )
+            .returning(deliveries.c.notification_id)
         )
         self.delete_device = prepare(
             delete(devices)
             .where(devices.c.token_hash == bindparam("token_hash"))
             .returning(devices.c.id)
         )
+        self.delete_device_by_id = prepare(
+            delete(devices).where(devices.c.id == bindparam("device_id"))
+        )
         self.drop_device_deliveries = prepare(
-            delete(deliveries).where(deliveries.c.device_id == bindparam("device_id"))
+            delete(deliveries)
+            .where(deliveries.c.device_id == bindparam("device_id"))
+            .returning(deliveries.c.notification_id)
+        )
+        self.delete_finished_notification = prepare(finished_notification_delete())
+        # The Session ID's devices other than `device_id`, newest registration first, past the
+        # first `keep`: those a new registration replaces (MAX_DEVICES_PER_SESSION).
+        self.excess_devices = prepare(
+            select(devices.c.id)
+            .where(
+                and_(
+                    devices.c.session_hash == bindparam("session_hash"),
+                    devices.c.id != bindparam("device_id"),
+                )
+            )
+            .order_by(devices.c.registered_at.desc(), devices.c.id.desc())
+            .limit(bindparam("limit"))
+            .offset(bindparam("keep"))
         )
         self.subscribe = prepare(
             dialect_insert(group_members).on_conflict_do_nothing(),
@@ -120,6 +168,29 @@ class Statements:
         )
         self.clear_groups = prepare(
             delete(group_members).where(group_members.c.session_hash == bindparam("session_hash"))
+        )
+        self.groups_of = prepare(
+            select(group_members.c.group_hash).where(
+                group_members.c.session_hash == bindparam("session_hash")
+            )
+        )
+        self.is_member = prepare(
+            select(literal_column("1")).where(
+                and_(
+                    group_members.c.group_hash == bindparam("group_hash"),
+                    group_members.c.session_hash == bindparam("session_hash"),
+                )
+            )
+        )
+        # Members of a group, counted no further than `cap` (a bounded index range scan).
+        self.member_count = prepare(
+            select(func.count()).select_from(
+                select(literal_column("1").label("one"))
+                .select_from(group_members)
+                .where(group_members.c.group_hash == bindparam("group_hash"))
+                .limit(bindparam("cap"))
+                .subquery()
+            )
         )
 
         target = bindparam("target", type_=LargeBinary)
@@ -147,13 +218,54 @@ class Statements:
             ),
             ("key_hash", "expires_at"),
         )
+        self.dedup_live = prepare(
+            select(literal_column("1")).where(
+                and_(
+                    notify_dedup.c.key_hash == bindparam("key_hash"),
+                    notify_dedup.c.expires_at > bindparam("now"),
+                )
+            )
+        )
         self.purge_dedup = prepare(
             delete(notify_dedup).where(notify_dedup.c.expires_at <= bindparam("now"))
         )
         self.insert_notification = prepare(
-            insert(notifications).returning(notifications.c.id), ("data", "created_at")
+            insert(notifications).returning(notifications.c.id), ("data", "created_at", "ready")
         )
         self.insert_delivery = prepare(insert(deliveries), DELIVERY_COLUMNS)
+        self.fanout_alive = prepare(
+            select(notifications.c.id).where(
+                and_(notifications.c.id == bindparam("notification_id"), ~notifications.c.ready)
+            )
+        )
+        self.mark_ready = prepare(
+            update(notifications)
+            .where(notifications.c.id == bindparam("notification_id"))
+            .values(ready=True)
+        )
+        self.abandoned_fanout = prepare(
+            select(notifications.c.id)
+            .where(and_(~notifications.c.ready, notifications.c.created_at < bindparam("before")))
+            .order_by(notifications.c.id)
+            .limit(1)
+        )
+        self.discard_deliveries = prepare(
+            delete(deliveries).where(
+                deliveries.c.id.in_(
+                    select(deliveries.c.id)
+                    .where(deliveries.c.notification_id == bindparam("notification_id"))
+                    .limit(bindparam("limit"))
+                    .scalar_subquery()
+                )
+            )
+        )
+        self.delete_notification = prepare(
+            delete(notifications).where(notifications.c.id == bindparam("notification_id"))
+        )
+
+
+class FanOutLost(StorageError):
+    """A chunked fan-out's notification was swept as abandoned before its last chunk."""
 
 
 class RelayStore:
@@ -163,12 +275,19 @@ class RelayStore:
         writer: BatchWriter,
         protector: IdentifierProtector,
         clock_ms: Clock,
+        *,
+        max_devices: int = NO_LIMIT,
+        max_members: int = NO_LIMIT,
+        fanout_chunk: int = 500,
     ) -> None:
         self.engine = engine
         self._writer = writer
         self._protect = protector
         self._now = clock_ms
         self._sql = Statements(engine)
+        self.max_devices = max_devices
+        self.max_members = max_members
+        self.fanout_chunk = max(1, fanout_chunk)
 
     # -- registrations -------------------------------------------------------------------
 
@@ -181,52 +300,103 @@ class RelayStore:
             "generation": 1,
         }
 
-    def _upsert_device(self, tx: Tx, row: dict[str, Any]) -> None:
-        ((device_id, generation),) = tx.all(
-            self._sql.upsert_device, {**row, "registered_at": self._now()}
-        )
-        tx.execute(
-            self._sql.drop_stale_deliveries, {"device_id": device_id, "generation": generation}
-        )
+    def _forget_finished(self, tx: Tx, notification_ids: Iterable[Any]) -> None:
+        """Delete the notifications whose last delivery just went (their data with them)."""
+        for notification_id in sorted(set(notification_ids)):
+            tx.execute(self._sql.delete_finished_notification, {"notification_id": notification_id})
 
-    def register_op(self, token: str, session_id: str, provider: Provider) -> Callable[[Tx], None]:
+    def _upsert_device(self, tx: Tx, row: dict[str, Any]) -> int:
+        """Register; returns how many older devices of the Session ID it replaced."""
+        sql = self._sql
+        ((device_id, generation),) = tx.all(
+            sql.upsert_device, {**row, "registered_at": self._now()}
+        )
+        stale = tx.all(
+            sql.drop_stale_deliveries, {"device_id": device_id, "generation": generation}
+        )
+        self._forget_finished(tx, (n for (n,) in stale))
+        if self.max_devices >= NO_LIMIT:
+            return 0
+        # At the cap, the least recently registered devices go, with what was queued for them,
+        # so that a user's new phone always works. (A client registers again at every start,
+        # so "least recently registered" is the device least recently used.) At most a chunk
+        # per registration: a Session ID far above the cap shrinks by a chunk per register.
+        excess = tx.all(
+            sql.excess_devices,
+            {
+                "session_hash": row["session_hash"],
+                "device_id": device_id,
+                "keep": self.max_devices - 1,
+                "limit": self.fanout_chunk,
+            },
+        )
+        for (old_id,) in excess:
+            self._forget_device(tx, old_id)
+        return len(excess)
+
+    def _forget_device(self, tx: Tx, device_id: int) -> None:
+        tx.execute(self._sql.delete_device_by_id, {"device_id": device_id})
+        queued = tx.all(self._sql.drop_device_deliveries, {"device_id": device_id})
+        self._forget_finished(tx, (n for (n,) in queued))
+
+    def register_op(
+        self, token: str, session_id: str, provider: Provider
+    ) -> Callable[[Tx], Registered]:
         """The token now belongs to `session_id` (moved there if another owned it)."""
         row = self._device_row(token, session_id, provider)
-        return lambda tx: self._upsert_device(tx, row)
+
+        def register(tx: Tx) -> Registered:
+            return Registered(replaced=self._upsert_device(tx, row))
+
+        return register
 
     def register_with_groups_op(
         self, token: str, session_id: str, provider: Provider, group_keys: Iterable[str]
-    ) -> Callable[[Tx], None]:
-        """Register, and make `group_keys` exactly this Session ID's memberships."""
+    ) -> Callable[[Tx], Registered]:
+        """Register, and make `group_keys` exactly this Session ID's memberships.
+
+        All or nothing: if a group this Session ID is not yet in has `max_members` members,
+        nothing is written and the result says so.
+        """
         row = self._device_row(token, session_id, provider)
         session_hash = row["session_hash"]
+        wanted = sorted({self._protect.identity(key) for key in group_keys})
         members = [
-            {"group_hash": group_hash, "session_hash": session_hash}
-            for group_hash in sorted({self._protect.identity(key) for key in group_keys})
+            {"group_hash": group_hash, "session_hash": session_hash} for group_hash in wanted
         ]
+        sql = self._sql
 
-        def operation(tx: Tx) -> None:
-            self._upsert_device(tx, row)
-            tx.execute(self._sql.clear_groups, {"session_hash": session_hash})
+        def register_with_groups(tx: Tx) -> Registered:
+            if self.max_members < NO_LIMIT and wanted:
+                current = {
+                    bytes(g) for (g,) in tx.all(sql.groups_of, {"session_hash": session_hash})
+                }
+                for group_hash in wanted:
+                    if group_hash not in current and self._group_full(tx, group_hash):
+                        return Registered(full_group=True)
+            replaced = self._upsert_device(tx, row)
+            tx.execute(sql.clear_groups, {"session_hash": session_hash})
             if members:
                 # "do nothing" on a conflict: a concurrent writer (another process, on
                 # PostgreSQL) may have inserted the same membership since our delete.
-                tx.execute_many(self._sql.subscribe, members)
+                tx.execute_many(sql.subscribe, members)
+            return Registered(replaced=replaced)
 
-        return operation
+        return register_with_groups
 
     def unregister_op(self, token: str) -> Callable[[Tx], bool]:
         """Forget the token and what was queued for it; True if it was registered."""
         params = {"token_hash": self._protect.token_hash(token)}
         sql = self._sql
 
-        def operation(tx: Tx) -> bool:
+        def unregister(tx: Tx) -> bool:
             removed = tx.all(sql.delete_device, params)
             for (device_id,) in removed:
-                tx.execute(sql.drop_device_deliveries, {"device_id": device_id})
+                queued = tx.all(sql.drop_device_deliveries, {"device_id": device_id})
+                self._forget_finished(tx, (n for (n,) in queued))
             return bool(removed)
 
-        return operation
+        return unregister
 
     def _membership(self, group_key: str, session_id: str) -> dict[str, bytes]:
         return {
@@ -234,9 +404,28 @@ class RelayStore:
             "session_hash": self._protect.identity(session_id),
         }
 
-    def subscribe_op(self, group_key: str, session_id: str) -> Callable[[Tx], int]:
+    def _group_full(self, tx: Tx, group_hash: bytes) -> bool:
+        """The group has `max_members` members already. (Several processes on PostgreSQL
+        check concurrently, so the cap can be passed by at most one member per process.)"""
+        count = tx.scalar(
+            self._sql.member_count, {"group_hash": group_hash, "cap": self.max_members}
+        )
+        return int(count or 0) >= self.max_members
+
+    def subscribe_op(self, group_key: str, session_id: str) -> Callable[[Tx], Membership]:
+        """Join the group, unless it is full (a member already in it always succeeds)."""
         params = self._membership(group_key, session_id)
-        return lambda tx: tx.execute(self._sql.subscribe, params)
+        sql = self._sql
+
+        def subscribe(tx: Tx) -> Membership:
+            if tx.scalar(sql.is_member, params) is not None:
+                return Membership.ALREADY_MEMBER
+            if self.max_members < NO_LIMIT and self._group_full(tx, params["group_hash"]):
+                return Membership.GROUP_FULL
+            joined = tx.execute(sql.subscribe, params)
+            return Membership.JOINED if joined else Membership.ALREADY_MEMBER
+
+        return subscribe
 
     def unsubscribe_op(self, group_key: str, session_id: str) -> Callable[[Tx], bool]:
         """Leave the group; True if the Session ID was a member."""
@@ -246,54 +435,154 @@ class RelayStore:
     # -- notify --------------------------------------------------------------------------
 
     def enqueue_notification_op(
-        self, send_to: str, data: str, *, dedup_window_ms: int
-    ) -> Callable[[Tx], NotifyOutcome]:
-        """Write one delivery row per recipient device, durably, before returning.
+        self,
+        send_to: str,
+        data: str,
+        *,
+        dedup_window_ms: int,
+        admit: Admission | None = None,
+    ) -> Callable[[Tx], NotifyOutcome | Continuation]:
+        """Write one delivery row per recipient device, durably, before answering.
 
-        An identical (send_to, data) pair inside the dedup window writes nothing.
+        An identical (send_to, data) pair inside the dedup window writes nothing. `admit`
+        (the per-recipient rate limit) is asked once, only for a notify that would queue
+        something: one to nobody, or a client's retry, costs the recipient nothing.
+
+        Up to `fanout_chunk` recipients: one operation. More: the operation returns a
+        `Continuation`, and each next one writes another chunk (see the module's docstring).
         """
-        target = {"target": self._protect.identity(send_to)}
+        target_hash = self._protect.identity(send_to)
         dedup_key = self._protect.dedup_key(send_to, data) if dedup_window_ms > 0 else None
         sql = self._sql
+        chunk = self.fanout_chunk
+        admitted: list[bool] = []  # asked once, even if the writer runs the operation again
 
-        def operation(tx: Tx) -> NotifyOutcome:
-            rows = tx.all(sql.recipients, target)
+        def enqueue(tx: Tx) -> NotifyOutcome | Continuation:
+            rows = tx.all(sql.recipients, {"target": target_hash})
             if not rows:
                 return NotifyOutcome(deliveries=0, via_group=False, duplicate=False)
             via_group = any(via for *_, via in rows)
             now = self._now()
-            if dedup_key is not None:
-                claim = {"key_hash": dedup_key, "expires_at": now + dedup_window_ms, "now": now}
-                if not tx.execute(sql.claim_dedup, claim):
-                    return NotifyOutcome(deliveries=0, via_group=via_group, duplicate=True)
-            notification_id = tx.scalar(sql.insert_notification, {"data": data, "created_at": now})
-            registrations = {
-                device_id: (generation, provider) for device_id, generation, provider, _ in rows
-            }
-            tx.execute_many(
-                sql.insert_delivery,
-                [
-                    {
-                        "notification_id": notification_id,
-                        "device_id": device_id,
-                        "device_generation": generation,
-                        "provider": provider,
-                        "apns_id": str(uuid.uuid4()),
-                        "created_at": now,
-                        "attempts": 0,
-                        "not_before": now,
-                        "lease_until": 0,
-                        "lease_token": 0,
-                    }
-                    for device_id, (generation, provider) in registrations.items()
-                ],
+            duplicate = NotifyOutcome(deliveries=0, via_group=via_group, duplicate=True)
+            if dedup_key is not None and tx.scalar(
+                sql.dedup_live, {"key_hash": dedup_key, "now": now}
+            ):
+                return duplicate
+            if admit is not None:
+                if not admitted:
+                    admitted.append(admit(target_hash))
+                if not admitted[0]:
+                    return NotifyOutcome(0, via_group, duplicate=False, refused="notify_rate")
+            unique = {device_id: (gen, provider) for device_id, gen, provider, _ in rows}
+            registrations = [
+                (device_id, gen, provider) for device_id, (gen, provider) in unique.items()
+            ]
+            whole = len(registrations) <= chunk
+            if (
+                whole
+                and dedup_key is not None
+                and not self._claim_dedup(tx, dedup_key, now, dedup_window_ms)
+            ):
+                return duplicate  # another process took the same notify since our check
+            notification_id = tx.scalar(
+                sql.insert_notification, {"data": data, "created_at": now, "ready": whole}
             )
-            return NotifyOutcome(
-                deliveries=len(registrations), via_group=via_group, duplicate=False
-            )
+            self._insert_deliveries(tx, notification_id, registrations[:chunk], now)
+            if whole:
+                return NotifyOutcome(len(registrations), via_group=via_group, duplicate=False)
+            outcome = NotifyOutcome(len(registrations), via_group=via_group, duplicate=False)
+            finish = _FanOutEnd(dedup_key, dedup_window_ms, outcome)
+            return Continuation(self._fanout_op(notification_id, registrations, chunk, now, finish))
 
-        return operation
+        return enqueue
+
+    def _claim_dedup(self, tx: Tx, key: bytes, now: int, window_ms: int) -> bool:
+        claim = {"key_hash": key, "expires_at": now + window_ms, "now": now}
+        return bool(tx.execute(self._sql.claim_dedup, claim))
+
+    def _insert_deliveries(
+        self,
+        tx: Tx,
+        notification_id: int,
+        registrations: list[tuple[int, int, int]],
+        now: int,
+    ) -> None:
+        tx.execute_many(
+            self._sql.insert_delivery,
+            [
+                {
+                    "notification_id": notification_id,
+                    "device_id": device_id,
+                    "device_generation": generation,
+                    "provider": provider,
+                    "apns_id": str(uuid.uuid4()),
+                    "created_at": now,
+                    "attempts": 0,
+                    "not_before": now,
+                    "lease_until": 0,
+                    "lease_token": 0,
+                }
+                for device_id, generation, provider in registrations
+            ],
+        )
+
+    def _fanout_op(
+        self,
+        notification_id: int,
+        registrations: list[tuple[int, int, int]],
+        start: int,
+        now: int,
+        end: _FanOutEnd,
+    ) -> Callable[[Tx], NotifyOutcome | Continuation]:
+        """The operation writing the chunk of `registrations` from `start`; the last one also
+        makes the notification ready (claimable) and claims the dedup window."""
+        sql = self._sql
+        stop = start + self.fanout_chunk
+        key = {"notification_id": notification_id}
+
+        def fanout_chunk(tx: Tx) -> NotifyOutcome | Continuation:
+            if tx.scalar(sql.fanout_alive, key) is None:
+                raise FanOutLost("fan-out abandoned")
+            self._insert_deliveries(tx, notification_id, registrations[start:stop], now)
+            if stop < len(registrations):
+                return Continuation(self._fanout_op(notification_id, registrations, stop, now, end))
+            if end.dedup_key is not None:
+                # An identical notify may have been written meanwhile (a client's retry while
+                # this one was still being written): both are pushed, at least once each.
+                self._claim_dedup(tx, end.dedup_key, self._now(), end.dedup_window_ms)
+            tx.execute(sql.mark_ready, key)
+            return end.outcome
+
+        return fanout_chunk
+
+    def purge_abandoned_fanouts_op(self) -> Callable[[Tx], bool]:
+        """Delete a chunk of what a fan-out abandoned mid-way left (never ready, so never
+        pushed); True if there may be more: run it again until it says False."""
+        sql = self._sql
+
+        def purge_abandoned(tx: Tx) -> bool:
+            found = tx.scalar(
+                sql.abandoned_fanout, {"before": self._now() - FANOUT_ABANDONED_AFTER_MS}
+            )
+            if found is None:
+                return False
+            key = {"notification_id": found}
+            deleted = tx.execute(sql.discard_deliveries, {**key, "limit": self.fanout_chunk})
+            if deleted < self.fanout_chunk:
+                tx.execute(sql.delete_notification, key)
+            return True
+
+        return purge_abandoned
 
     def purge_expired_dedup_op(self) -> Callable[[Tx], int]:
         """Forget dedup fingerprints whose window has passed (run periodically)."""
         return lambda tx: tx.execute(self._sql.purge_dedup, {"now": self._now()})
+
+
+@dataclass(frozen=True)
+class _FanOutEnd:
+    """What the last chunk of a fan-out does, and answers."""
+
+    dedup_key: bytes | None
+    dedup_window_ms: int
+    outcome: NotifyOutcome

@@ -42,7 +42,7 @@ from storage.clock import HeartbeatWriter, RelayClock, resume_clock
 from storage.engine import create_schema, make_engine
 from storage.protect import IdentifierProtector
 from storage.queue import ClaimedDelivery, DeliveryQueue, Settlement, SettleResult
-from storage.records import Provider
+from storage.records import Continuation, Provider
 from storage.schema import deliveries, devices
 from storage.sql import Prepared, Tx
 from storage.store import RelayStore
@@ -55,6 +55,7 @@ LEASE_MS = 1_000
 MAX_AGE_MS = 2 * HOUR_MS
 BACKOFF_CAP_S = 60.0
 BOOT = "virtual-boot"
+FANOUT_CHUNK = 2  # so that notifies to 3 or 4 devices are written in chunks
 SESSIONS = ["05" + f"{i:02x}" * 32 for i in range(1, 4)]
 GROUPS = ["05" + f"{i:02x}" * 32 for i in range(0xA1, 0xA3)]
 TOKENS = [f"{i:02x}" * 32 for i in range(0x10, 0x14)]
@@ -186,7 +187,9 @@ class QueueMachine(RuleBasedStateMachine):
                 conn, boot=BOOT, wall=lambda: self.time.wall, monotonic=lambda: self.time.mono
             )
         writer = BatchWriter(self.engine, max_batch=64)
-        store = RelayStore(self.engine, writer, self.protector, clock.now_ms)
+        store = RelayStore(
+            self.engine, writer, self.protector, clock.now_ms, fanout_chunk=FANOUT_CHUNK
+        )
         counters = Counters()
         senders = {
             provider: ScriptedSender(provider, on_send=self._check_send(provider))
@@ -329,13 +332,26 @@ class QueueMachine(RuleBasedStateMachine):
         process.writer.submit(process.store.unsubscribe_op(group, session))
         self.members[group].discard(session)
 
-    @rule(p=st.integers(0, 1), send_to=st.sampled_from(SESSIONS + GROUPS))
-    def notify(self, p: int, send_to: str) -> None:
+    @rule(
+        p=st.integers(0, 1),
+        send_to=st.sampled_from(SESSIONS + GROUPS),
+        claim_between_chunks=st.booleans(),
+    )
+    def notify(self, p: int, send_to: str, claim_between_chunks: bool = False) -> None:
+        """A fan-out to more than FANOUT_CHUNK devices is written in several operations; both
+        processes may claim between them (nothing of it may be sent before it is accepted)."""
         process = self.processes[p]
         data = f"notify{next(self.data_ids)}"
-        outcome = process.writer.submit(
+        result = process.writer.submit(
             process.store.enqueue_notification_op(send_to, data, dedup_window_ms=0)
         )
+        while isinstance(result, Continuation):
+            if claim_between_chunks:
+                for other in (0, 1):
+                    for provider in PROVIDERS:
+                        self.claim(other, provider)
+            result = process.writer.submit(result.operation)
+        outcome = result
         sessions = self.members.get(send_to, set()) | {send_to}
         recipients = {
             (token, reg.version)

@@ -26,7 +26,7 @@ from sqlalchemy import Dialect, bindparam, select
 from handlers import validation
 from handlers.validation import InvalidParameter
 from storage.protect import IdentifierProtector
-from storage.records import Provider
+from storage.records import Membership, Provider
 from storage.schema import devices
 from storage.sql import Prepared, Tx
 from storage.store import RelayStore
@@ -36,6 +36,7 @@ CHUNK = 500  # rows looked up in one query
 
 DUPLICATE_ROW = "duplicate of an earlier row"
 RELISTED_LATER = "the token is listed again later in the file (the last row is kept)"
+GROUP_FULL = "the group already has MAX_GROUP_MEMBERS members"
 OWNED_HERE_BY_ANOTHER = (
     "the relay already has this token for another Session ID (its newer registration is kept)"
 )
@@ -272,8 +273,11 @@ class LegacyImporter:
                 tally.skipped[DUPLICATE_ROW] += 1
                 continue
             seen.add(fingerprint)
-            if self._store.subscribe_op(group_key, member)(tx):
+            membership = self._store.subscribe_op(group_key, member)(tx)
+            if membership is Membership.JOINED:
                 tally.imported += 1
-            else:
+            elif membership is Membership.ALREADY_MEMBER:
                 tally.present += 1
+            else:
+                tally.skipped[GROUP_FULL] += 1
         self._progress.update(self._progress.phases[-1][1])
