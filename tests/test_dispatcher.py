@@ -23,7 +23,7 @@ SETTINGS = DispatchSettings(
 )
 SERVER_ERROR = PushOutcome.transient("503")
 ACCEPTED = PushOutcome(Verdict.ACCEPTED)
-TOPIC_ERROR = PushOutcome(Verdict.CONFIG_ERROR, reason="DeviceTokenNotForTopic", hint="x")
+CREDENTIAL_ERROR = PushOutcome(Verdict.CONFIG_ERROR, reason="InvalidProviderToken", hint="x")
 
 
 @pytest.fixture
@@ -112,8 +112,8 @@ def test_the_configuration_pause_escalates_then_resets(lane: LaneHarness) -> Non
     pauses = []
     for _ in range(3):
         assert lane.claim() >= 1
-        lane.answer(TOPIC_ERROR)
-        lane.sender.answer_all(TOPIC_ERROR)  # the rest of the round: same pause, said once
+        lane.answer(CREDENTIAL_ERROR)
+        lane.sender.answer_all(CREDENTIAL_ERROR)  # the rest of the round: same pause, said once
         lane.run(lane.lane.quiesce())
         assert lane.lane.paused
         pause_ms = max(due for _, due in lane.queued()) - lane.clock.now_ms()
@@ -127,7 +127,7 @@ def test_the_configuration_pause_escalates_then_resets(lane: LaneHarness) -> Non
     lane.run(lane.lane.quiesce())
     lane.queue_notify(random_session_id(), random_apns_token())
     lane.claim()
-    lane.answer(TOPIC_ERROR)
+    lane.answer(CREDENTIAL_ERROR)
     assert max(due for _, due in lane.queued()) - lane.clock.now_ms() == 30_000
 
 
@@ -136,7 +136,7 @@ def test_the_configuration_pause_stops_at_its_cap(lane: LaneHarness) -> None:
     pauses = []
     for _ in range(7):
         lane.claim()
-        lane.answer(TOPIC_ERROR)
+        lane.answer(CREDENTIAL_ERROR)
         pause_ms = lane.queued()[0][1] - lane.clock.now_ms()
         pauses.append(pause_ms)
         lane.time.advance(pause_ms)
