@@ -62,9 +62,6 @@ def configure_logging(level: str, log_format: str = "text") -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     # Tornado's access lines hold URIs and addresses: `RequestLog` writes ours instead.
     logging.getLogger("tornado.access").disabled = True
-    # aioapns logs every failed attempt (a flood while APNs is down); the dispatcher logs a
-    # summary a minute instead.
-    logging.getLogger("aioapns").setLevel(logging.CRITICAL)
 
 
 class AccessLog:

@@ -1,85 +1,66 @@
-"""APNs over HTTP/2 through aioapns 4.0, with a small adapter of our own.
+"""APNs over HTTP/2 through our own client (push/httppool.py, push/h2conn.py), as FCM.
 
-aioapns 4.0 (pinned) is used for its connection pool, channel (stream slot) pool, connection
-lifecycle and JWT signing. The adapter replaces how a request travels on a connection, by
-subclassing its protocol:
+aioapns 4.0 with an adapter of ours carried APNs until measured: through it a push cost ~215 us
+of the sender's CPU against ~68 us for FCM on the shared client (bench/sender_bench.py; a
+socket write per push, h2's per-stream scans, HPACK table searches, a task and a future per
+push). Now:
 
-- HTTP/2 flow control when sending: DATA never goes beyond the connection's or the stream's
-  window, nor in frames over the peer's SETTINGS_MAX_FRAME_SIZE. A body the windows cannot
-  take yet waits, in order, for WINDOW_UPDATE (or a SETTINGS change of the initial window);
-  aioapns called h2's `send_data` blindly, and on `FlowControlError` its pool slept a second
-  and sent again, leaving a half-open stream and its channel behind;
-- answers are keyed by stream id, not by `apns-id`: the same delivery sent twice at once (two
-  processes, a retry racing a late answer) gets two answers. aioapns keys `requests[apns_id]`,
-  so the second send overwrote the first's future and the first waited for its timeout;
-- a send that fails in any way (timeout, cancellation, connection lost, an exception part-way)
-  resets its stream (RST_STREAM CANCEL) and gives back its channel slot; a stream the server
-  resets fails its send at once (REFUSED_STREAM: sent again by the pool) instead of hanging;
-- it acknowledges received DATA (aioapns never sends WINDOW_UPDATE, so after ~1,200 error
-  bodies a connection stalls for good; upstream Fatal1ty/aioapns PR #75, unmerged), and reads
-  an answer's body whole, even split over several DATA frames;
-- host and port come from settings (APNS_ENDPOINT), and the TLS context trusts APNS_CA_FILE
-  and offers ALPN "h2";
-- the body sent is exactly our payload bytes (aioapns would re-encode it), with an absolute
-  `apns-expiration` and the delivery's own `apns-id`, the same on every retry;
-- it keeps `Retry-After` with the answer, and one JWT per team is shared by every connection
-  (aioapns signs one per connection).
+- a bounded pool of HTTP/2 connections to APNS_ENDPOINT (default Apple's, production or
+  sandbox), TLS offering ALPN "h2" and trusting APNS_CA_FILE; HTTP/2 only (APNs has no other);
+  flow control both ways, at most the server's SETTINGS_MAX_CONCURRENT_STREAMS per connection,
+  writes coalesced once per loop iteration (push/h2conn.py);
+- certificate auth (APNS_CERT_FILE: the client certificate and its key, in the TLS context) or
+  token auth: one ES256 JWT per team shared by every connection, signed again every 30
+  minutes (push/apns_auth.py);
+- each request carries exactly our body bytes (push/payloads.py `apns_payload`) and the
+  headers aioapns sent, in its order: `:method`, `:scheme`, `:path /3/device/<token>`,
+  `host`, `apns-id` (the delivery's own, the same on every retry), `apns-topic`,
+  `apns-push-type: alert`, `apns-priority: 10`, an absolute `apns-expiration`, and
+  `authorization` with token auth. The three per-push values go never-indexed (HPACK), so
+  the others stay indexed at one byte each (push/hpack_cache.py);
+- answers are read per stream, never matched by apns-id: the same delivery sent twice at once
+  (two processes, a retry racing a late answer) gets two answers. Each answer's status,
+  apns-id, Retry-After and JSON body (reason, 410 timestamp) make an `APNsAnswer`, judged by
+  `classify`;
+- a request APNs certainly did not process (REFUSED_STREAM, a stream above a GOAWAY's last
+  stream id, a body cut off by a lost connection) is sent once more at once, on another
+  connection after a GOAWAY; anything else that fails before an answer is transient: the
+  dispatcher retries it later, with the same apns-id;
+- every step is bounded: connecting (TCP, TLS, the server's SETTINGS), each request (queueing
+  for a stream included), and the whole `send` (`send_timeout_s`, well below DELIVERY_LEASE's
+  60 s default); a request given up is reset (RST_STREAM CANCEL) and its stream released.
 
-tests/test_provider_adapters.py fails if the aioapns internals this relies on move;
-tests/test_apns_flow_control.py drives it against the fake APNs granting only 65,535 bytes.
+tests/test_apns_flow_control.py drives it against the fake APNs granting only 65,535 bytes;
+tests/test_apns_sender.py checks the wire (headers, JWT, answers); tests/test_sandbox_apns.py
+drives the fake with it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import logging
 import ssl
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
-from aioapns.common import NotificationRequest, NotificationResult
-from aioapns.connection import (
-    APNsBaseClientProtocol,
-    APNsCertConnectionPool,
-    APNsKeyConnectionPool,
-    APNsTLSClientProtocol,
-    JWTAuthorizationHeaderProvider,
-)
-from aioapns.exceptions import ConnectionClosed, MaxAttemptsExceeded
-from h2.config import H2Configuration
-from h2.connection import H2Connection
-from h2.errors import ErrorCodes
-from h2.events import (
-    ConnectionTerminated,
-    DataReceived,
-    RemoteSettingsChanged,
-    ResponseReceived,
-    StreamEnded,
-    StreamReset,
-    WindowUpdated,
-)
-from h2.exceptions import ProtocolError
-from h2.settings import ChangedSetting, SettingCodes
-from hpack import Encoder
+from hpack import NeverIndexedHeaderTuple
 
+from push.apns_auth import ProviderTokens, load_signing_key
+from push.exchange import Exchange
+from push.httppool import ConnectionPool, Endpoint
 from push.outcome import ACCEPTED, ProviderSender, Push, PushOutcome, Verdict
 from push.payloads import apns_payload
 from storage.records import Provider
 
-log = logging.getLogger(__name__)
-
 PRODUCTION_HOST = "api.push.apple.com"
 SANDBOX_HOST = "api.sandbox.push.apple.com"
-JWT_REFRESH_SECONDS = 30 * 60  # Apple: not more often than every 20 minutes, before 60
 
 CREDENTIAL_HINT = "APNS_KEY_FILE, APNS_KEY_ID and APNS_TEAM_ID (or APNS_CERT_FILE) and APNS_SANDBOX"
 TOPIC_HINT = "APNS_TOPIC (the app's bundle id)"
 DEAD_TOKEN_REASONS = {"BadDeviceToken", "Unregistered", "ExpiredToken"}
 TOPIC_REASONS = {"DeviceTokenNotForTopic", "TopicDisallowed", "BadTopic", "MissingTopic"}
+PATH_PREFIX = b"/3/device/"
 
 
 @dataclass(frozen=True)
@@ -93,328 +74,51 @@ class APNsConfig:
     cert_file: Path | None = None
     ca_file: Path | None = None
     max_connections: int = 4
-    request_timeout_s: float = 15.0
+    max_streams: int = 1000  # per connection (the server's own limit may be lower)
+    connect_timeout_s: float = 10.0  # TCP + TLS + the server's HTTP/2 SETTINGS
+    request_timeout_s: float = 15.0  # one request, queueing for a stream included
+    send_timeout_s: float = 30.0  # one `send` call, the resend of refused requests included
 
 
-class _Request(NotificationRequest):
-    __slots__ = ("expiration", "payload")
+@dataclass(frozen=True, slots=True)
+class APNsAnswer:
+    """What APNs answered one request: its status, apns-id, reason, 410 timestamp, Retry-After."""
 
-    def __init__(self, token: str, payload: bytes, apns_id: str, expiration: int) -> None:
-        super().__init__(device_token=token, message={}, notification_id=apns_id)
-        self.payload = payload
-        self.expiration = expiration
-
-
-class APNsResult(NotificationResult):
-    """aioapns' result, with the answer's own Retry-After (None when absent)."""
-
-    __slots__ = ("retry_after",)
-
-    def __init__(
-        self,
-        notification_id: str,
-        status: str,
-        description: str | None = None,
-        timestamp: int | None = None,
-        retry_after: str | None = None,
-    ) -> None:
-        super().__init__(notification_id, status, description=description, timestamp=timestamp)
-        self.retry_after = retry_after
+    status: str
+    apns_id: str | None = None
+    description: str | None = None  # Apple's `reason`
+    timestamp: int | None = None  # 410: when the token stopped being valid (ms)
+    retry_after: str | None = None
 
 
-class StreamResetByServer(ConnectionError):
-    """APNs reset the request's stream (RST_STREAM) without answering it."""
-
-    def __init__(self, error_code: int) -> None:
-        super().__init__(f"stream reset by APNs, error code {error_code}")
-        self.error_code = error_code
-
-
-class _Stream:
-    """One request in flight on a connection: what is left to send, and its answer so far."""
-
-    __slots__ = ("answer", "apns_id", "body", "retry_after", "status", "unsent")
-
-    def __init__(self, apns_id: str, answer: asyncio.Future[APNsResult], body: bytes) -> None:
-        self.apns_id = apns_id
-        self.answer = answer
-        self.unsent = memoryview(body)  # the part of our request body not sent yet
-        self.status = ""
-        self.retry_after: str | None = None
-        self.body = bytearray()  # the answer's body
-
-
-def _answer(stream: _Stream) -> APNsResult:
-    status = stream.status or "500"
+def read_answer(exchange: Exchange) -> APNsAnswer:
+    """The answer an exchange got (an exchange that failed has none)."""
+    status = str(exchange.status) if exchange.status else "500"
+    kept = exchange.response_headers
+    raw_id = kept.get(b"apns-id") if kept is not None else None
+    apns_id = raw_id.decode("latin-1") if raw_id is not None else None
     if status == "200":
-        return APNsResult(stream.apns_id, status, retry_after=stream.retry_after)
+        return APNsAnswer(status, apns_id, retry_after=exchange.retry_after)
     reason: Any = ""
     timestamp: Any = None
     try:
-        document = json.loads(bytes(stream.body)) if stream.body else {}
+        document = json.loads(bytes(exchange.response)) if exchange.response else {}
     except ValueError:
         reason = "UnreadableBody"
     else:
         if isinstance(document, dict):
             reason = document.get("reason", "")
             timestamp = document.get("timestamp")
-    return APNsResult(
-        stream.apns_id,
+    return APNsAnswer(
         status,
+        apns_id,
         description=reason if isinstance(reason, str) else "UnreadableBody",
         timestamp=timestamp if type(timestamp) is int else None,
-        retry_after=stream.retry_after,
+        retry_after=exchange.retry_after,
     )
 
 
-class _PlainEncoder(Encoder):
-    def encode(self, headers: Any, huffman: bool = False) -> bytes:
-        return bytes(super().encode(headers, huffman=False))
-
-
-class RelayAPNsProtocol(APNsTLSClientProtocol):
-    """aioapns' protocol with flow control, answers by stream, and every failure cleaned up.
-
-    `streams` holds the requests in flight (each holding one of `free_channels`' slots until it
-    is answered or abandoned); `unsent` those of them whose body still waits for window.
-    aioapns' `requests`, `request_streams` and `request_statuses` stay empty.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        # Our headers are fixed names and checked values: skip h2's per-header validation and
-        # normalisation, and Huffman coding (CPU, for ~30% fewer header bytes). Measured:
-        # together they were a third of the dispatcher's time at 1,000 pushes/s.
-        self.conn = H2Connection(
-            config=H2Configuration(
-                client_side=True,
-                header_encoding=None,
-                validate_outbound_headers=False,
-                normalize_outbound_headers=False,
-            )
-        )
-        self.conn.encoder = _PlainEncoder()
-        self.streams: dict[int, _Stream] = {}
-        self.unsent: dict[int, _Stream] = {}  # in the order sent: first come, first sent
-        self.closing = False
-
-    # -- sending ---------------------------------------------------------------------------
-    async def send_notification(self, request: NotificationRequest) -> APNsResult:
-        if not isinstance(request, _Request):
-            raise TypeError("the relay's APNs protocol sends _Request objects only")
-        if self.closing:
-            raise ConnectionClosed("connection closing")
-        stream_id = await self.free_channels.acquire()
-        stream = _Stream(request.notification_id, self.loop.create_future(), request.payload)
-        self.streams[stream_id] = stream
-        try:
-            if self.closing:  # lost while we waited for a channel
-                raise ConnectionClosed("connection closing")
-            headers = [
-                (":method", "POST"),
-                (":scheme", "https"),
-                (":path", f"/3/device/{request.device_token}"),
-                ("host", self.APNS_SERVER),
-                ("apns-id", request.notification_id),
-                ("apns-topic", self.apns_topic),
-                ("apns-push-type", "alert"),
-                ("apns-priority", "10"),
-                ("apns-expiration", str(request.expiration)),
-            ]
-            if self.auth_provider is not None:
-                headers.append(("authorization", self.auth_provider.get_header()))
-            try:
-                self.conn.send_headers(stream_id=stream_id, headers=headers)
-            except ProtocolError as exc:  # e.g. GOAWAY received: no new streams here
-                raise ConnectionClosed(str(exc)) from None
-            self.unsent[stream_id] = stream
-            self._send_unsent()
-            self.flush()
-            return await stream.answer
-        except BaseException:
-            self._abandon(stream_id)
-            raise
-
-    def _send_unsent(self) -> None:
-        """Send what the windows allow of the waiting bodies, oldest first."""
-        conn = self.conn
-        finished: list[int] = []
-        failed: list[tuple[int, ProtocolError]] = []
-        for stream_id, stream in self.unsent.items():
-            if conn.outbound_flow_control_window <= 0:
-                break
-            unsent = stream.unsent
-            try:
-                while True:
-                    size = min(
-                        conn.local_flow_control_window(stream_id),
-                        conn.max_outbound_frame_size,
-                        len(unsent),
-                    )
-                    if size <= 0 and unsent:
-                        break  # this stream's window is shut: let the next one use the rest
-                    conn.send_data(stream_id, unsent[:size], end_stream=size == len(unsent))
-                    unsent = unsent[size:]
-                    if not unsent:
-                        finished.append(stream_id)
-                        break
-            except ProtocolError as exc:  # the stream or connection closed under us
-                failed.append((stream_id, exc))
-            stream.unsent = unsent
-        for stream_id in finished:
-            self.unsent.pop(stream_id, None)
-        for stream_id, error in failed:
-            self._fail(stream_id, ConnectionClosed(str(error)))
-
-    def _release(self, stream_id: int) -> _Stream | None:
-        """Forget a stream and give its channel back: exactly once per stream."""
-        stream = self.streams.pop(stream_id, None)
-        if stream is not None:
-            self.unsent.pop(stream_id, None)
-            self.free_channels.release()
-        return stream
-
-    def _reset(self, stream_id: int) -> None:
-        with contextlib.suppress(ProtocolError):  # never opened, or closed already
-            self.conn.reset_stream(stream_id, ErrorCodes.CANCEL)
-
-    def _abandon(self, stream_id: int) -> None:
-        """Our side gave up on a stream (timeout, cancellation, an error): reset, release."""
-        if self._release(stream_id) is not None:
-            self._reset(stream_id)
-            if self.transport is not None and not self.transport.is_closing():
-                self.flush()
-
-    def _fail(self, stream_id: int, error: Exception) -> None:
-        stream = self._release(stream_id)
-        if stream is not None:
-            self._reset(stream_id)
-            if not stream.answer.done():
-                stream.answer.set_exception(error)
-
-    # -- receiving ---------------------------------------------------------------------------
-    def data_received(self, data: bytes) -> None:
-        try:
-            events = self.conn.receive_data(data)
-        except ProtocolError as exc:  # h2 has queued GOAWAY: send it and close
-            log.warning("APNs connection closed: HTTP/2 protocol error (%s)", type(exc).__name__)
-            self.flush()
-            self.close()
-            return
-        window_opened = False
-        for event in events:
-            kind = type(event)
-            if kind is ResponseReceived:
-                assert isinstance(event, ResponseReceived)
-                self._on_response(event)
-            elif kind is DataReceived:
-                assert isinstance(event, DataReceived)
-                self._on_data(event)
-            elif kind is StreamEnded:
-                assert isinstance(event, StreamEnded)
-                self._on_ended(event.stream_id)
-            elif kind is WindowUpdated:
-                window_opened = True
-            elif kind is RemoteSettingsChanged:
-                assert isinstance(event, RemoteSettingsChanged)
-                self.on_remote_settings_changed(
-                    cast(dict[SettingCodes, ChangedSetting], event.changed_settings)
-                )
-                window_opened = True  # the initial window or the frame size may have grown
-            elif kind is StreamReset:
-                assert isinstance(event, StreamReset)
-                self._on_reset(event)
-            elif kind is ConnectionTerminated:
-                assert isinstance(event, ConnectionTerminated)
-                self.on_connection_terminated(event)
-        if window_opened and self.unsent:
-            self._send_unsent()
-        if self.transport is not None and not self.transport.is_closing():
-            self.flush()
-
-    def _on_response(self, event: ResponseReceived) -> None:
-        stream = self.streams.get(event.stream_id or 0)
-        if stream is None:
-            return
-        for name, value in event.headers or ():
-            if name == b":status":
-                stream.status = bytes(value).decode("ascii", "replace")
-            elif name == b"retry-after":
-                stream.retry_after = bytes(value).decode("ascii", "replace")
-
-    def _on_data(self, event: DataReceived) -> None:
-        # The fix aioapns lacks: give the window back, or the server stops sending. And keep
-        # the body until the stream ends: it may come in several DATA frames.
-        stream_id = event.stream_id or 0
-        self.conn.acknowledge_received_data(event.flow_controlled_length or 0, stream_id)
-        stream = self.streams.get(stream_id)
-        if stream is not None and event.data:
-            stream.body += event.data
-
-    def _on_ended(self, stream_id: int) -> None:
-        unfinished = stream_id in self.unsent  # answered before our body was all sent
-        stream = self._release(stream_id)
-        if stream is None:
-            return
-        if unfinished:
-            self._reset(stream_id)
-        if not stream.answer.done():
-            stream.answer.set_result(_answer(stream))
-
-    def _on_reset(self, event: StreamReset) -> None:
-        stream = self._release(event.stream_id or 0)
-        if stream is None or stream.answer.done():
-            return
-        code = int(event.error_code or 0)
-        if code == ErrorCodes.REFUSED_STREAM:  # not processed: the pool sends it again
-            stream.answer.set_exception(ConnectionClosed("stream refused"))
-        else:
-            stream.answer.set_exception(StreamResetByServer(code))
-
-    # -- closing -----------------------------------------------------------------------------
-    def close(self) -> None:
-        self.closing = True
-        super().close()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closing = True
-        super().connection_lost(exc)  # the pool forgets us; channel waiters fail
-        for stream_id in list(self.streams):
-            self._fail(stream_id, ConnectionClosed(str(exc)))
-
-
-def _protocol_class(host: str, port: int) -> type[RelayAPNsProtocol]:
-    attributes = {"APNS_SERVER": host, "APNS_PORT": port}
-    return type("ConfiguredAPNsProtocol", (RelayAPNsProtocol,), attributes)
-
-
-def _ssl_context(ca_file: Path | None) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
-    context.set_alpn_protocols(["h2"])
-    return context
-
-
-class _SharedJWTKeyPool(APNsKeyConnectionPool):
-    """One JWT per team for every connection, refreshed every 30 minutes."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.auth_provider = JWTAuthorizationHeaderProvider(self.key, self.key_id, self.team_id)
-        self.auth_provider.TOKEN_TTL = JWT_REFRESH_SECONDS
-
-    async def create_connection(self) -> APNsBaseClientProtocol:
-        factory = partial(
-            self.protocol_class,
-            self.apns_topic,  # type: ignore[arg-type]
-            self.loop,
-            self.discard_connection,  # type: ignore[arg-type]
-            self.auth_provider,
-        )
-        connection: APNsBaseClientProtocol = await self._create_connection(factory)
-        return connection
-
-
-def classify(result: NotificationResult, retry_after: str | None) -> PushOutcome:
+def classify(result: APNsAnswer, retry_after: str | None) -> PushOutcome:
     """Map an APNs answer to what the dispatcher does about it."""
     status = str(result.status)
     reason = str(result.description or "")
@@ -442,64 +146,152 @@ def classify(result: NotificationResult, retry_after: str | None) -> PushOutcome
     return PushOutcome(Verdict.REJECTED, reason=reason or status)
 
 
+def ssl_context(config: APNsConfig) -> ssl.SSLContext:
+    """TLS offering ALPN h2, trusting APNS_CA_FILE (else the system's CAs), with the client
+    certificate for certificate auth. Raises ssl.SSLError or OSError for a bad file."""
+    context = ssl.create_default_context(cafile=str(config.ca_file) if config.ca_file else None)
+    context.set_alpn_protocols(["h2"])
+    if config.cert_file is not None:
+        context.load_cert_chain(str(config.cert_file))
+    return context
+
+
+def provider_tokens(config: APNsConfig) -> ProviderTokens | None:
+    """Token auth's JWT source, or None with certificate auth. ValueError for a bad key."""
+    if config.cert_file is not None:
+        return None
+    if config.key_file is None or not config.key_id or not config.team_id:
+        raise ValueError("token auth needs a key file, a key id and a team id")
+    key = load_signing_key(config.key_file.read_bytes())
+    return ProviderTokens(key, config.key_id, config.team_id)
+
+
+_METHOD = (b":method", b"POST")
+_SCHEME = (b":scheme", b"https")
+_PUSH_TYPE = (b"apns-push-type", b"alert")
+_PRIORITY = (b"apns-priority", b"10")
+
+
 class APNsSender(ProviderSender):
     provider = Provider.APNS
     name = "APNs"
-    batch_size = 1
 
-    def __init__(self, config: APNsConfig, *, max_in_flight: int = 250) -> None:
+    def __init__(
+        self, config: APNsConfig, *, max_in_flight: int = 250, batch_size: int = 50
+    ) -> None:
         self.config = config
         self.max_in_flight = max_in_flight
-        self._pool: APNsKeyConnectionPool | APNsCertConnectionPool | None = None
+        self.batch_size = batch_size
+        self.pool: ConnectionPool | None = None
+        self.tokens: ProviderTokens | None = None
+        self._host = (b"host", config.host.encode("idna"))
+        self._topic = (b"apns-topic", config.topic.encode())
+        self._authorization: tuple[bytes, bytes] | None = None
 
-    def _build_pool(self) -> APNsKeyConnectionPool | APNsCertConnectionPool:
+    def _build(self) -> ConnectionPool:
         config = self.config
-        context = _ssl_context(config.ca_file)
-        pool: APNsKeyConnectionPool | APNsCertConnectionPool
-        if config.cert_file is not None:
-            pool = APNsCertConnectionPool(
-                cert_file=str(config.cert_file),
-                topic=config.topic,
-                max_connections=config.max_connections,
-                ssl_context=context,
-            )
-        else:
-            assert config.key_file is not None
-            pool = _SharedJWTKeyPool(
-                key=config.key_file.read_text(),
-                key_id=config.key_id,
-                team_id=config.team_id,
-                topic=config.topic,
-                max_connections=config.max_connections,
-                ssl_context=context,
-            )
-        pool.protocol_class = _protocol_class(config.host, config.port)
-        return pool
+        context = ssl_context(config)
+        self.tokens = provider_tokens(config)
+        self.pool = ConnectionPool(
+            Endpoint(host=config.host, port=config.port, path="/3/device/", ssl_context=context),
+            max_h2_connections=config.max_connections,
+            max_streams=config.max_streams,
+            connect_timeout_s=config.connect_timeout_s,
+            http2_only=True,
+            name="APNs",
+        )
+        return self.pool
+
+    def _authorization_field(self) -> tuple[bytes, bytes] | None:
+        if self.tokens is None:
+            return None
+        value = self.tokens.header()
+        field = self._authorization
+        if field is None or field[1] is not value:
+            field = self._authorization = (b"authorization", value)
+        return field
+
+    def _headers(
+        self, push: Push, authorization: tuple[bytes, bytes] | None
+    ) -> list[tuple[bytes, bytes]]:
+        headers: list[tuple[bytes, bytes]] = [
+            _METHOD,
+            _SCHEME,
+            NeverIndexedHeaderTuple(b":path", PATH_PREFIX + push.token.encode()),
+            self._host,
+            NeverIndexedHeaderTuple(b"apns-id", push.apns_id.encode()),
+            self._topic,
+            _PUSH_TYPE,
+            _PRIORITY,
+            NeverIndexedHeaderTuple(b"apns-expiration", b"%d" % push.expiration_s),
+        ]
+        if authorization is not None:
+            headers.append(authorization)
+        return headers
 
     async def send(self, pushes: list[Push]) -> list[PushOutcome]:
-        return [await self._send_one(push) for push in pushes]
-
-    async def _send_one(self, push: Push) -> PushOutcome:
-        if self._pool is None:
-            self._pool = self._build_pool()  # needs the running loop: built on first use
-        payload, trimmed = apns_payload(push.data)
-        request = _Request(push.token, payload, push.apns_id, push.expiration_s)
-        try:
-            # asyncio.timeout, unlike wait_for, adds no task per push.
-            async with asyncio.timeout(self.config.request_timeout_s):
-                result = await self._pool.send_notification(request)
-        except TimeoutError:
-            return PushOutcome.transient("timeout")
-        except (ConnectionError, ConnectionClosed, MaxAttemptsExceeded, OSError) as exc:
-            return PushOutcome.transient(type(exc).__name__)
-        retry_after = result.retry_after if isinstance(result, APNsResult) else None
-        outcome = classify(result, retry_after)
-        return outcome.with_trimmed() if trimmed else outcome
+        pool = self.pool
+        if pool is None:
+            try:
+                pool = self._build()
+            except (ValueError, OSError) as exc:  # settings checked them; a file changed since
+                outcome = PushOutcome(
+                    Verdict.CONFIG_ERROR, reason=type(exc).__name__, hint=CREDENTIAL_HINT
+                )
+                return [outcome] * len(pushes)
+        loop = asyncio.get_running_loop()
+        config = self.config
+        deadline = loop.time() + config.send_timeout_s
+        count = len(pushes)
+        bodies: list[bytes] = []
+        trimmed: list[bool] = []
+        for push in pushes:
+            body, cut = apns_payload(push.data)
+            bodies.append(body)
+            trimmed.append(cut)
+        outcomes: list[PushOutcome | None] = [None] * count
+        resent = [False] * count  # sent once more after APNs refused it unprocessed
+        todo = list(range(count))
+        while todo:
+            authorization = self._authorization_field()
+            exchanges = [
+                Exchange(
+                    bodies[i],
+                    "",
+                    i,
+                    headers=self._headers(pushes[i], authorization),
+                    response_headers={},
+                )
+                for i in todo
+            ]
+            await pool.run(exchanges, min(deadline, loop.time() + config.request_timeout_s))
+            todo = []
+            for exchange in exchanges:
+                index = exchange.index
+                if not exchange.failure:
+                    answered = read_answer(exchange)
+                    outcomes[index] = classify(answered, answered.retry_after)
+                elif exchange.refused and not resent[index]:
+                    resent[index] = True
+                    todo.append(index)
+                elif exchange.failure == "timeout":
+                    outcomes[index] = PushOutcome.transient("timeout")
+                else:
+                    outcomes[index] = PushOutcome.transient(f"transport: {exchange.failure}")
+            if todo and loop.time() >= deadline:
+                for index in todo:
+                    outcomes[index] = PushOutcome.transient("timeout")
+                break
+        result: list[PushOutcome] = []
+        for answer, cut in zip(outcomes, trimmed, strict=True):
+            assert answer is not None
+            result.append(answer.with_trimmed() if cut else answer)
+        return result
 
     async def close(self) -> None:
-        if self._pool is not None:
-            self._pool.close()
-            self._pool = None
+        pool, self.pool, self.tokens = self.pool, None, None
+        if pool is not None:
+            await pool.close()
 
 
 def describe(config: APNsConfig) -> str:

@@ -2,14 +2,23 @@
 
 Connections fill it in and call `on_done` exactly once: with the answer (`status` > 0), or
 with a `failure` word. `refused` says the server did not process the request (HTTP/2
-REFUSED_STREAM, or a stream above a GOAWAY's last stream id): sending it again cannot
-duplicate it.
+REFUSED_STREAM, a stream above a GOAWAY's last stream id, or a body that never went out
+whole before its connection ended): sending it again cannot duplicate it.
+
+`headers`, when given, is the request's whole HTTP/2 header list (pseudo-headers first);
+without it the connection sends its own (FCM's: the same for every request, bar the
+`authorization`). `response_headers`, when given as a dict, receives every header of the
+answer; without it only `:status` and `retry-after` are read.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
+
+
+def _ignore(_: Exchange) -> None:
+    return None
 
 
 class Exchange:
@@ -19,10 +28,12 @@ class Exchange:
         "connection",
         "done",
         "failure",
+        "headers",
         "index",
         "on_done",
         "refused",
         "response",
+        "response_headers",
         "retry_after",
         "status",
         "stream_id",
@@ -33,12 +44,17 @@ class Exchange:
         body: bytes,
         authorization: str,
         index: int,
-        on_done: Callable[[Exchange], None],
+        on_done: Callable[[Exchange], None] = _ignore,
+        *,
+        headers: list[tuple[bytes, bytes]] | None = None,
+        response_headers: dict[bytes, bytes] | None = None,
     ) -> None:
         self.body = body
         self.authorization = authorization
         self.index = index  # the caller's: where the answer goes
         self.on_done = on_done
+        self.headers = headers
+        self.response_headers = response_headers
         self.status = 0
         self.retry_after: str | None = None
         self.response = bytearray()

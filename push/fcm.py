@@ -229,6 +229,7 @@ class FCMSender(ProviderSender):
             max_streams=config.max_streams,
             max_h1_connections=config.http1_connections,
             connect_timeout_s=config.connect_timeout_s,
+            name="FCM",
         )
         self.tokens, self.pool = tokens, pool
         return tokens, pool
@@ -307,30 +308,11 @@ class FCMSender(ProviderSender):
         deadline: float,
     ) -> list[Exchange]:
         """Send these bodies at once; returns their exchanges, each answered or failed."""
-        loop = asyncio.get_running_loop()
-        finished: asyncio.Future[None] = loop.create_future()
-        remaining = len(indexes)
-
-        def on_done(_: Exchange) -> None:
-            nonlocal remaining
-            remaining -= 1
-            if remaining == 0 and not finished.done():
-                finished.set_result(None)
-
-        exchanges = [Exchange(bodies[i], authorization, i, on_done) for i in indexes]
-        try:
-            for exchange in exchanges:
-                pool.submit(exchange)
-            if remaining:
-                timeout = min(deadline, loop.time() + self.config.request_timeout_s)
-                async with asyncio.timeout_at(timeout):
-                    await finished
-        except TimeoutError:
-            pass
-        finally:  # on a timeout, or if the dispatcher is cancelled: reset and release
-            for exchange in exchanges:
-                if not exchange.done:
-                    pool.cancel(exchange, "timeout")
+        timeout_at = min(
+            deadline, asyncio.get_running_loop().time() + self.config.request_timeout_s
+        )
+        exchanges = [Exchange(bodies[i], authorization, i) for i in indexes]
+        await pool.run(exchanges, timeout_at)
         return exchanges
 
     async def close(self) -> None:

@@ -1,12 +1,15 @@
 """An HTTP/2 client connection (h2 on an asyncio transport) carrying many exchanges at once.
 
-Made for one kind of request repeated (POST of a small JSON body to one path), fast:
+Made for one kind of request repeated (POST of a small body: FCM's JSON to one path, or an
+APNs notification to `/3/device/<token>`), fast:
 
 - no task or future per request: an `Exchange` is started with a few h2 calls and answered
   from `data_received`; writes are coalesced once per loop iteration;
-- h2's header validation and normalisation are off (we send fixed headers and read two),
-  HPACK reuses the last header block while the table is unchanged (push/hpack_cache.py), and
-  h2's count of open streams (a walk over every stream, per new stream) is replaced by ours;
+- h2's header validation and normalisation are off (our headers are fixed names and checked
+  values, and we read two or three), HPACK reuses the last header block while the table is
+  unchanged, and each indexed field's bytes when only never-indexed values change
+  (push/hpack_cache.py), and h2's count of open streams (a walk over every stream, per new
+  stream) is replaced by ours;
 - flow control both ways: a body larger than the stream's or the connection's window, or
   than the peer's frame size, waits and goes as WINDOW_UPDATEs arrive; received DATA is
   acknowledged at once, so the server never stalls on us;
@@ -15,7 +18,8 @@ Made for one kind of request repeated (POST of a small JSON body to one path), f
   safe to send again elsewhere); after a graceful GOAWAY (NO_ERROR) the others still get their
   answers (h2 would refuse every frame after a GOAWAY: see `_Client._receive_goaway_frame`);
 - a stream that fails or is cancelled is reset and released; a lost connection fails
-  everything it carried.
+  everything it carried, as `refused` those whose body had not all gone out (a server acts
+  on a whole request only).
 """
 
 from __future__ import annotations
@@ -102,7 +106,8 @@ class H2ClientConnection(asyncio.Protocol):
         self.h2.decoder = CachingDecoder(self.h2.decoder.max_header_list_size)
         self.capacity = 0  # known once the server's SETTINGS arrive
         self.exchanges: dict[int, Exchange] = {}
-        self._pending: dict[int, bytes] = {}  # body bytes waiting for flow-control window
+        # The bodies (or what is left of them) waiting for flow-control window, oldest first.
+        self.unsent: dict[int, bytes] = {}
         self._transport: asyncio.Transport | None = None
         self._headers: tuple[str, list[tuple[bytes, bytes]]] | None = None
         self._flush_scheduled = False
@@ -119,7 +124,10 @@ class H2ClientConnection(asyncio.Protocol):
         stream_id = h2.get_next_available_stream_id()
         if stream_id >= LAST_STREAM_ID - 2:
             self.usable = False  # stream ids run out: the pool opens another connection
-        h2.send_headers(stream_id, self._request_headers(exchange.authorization))
+        headers = exchange.headers
+        if headers is None:
+            headers = self._request_headers(exchange.authorization)
+        h2.send_headers(stream_id, headers)
         exchange.stream_id = stream_id
         exchange.connection = self
         self.exchanges[stream_id] = exchange
@@ -127,7 +135,7 @@ class H2ClientConnection(asyncio.Protocol):
         if len(body) <= min(h2.local_flow_control_window(stream_id), h2.max_outbound_frame_size):
             h2.send_data(stream_id, body, end_stream=True)
         else:
-            self._pending[stream_id] = body
+            self.unsent[stream_id] = body
             self._drain(stream_id)
         self._flush_soon()
 
@@ -136,7 +144,7 @@ class H2ClientConnection(asyncio.Protocol):
         stream_id = exchange.stream_id
         if self.exchanges.pop(stream_id, None) is None:
             return
-        self._pending.pop(stream_id, None)
+        self.unsent.pop(stream_id, None)
         if not self.closed:
             with contextlib.suppress(H2Error):
                 self.h2.reset_stream(stream_id, ErrorCodes.CANCEL)
@@ -186,11 +194,14 @@ class H2ClientConnection(asyncio.Protocol):
             if isinstance(event, ResponseReceived):
                 exchange = exchanges.get(event.stream_id)
                 if exchange is not None and event.headers:
+                    kept = exchange.response_headers
                     for name, value in event.headers:
                         if name == b":status":
                             exchange.status = int(value) if value.isdigit() else 0
                         elif name == b"retry-after":
                             exchange.retry_after = bytes(value).decode("latin-1")
+                        if kept is not None:
+                            kept[bytes(name)] = bytes(value)
             elif isinstance(event, DataReceived):
                 stream_id = event.stream_id
                 if event.flow_controlled_length:
@@ -203,19 +214,22 @@ class H2ClientConnection(asyncio.Protocol):
             elif isinstance(event, StreamEnded):
                 exchange = exchanges.pop(event.stream_id, None)
                 if exchange is not None:
-                    self._pending.pop(event.stream_id, None)
+                    if self.unsent.pop(event.stream_id, None) is not None:
+                        # Answered before our body was all sent: end our half too.
+                        with contextlib.suppress(H2Error):
+                            h2.reset_stream(event.stream_id, ErrorCodes.CANCEL)
                     released += 1
                     exchange.answered()
             elif isinstance(event, StreamReset):
                 exchange = exchanges.pop(event.stream_id, None)
                 if exchange is not None:
-                    self._pending.pop(event.stream_id, None)
+                    self.unsent.pop(event.stream_id, None)
                     released += 1
                     exchange.fail(
                         "stream reset", refused=event.error_code == ErrorCodes.REFUSED_STREAM
                     )
             elif isinstance(event, WindowUpdated):
-                if self._pending:
+                if self.unsent:
                     self._drain_all()
             elif isinstance(event, RemoteSettingsChanged):
                 self._settings_changed()
@@ -247,7 +261,7 @@ class H2ClientConnection(asyncio.Protocol):
     def _settings_changed(self) -> None:
         server_limit = self.h2.remote_settings.max_concurrent_streams
         self.capacity = max(0, min(self._max_streams, server_limit))
-        if self._pending:
+        if self.unsent:
             self._drain_all()
         if not self.ready.done():
             self.usable = True
@@ -261,8 +275,8 @@ class H2ClientConnection(asyncio.Protocol):
         graceful = event.error_code == ErrorCodes.NO_ERROR
         for stream_id in [s for s in self.exchanges if s > last or not graceful]:
             exchange = self.exchanges.pop(stream_id)
-            self._pending.pop(stream_id, None)
-            exchange.fail("GOAWAY", refused=stream_id > last)
+            unfinished = self.unsent.pop(stream_id, None) is not None
+            exchange.fail("GOAWAY", refused=stream_id > last or unfinished)
         self._listener.lost(self)
         if not self.exchanges and self._transport is not None:
             self._flush()
@@ -286,13 +300,13 @@ class H2ClientConnection(asyncio.Protocol):
             self.ready.set_exception(ConnectionError(reason))
             self.ready.exception()  # retrieved: the pool may have stopped waiting
         exchanges, self.exchanges = self.exchanges, {}
-        self._pending.clear()
-        for exchange in exchanges.values():
-            exchange.fail(reason)
+        unsent, self.unsent = self.unsent, {}
+        for stream_id, exchange in exchanges.items():
+            exchange.fail(reason, refused=stream_id in unsent)
         self._listener.lost(self)
 
     def _drain(self, stream_id: int) -> None:
-        data = self._pending.get(stream_id)
+        data = self.unsent.get(stream_id)
         if data is None:
             return
         h2 = self.h2
@@ -305,18 +319,18 @@ class H2ClientConnection(asyncio.Protocol):
                 data = data[size:]
                 window -= size
         except H2Error:
-            self._pending.pop(stream_id, None)
+            self.unsent.pop(stream_id, None)
             exchange = self.exchanges.get(stream_id)
             if exchange is not None:
                 self.cancel(exchange, "stream closed while sending")
             return
         if data:
-            self._pending[stream_id] = data
+            self.unsent[stream_id] = data
         else:
-            del self._pending[stream_id]
+            del self.unsent[stream_id]
 
     def _drain_all(self) -> None:
-        for stream_id in list(self._pending):
+        for stream_id in list(self.unsent):
             if self.h2.outbound_flow_control_window <= 0:
                 break
             self._drain(stream_id)

@@ -1,12 +1,15 @@
 """A bounded pool of connections to one HTTPS (or HTTP) endpoint, for one kind of request.
 
 Each connection is HTTP/2 when TLS negotiated ALPN "h2" (many exchanges at once, up to the
-stream limit), else HTTP/1.1 (one at a time, kept alive). The pool learns which from its
-connections and bounds them: `max_h2_connections` or `max_h1_connections`, opening one more
-only when every open one is full. Exchanges that find no free slot wait in a queue (FIFO)
-and start as slots free, without a task each. Opening a connection (TCP, TLS, the server's
-HTTP/2 SETTINGS) is bounded by `connect_timeout_s`; when it fails and no connection is left,
-the waiting exchanges fail with the reason.
+stream limit), else HTTP/1.1 (one at a time, kept alive); `http2_only` speaks HTTP/2 whatever
+ALPN said (APNs). The pool learns which from its connections and bounds them:
+`max_h2_connections` or `max_h1_connections`, opening one more only when every open one is
+full. Exchanges that find no free slot wait in a queue (FIFO) and start as slots free,
+without a task each. Opening a connection (TCP, TLS, the server's HTTP/2 SETTINGS) is bounded
+by `connect_timeout_s`; when it fails and no connection is left, the waiting exchanges fail
+with the reason. `run` sends a list of exchanges and waits for all of them, by a deadline.
+
+Used by push/fcm.py and push/apns.py (`name` says which in the log).
 """
 
 from __future__ import annotations
@@ -68,8 +71,12 @@ class ConnectionPool:
         max_streams: int = 100,
         max_h1_connections: int = 16,
         connect_timeout_s: float = 10.0,
+        http2_only: bool = False,
+        name: str = "FCM",
     ) -> None:
         self.endpoint = endpoint
+        self.http2_only = http2_only
+        self.name = name
         self.max_h2_connections = max_h2_connections
         self.max_streams = max_streams
         self.max_h1_connections = max_h1_connections
@@ -90,6 +97,37 @@ class ConnectionPool:
         if self._waiting or not self._place(exchange):
             self._waiting.append(exchange)
             self._grow()
+
+    async def run(self, exchanges: list[Exchange], timeout_at: float) -> None:
+        """Send these exchanges at once; return once each is answered or failed.
+
+        Those still open at `timeout_at` (loop time) fail as "timeout", their streams reset;
+        if the caller is cancelled, they are reset and released all the same. No task or
+        future per exchange: one future for the lot.
+        """
+        finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        remaining = len(exchanges)
+
+        def on_done(_: Exchange) -> None:
+            nonlocal remaining
+            remaining -= 1
+            if remaining == 0 and not finished.done():
+                finished.set_result(None)
+
+        for exchange in exchanges:
+            exchange.on_done = on_done
+        try:
+            for exchange in exchanges:
+                self.submit(exchange)
+            if remaining:
+                async with asyncio.timeout_at(timeout_at):
+                    await finished
+        except TimeoutError:
+            pass
+        finally:
+            for exchange in exchanges:
+                if not exchange.done:
+                    self.cancel(exchange, "timeout")
 
     def cancel(self, exchange: Exchange, reason: str) -> None:
         """Give up on `exchange`: reset its stream (or forget it in the queue), release it."""
@@ -128,7 +166,7 @@ class ConnectionPool:
     # -- internals -------------------------------------------------------------------------
     def _new_connection(self, alpn: str | None) -> Connection:
         endpoint = self.endpoint
-        if alpn == "h2":
+        if alpn == "h2" or self.http2_only:
             return H2ClientConnection(self, endpoint.authority, endpoint.path, self.max_streams)
         return H1ClientConnection(self, endpoint.authority, endpoint.path)
 
@@ -143,7 +181,7 @@ class ConnectionPool:
         try:
             connection.start(exchange)
         except (H2Error, OSError, RuntimeError) as exc:
-            log.debug("FCM: starting a request failed: %s", type(exc).__name__)
+            log.debug("%s: starting a request failed: %s", self.name, type(exc).__name__)
             exchange.fail(f"send failed ({type(exc).__name__})")
             connection.close()
 
@@ -184,7 +222,7 @@ class ConnectionPool:
             if connection is not None:
                 connection.close()
             reason = "timeout" if isinstance(exc, TimeoutError) else type(exc).__name__
-            log.debug("FCM: connecting to %s failed: %s", endpoint.authority, reason)
+            log.debug("%s: connecting to %s failed: %s", self.name, endpoint.authority, reason)
             if not self.connections:
                 self._fail_waiting(f"connect: {reason}")
             return
@@ -196,7 +234,7 @@ class ConnectionPool:
         self._connecting -= 1
         self.connections_opened += 1
         self.protocol = connection.protocol
-        log.debug("FCM: connected to %s (%s)", endpoint.authority, connection.protocol)
+        log.debug("%s: connected to %s (%s)", self.name, endpoint.authority, connection.protocol)
         if self._closed:
             connection.close()
             return

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import ssl
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -57,7 +58,7 @@ def apns_config(settings: Settings) -> apns.APNsConfig | None:
         host, port = _endpoint(settings.APNS_ENDPOINT, "APNS_ENDPOINT")
     else:
         host, port = (apns.SANDBOX_HOST if settings.APNS_SANDBOX else apns.PRODUCTION_HOST), 443
-    return apns.APNsConfig(
+    config = apns.APNsConfig(
         topic=settings.APNS_TOPIC,
         host=host,
         port=port,
@@ -68,6 +69,33 @@ def apns_config(settings: Settings) -> apns.APNsConfig | None:
         ca_file=settings.APNS_CA_FILE,
         max_connections=settings.APNS_CONNECTIONS,
     )
+    _check_apns_files(config)
+    return config
+
+
+def _check_apns_files(config: apns.APNsConfig) -> None:
+    """Read the files APNs will use now, not at the first push: a wrong one stops the start."""
+    try:
+        apns.provider_tokens(config)
+    except (ValueError, OSError):
+        raise DeliveryConfigError(
+            f"APNS_KEY_FILE: {config.key_file} is not an APNs signing key"
+            " (the .p8 file from Apple: an EC P-256 private key in PEM)"
+        ) from None
+    if config.ca_file is not None:
+        try:
+            ssl.create_default_context(cafile=str(config.ca_file))
+        except (ValueError, OSError):
+            raise DeliveryConfigError(
+                f"APNS_CA_FILE: {config.ca_file} holds no PEM certificate to trust"
+            ) from None
+    if config.cert_file is not None:
+        try:
+            apns.ssl_context(config)
+        except (ValueError, OSError):
+            raise DeliveryConfigError(
+                f"APNS_CERT_FILE: {config.cert_file} is not a PEM certificate with its private key"
+            ) from None
 
 
 def fcm_config(settings: Settings) -> fcm.FCMConfig | None:

@@ -58,7 +58,7 @@ class ApnsKey:
     team_id: str
 
     def private_key_pem(self) -> str:
-        """The PKCS#8 PEM text, the form ``aioapns.APNs(key=...)`` expects."""
+        """The PKCS#8 PEM text, as in the .p8 file Apple hands out."""
         return self.key_file.read_text()
 
     def public_key(self) -> ec.EllipticCurvePublicKey:

@@ -1,10 +1,10 @@
-"""The APNs adapter against a strict server: flow control, failures part-way, duplicate ids.
+"""The APNs sender against a strict server: flow control, failures part-way, duplicate ids.
 
 The fake APNs here grants only the RFC default window (65,535 bytes for the connection and each
 stream) and gives it back only as it reads requests: ~3.9 KB bodies fill it after 16 pushes.
-Nothing here measures time. A stall is seen by what it leaves behind: aioapns' pool sleeping
-(its answer to FlowControlError is a one-second sleep and a resend), a push sent twice, a
-half-open stream on the server, or a stream, channel slot or future left on the client.
+Nothing here measures time. A stall is seen by what it leaves behind: a flow-control violation
+the fake recorded, a push sent twice, a connection more than needed, a half-open stream on
+the server, or an exchange, stream slot or body left on the client.
 """
 
 from __future__ import annotations
@@ -16,13 +16,12 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any
 
-import aioapns.connection
 import pytest
 from h2.errors import ErrorCodes
 
-from push.apns import APNsConfig, APNsSender, RelayAPNsProtocol
+from push.apns import APNsConfig, APNsSender
+from push.h2conn import H2ClientConnection
 from push.outcome import Push, PushOutcome, Verdict
 from push.payloads import APNS_MAX_PAYLOAD_BYTES, apns_payload
 from sandbox import script
@@ -49,31 +48,6 @@ def fake(credentials: tuple[TlsFiles, ApnsKey]) -> Iterator[FakeApns]:
     server = FakeApns(tls, key, strict_flow_control=True).start()
     yield server
     server.stop()
-
-
-class SleepSpy:
-    """Stands in for the `asyncio` module inside aioapns.connection, recording its sleeps.
-
-    aioapns' pool sleeps 1 s after FlowControlError or a failed connect, and 10 ms per turn
-    while every connection is busy: any sleep there is a stall.
-    """
-
-    def __init__(self) -> None:
-        self.sleeps: list[float] = []
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(asyncio, name)
-
-    async def sleep(self, delay: float, result: Any = None) -> Any:
-        self.sleeps.append(delay)
-        return await asyncio.sleep(delay, result)
-
-
-@pytest.fixture
-def pool_sleeps(monkeypatch: pytest.MonkeyPatch) -> SleepSpy:
-    spy = SleepSpy()
-    monkeypatch.setattr(aioapns.connection, "asyncio", spy)
-    return spy
 
 
 def sender_for(fake: FakeApns, *, timeout: float = 30.0, connections: int = 1) -> APNsSender:
@@ -116,23 +90,21 @@ async def send_one(sender: APNsSender, push: Push) -> PushOutcome:
     return outcome
 
 
-def protocols(sender: APNsSender) -> list[RelayAPNsProtocol]:
-    assert sender._pool is not None
-    found = [c for c in sender._pool.connections if isinstance(c, RelayAPNsProtocol)]
-    assert len(found) == len(sender._pool.connections)
+def connections(sender: APNsSender) -> list[H2ClientConnection]:
+    assert sender.pool is not None
+    found = [c for c in sender.pool.connections if isinstance(c, H2ClientConnection)]
+    assert len(found) == len(sender.pool.connections)
     return found
 
 
-def assert_nothing_left(protocol: RelayAPNsProtocol) -> None:
-    """No stream, channel slot, answer or body of any request remains on the connection."""
-    assert protocol.streams == {}
-    assert protocol.unsent == {}
-    assert protocol.requests == {}  # aioapns' own tables: never used by the adapter
-    assert protocol.request_streams == {}
-    assert protocol.request_statuses == {}
-    channels = protocol.free_channels
-    assert channels._value == channels.bound  # every slot given back
-    assert [sid for sid, s in protocol.conn.streams.items() if not s.closed] == []
+def assert_nothing_left(connection: H2ClientConnection) -> None:
+    """No exchange or body of any request remains on the connection; if it is still open,
+    every stream slot is free and no stream is left open (a lost one is dropped whole)."""
+    assert connection.exchanges == {}
+    assert connection.unsent == {}
+    if not connection.closed:
+        assert connection.free_slots() == connection.capacity
+        assert [sid for sid, s in connection.h2.streams.items() if not s.closed] == []
 
 
 async def until(condition: Callable[[], bool], what: str, seconds: float = 20.0) -> None:
@@ -144,25 +116,22 @@ async def until(condition: Callable[[], bool], what: str, seconds: float = 20.0)
         await asyncio.sleep(0.01)
 
 
-def test_500_large_pushes_through_the_rfc_default_window(
-    fake: FakeApns, pool_sleeps: SleepSpy
-) -> None:
+def test_500_large_pushes_through_the_rfc_default_window(fake: FakeApns) -> None:
     sender = sender_for(fake)
     pushes = [new_push() for _ in range(500)]
 
     async def run() -> list[PushOutcome]:
         try:
             outcomes = await asyncio.gather(*(send_one(sender, push) for push in pushes))
-            (protocol,) = protocols(sender)
-            assert_nothing_left(protocol)
-            assert protocol.conn.remote_settings.initial_window_size == WINDOW
+            (connection,) = connections(sender)
+            assert_nothing_left(connection)
+            assert connection.h2.remote_settings.initial_window_size == WINDOW
             return outcomes
         finally:
             await sender.close()
 
     outcomes = asyncio.run(run())
     assert [o.verdict for o in outcomes] == [Verdict.ACCEPTED] * 500
-    assert pool_sleeps.sleeps == []  # never stalled, never sent twice
     recorded = fake.pushes.snapshot()
     assert sorted(p.apns_id for p in recorded) == sorted(p.apns_id for p in pushes)
     assert {p.status for p in recorded} == {200}
@@ -177,40 +146,38 @@ def test_500_large_pushes_through_the_rfc_default_window(
 
 async def _stuck_part_way(
     fake: FakeApns, sender: APNsSender, tasks: list[asyncio.Task[PushOutcome]]
-) -> RelayAPNsProtocol:
+) -> H2ClientConnection:
     """Wait until 16 pushes are answered and the rest wait for window, one of them half-sent."""
     await until(lambda: sum(t.done() for t in tasks) >= FIT, f"{FIT} pushes answered")
-    (protocol,) = protocols(sender)
+    (connection,) = connections(sender)
     blocked = len(tasks) - FIT
-    await until(lambda: len(protocol.unsent) == blocked, f"{blocked} bodies waiting for window")
-    first = next(iter(protocol.unsent.values()))
-    assert 0 < len(first.unsent) < BODY_BYTES  # sent in part: the rest of the window
+    await until(lambda: len(connection.unsent) == blocked, f"{blocked} bodies waiting for window")
+    first = next(iter(connection.unsent.values()))
+    assert 0 < len(first) < BODY_BYTES  # sent in part: the rest of the window
     await until(lambda: fake.open_requests() == blocked, "the server sees them open too")
-    return protocol
+    return connection
 
 
-def test_a_send_cancelled_part_way_resets_its_stream_and_frees_it(
-    fake: FakeApns, pool_sleeps: SleepSpy
-) -> None:
+def test_a_send_cancelled_part_way_resets_its_stream_and_frees_it(fake: FakeApns) -> None:
     sender = sender_for(fake)
     fake.hold_window_updates(True)  # the server reads nothing more than the first window
 
     async def run() -> list[PushOutcome]:
         try:
             tasks = [asyncio.ensure_future(send_one(sender, new_push())) for _ in range(FIT + 4)]
-            protocol = await _stuck_part_way(fake, sender, tasks)
+            connection = await _stuck_part_way(fake, sender, tasks)
             for task in tasks[FIT:]:
                 task.cancel()
             results = await asyncio.gather(*tasks, return_exceptions=True)
             assert all(isinstance(r, asyncio.CancelledError) for r in results[FIT:])
-            assert_nothing_left(protocol)
+            assert_nothing_left(connection)
             await until(lambda: len(fake.client_resets) == 4, "4 streams reset")
             assert fake.open_requests() == 0
             # The window those streams held comes back: the same connection carries on.
             fake.hold_window_updates(False)
             more = await asyncio.gather(*(send_one(sender, new_push()) for _ in range(40)))
-            assert protocols(sender) == [protocol]
-            assert_nothing_left(protocol)
+            assert connections(sender) == [connection]
+            assert_nothing_left(connection)
             return [r for r in results[:FIT] if isinstance(r, PushOutcome)] + list(more)
         finally:
             await sender.close()
@@ -221,12 +188,9 @@ def test_a_send_cancelled_part_way_resets_its_stream_and_frees_it(
     assert {(r.error_code, r.request_complete) for r in resets} == {(ErrorCodes.CANCEL, False)}
     assert fake.connections_total == 1
     assert fake.violations == []
-    assert pool_sleeps.sleeps == []
 
 
-def test_a_send_that_times_out_part_way_resets_its_stream_and_frees_it(
-    fake: FakeApns, pool_sleeps: SleepSpy
-) -> None:
+def test_a_send_that_times_out_part_way_resets_its_stream_and_frees_it(fake: FakeApns) -> None:
     sender = sender_for(fake)
 
     async def run() -> list[PushOutcome]:
@@ -235,13 +199,13 @@ def test_a_send_that_times_out_part_way_resets_its_stream_and_frees_it(
             fake.hold_window_updates(True)
             sender.config = dataclasses.replace(sender.config, request_timeout_s=0.5)
             outcomes = await asyncio.gather(*(send_one(sender, new_push()) for _ in range(FIT + 4)))
-            (protocol,) = protocols(sender)
-            assert_nothing_left(protocol)
+            (connection,) = connections(sender)
+            assert_nothing_left(connection)
             await until(lambda: fake.open_requests() == 0, "no request left open on the server")
             fake.hold_window_updates(False)
             assert (await send_one(sender, new_push())).verdict is Verdict.ACCEPTED
-            assert protocols(sender) == [protocol]
-            assert_nothing_left(protocol)
+            assert connections(sender) == [connection]
+            assert_nothing_left(connection)
             return outcomes
         finally:
             await sender.close()
@@ -254,24 +218,24 @@ def test_a_send_that_times_out_part_way_resets_its_stream_and_frees_it(
     assert {r.error_code for r in fake.client_resets} == {ErrorCodes.CANCEL}
     assert any(not r.request_complete for r in fake.client_resets)
     assert fake.violations == []
-    assert pool_sleeps.sleeps == []
+    assert fake.connections_total == 1
 
 
-def test_a_connection_lost_part_way_releases_everything_and_sends_again(
-    fake: FakeApns, pool_sleeps: SleepSpy
-) -> None:
+def test_a_connection_lost_part_way_releases_everything_and_sends_again(fake: FakeApns) -> None:
     sender = sender_for(fake)
     fake.hold_window_updates(True)
 
     async def run() -> list[PushOutcome]:
         try:
             tasks = [asyncio.ensure_future(send_one(sender, new_push())) for _ in range(FIT + 4)]
-            protocol = await _stuck_part_way(fake, sender, tasks)
-            fake.disconnect_all(graceful=False)  # RST: the four waiting go on a new connection
+            connection = await _stuck_part_way(fake, sender, tasks)
+            # RST: the four whose body was cut off were not processed: they go again at once,
+            # on a new connection.
+            fake.disconnect_all(graceful=False)
             outcomes = await asyncio.gather(*tasks)
-            assert_nothing_left(protocol)
-            (fresh,) = protocols(sender)
-            assert fresh is not protocol
+            assert_nothing_left(connection)
+            (fresh,) = connections(sender)
+            assert fresh is not connection
             assert_nothing_left(fresh)
             return outcomes
         finally:
@@ -281,7 +245,8 @@ def test_a_connection_lost_part_way_releases_everything_and_sends_again(
     assert [o.verdict for o in outcomes] == [Verdict.ACCEPTED] * (FIT + 4)
     assert fake.connections_total == 2
     assert fake.violations == []
-    assert pool_sleeps.sleeps == []
+    recorded = fake.pushes.snapshot()
+    assert len({p.apns_id for p in recorded}) == len(recorded) == FIT + 4  # none twice
 
 
 @pytest.mark.parametrize(
@@ -296,20 +261,20 @@ def test_a_connection_lost_part_way_releases_everything_and_sends_again(
     ],
 )
 def test_two_sends_with_one_apns_id_both_get_their_own_answer(
-    fake: FakeApns, pool_sleeps: SleepSpy, first: script.Behaviour, expected: list[Verdict]
+    fake: FakeApns, first: script.Behaviour, expected: list[Verdict]
 ) -> None:
     token = random_apns_token()
     fake.scripts.sequence(token, [first], then=script.ok())
     push = new_push(token)
-    sender = sender_for(fake, timeout=20.0)  # aioapns alone: the first waits all of it
+    sender = sender_for(fake, timeout=20.0)  # answers matched by apns-id: the first would wait
 
     async def run() -> list[PushOutcome]:
         try:
             await send_one(sender, new_push())  # connected: both go on one connection
             fake.pushes.clear()
             outcomes = await asyncio.gather(send_one(sender, push), send_one(sender, push))
-            (protocol,) = protocols(sender)
-            assert_nothing_left(protocol)
+            (connection,) = connections(sender)
+            assert_nothing_left(connection)
             return list(outcomes)
         finally:
             await sender.close()
@@ -318,7 +283,6 @@ def test_two_sends_with_one_apns_id_both_get_their_own_answer(
     assert [o.verdict for o in outcomes] == expected
     recorded = fake.pushes.snapshot()
     assert [p.apns_id for p in recorded] == [push.apns_id] * 2
-    assert pool_sleeps.sleeps == []
 
 
 # -- the strict fake's own checks ------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The adapters around aioapns 4.0 and h2: fail loudly if the internals they use move."""
+"""The senders on our HTTP/2 client, against the fakes; and the h2 and hpack internals that
+client relies on (push/h2conn.py, push/hpack_cache.py): fail loudly if they move."""
 
 from __future__ import annotations
 
@@ -9,17 +10,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import aioapns
-from aioapns.connection import (
-    APNsBaseClientProtocol,
-    APNsBaseConnectionPool,
-    APNsKeyConnectionPool,
-    ChannelPool,
-    H2Protocol,
-)
+import hpack
+from h2 import utilities
 from h2.connection import ConnectionState, H2Connection
+from h2.stream import H2Stream
+from hpack.table import HeaderTable
 
-from push.apns import APNsConfig, APNsSender, RelayAPNsProtocol
+from push.apns import APNsConfig, APNsSender
 from push.fcm import FCMConfig, FCMSender
 from push.outcome import Push, Verdict
 from sandbox import script
@@ -28,40 +25,7 @@ from tests.providers import Providers
 from tests.support import random_apns_token, random_fcm_token
 
 
-def test_the_aioapns_internals_the_adapter_relies_on() -> None:
-    assert aioapns.__version__ == "4.0" if hasattr(aioapns, "__version__") else True
-    for name in ("APNS_SERVER", "APNS_PORT"):
-        assert hasattr(RelayAPNsProtocol, name)
-    # The protocol's parts we use: its h2 connection, its channel pool (a semaphore handing out
-    # stream ids; we give slots back), flush, close, and the pool's callback on connection loss.
-    init = inspect.getsource(H2Protocol.__init__)
-    assert "self.conn = H2Connection()" in init
-    assert "self.free_channels = ChannelPool(" in init
-    assert "self._stream_id += 2" in inspect.getsource(ChannelPool.acquire)
-    for name in ("release", "destroy", "bound"):
-        assert hasattr(ChannelPool, name)
-    assert "data_to_send()" in inspect.getsource(APNsBaseClientProtocol.flush)
-    lost = inspect.getsource(APNsBaseClientProtocol.connection_lost)
-    assert "self.on_connection_lost(self)" in lost
-    assert "self.free_channels.destroy(" in lost
-    assert "MAX_CONCURRENT_STREAMS" in inspect.getsource(H2Protocol.on_remote_settings_changed)
-    assert "self.close()" in inspect.getsource(APNsBaseClientProtocol.on_connection_terminated)
-    # The pool sends again after ConnectionClosed (a refused stream, a lost connection).
-    send = inspect.getsource(APNsBaseConnectionPool.send_notification)
-    assert "await connection.send_notification(request)" in send
-    assert "except ConnectionClosed:" in send
-    source = inspect.getsource(APNsKeyConnectionPool)
-    assert "self.protocol_class" in source
-    assert "_create_connection" in source
-    # What the adapter works around, still so upstream? If one fails, simplify the adapter.
-    assert "acknowledge_received_data" not in inspect.getsource(H2Protocol)
-    base_send = inspect.getsource(APNsBaseClientProtocol.send_notification)
-    assert "self.requests[request.notification_id] = " in base_send  # answers by apns-id
-    assert "flow_control_window" not in base_send  # DATA sent whatever the windows
-    assert "StreamReset" not in inspect.getsource(H2Protocol.data_received)  # resets ignored
-
-
-def test_the_h2_internals_the_fcm_connection_relies_on() -> None:
+def test_the_h2_internals_the_client_connection_relies_on() -> None:
     # push/h2conn.py keeps a connection open after a graceful GOAWAY by restoring the state
     # h2's `_receive_goaway_frame` moves to CLOSED, and counts streams instead of h2.
     source = inspect.getsource(H2Connection._receive_goaway_frame)
@@ -74,6 +38,27 @@ def test_the_h2_internals_the_fcm_connection_relies_on() -> None:
     counted = inspect.getattr_static(H2Connection, "open_outbound_streams")
     assert "_open_streams" in inspect.getsource(counted.fget)
     assert "open_outbound_streams" in inspect.getsource(H2Connection.send_headers)
+    # APNs' per-push values go as hpack.NeverIndexedHeaderTuple: h2 must hand them to the
+    # encoder as such (it rebuilds every header tuple, keeping its class).
+    assert "header.__class__(" in inspect.getsource(utilities.utf8_encode_headers)
+    assert "utf8_encode_headers(headers)" in inspect.getsource(H2Stream.send_headers)
+
+
+def test_the_hpack_internals_the_caching_coders_rely_on() -> None:
+    # push/hpack_cache.py learns each field's bytes in `Encoder.add`, called once per header
+    # by `Encoder.encode`, and counts table changes in `HeaderTable.add` and `maxsize`.
+    encode = inspect.getsource(hpack.Encoder.encode)
+    assert "self.add(new_header, sensitive, huffman)" in encode
+    assert "self.header_table.resized" in encode
+    add = inspect.getsource(hpack.Encoder.add)
+    assert "self.header_table.search(name, value)" in add
+    assert "self._encode_indexed(index)" in add
+    assert "self.header_table.add(name, value)" in add
+    assert isinstance(inspect.getattr_static(HeaderTable, "maxsize"), property)
+    assert not hpack.NeverIndexedHeaderTuple(b"a", b"b").indexable
+    assert hpack.HeaderTuple(b"a", b"b").indexable
+    # The quick decoder reads the table through get_by_index, as hpack's does.
+    assert "self.header_table.get_by_index(index)" in inspect.getsource(hpack.Decoder)
 
 
 def pushes_for(tokens: list[str], provider: Provider) -> list[Push]:
@@ -100,7 +85,8 @@ def apns_config(providers: Providers, **extra: object) -> APNsConfig:
 
 
 def test_apns_connection_survives_thousands_of_error_bodies(providers: Providers) -> None:
-    # aioapns alone stalls after ~1,285 such answers on one connection (no WINDOW_UPDATE).
+    # A client that never acknowledges received DATA (aioapns 4.0 did not) stalls after ~1,285
+    # such answers on one connection: its receive window is spent.
     tokens = [random_apns_token() for _ in range(3000)]
     providers.apns.scripts.default = script.unregistered(int(time.time() * 1000))
     sender = APNsSender(apns_config(providers, max_connections=1, request_timeout_s=20.0))
@@ -120,33 +106,19 @@ def test_apns_connection_survives_thousands_of_error_bodies(providers: Providers
 
 
 def test_apns_jwt_is_shared_by_connections(providers: Providers) -> None:
-    sender = APNsSender(apns_config(providers, max_connections=4))
-    tokens = [random_apns_token() for _ in range(3)]
+    # One stream per connection and answers that take a while: the pool opens all three.
+    sender = APNsSender(apns_config(providers, max_connections=3, max_streams=1))
+    tokens = [random_apns_token() for _ in range(30)]
+    for token in tokens:
+        providers.apns.scripts.set(token, script.slow(0.1))
 
-    async def run() -> None:
+    async def run() -> list[Verdict]:
         try:
-            await sender.send(pushes_for(tokens[:1], Provider.APNS))
-            assert sender._pool is not None
-            extra = [await sender._pool.create_connection() for _ in range(2)]
-            sender._pool.connections.extend(extra)
-            providers_used = {id(c.auth_provider) for c in sender._pool.connections}
-            assert len(sender._pool.connections) == 3
-            assert len(providers_used) == 1
-            for connection in extra:  # and they work
-                request_push = pushes_for(tokens[1:2], Provider.APNS)[0]
-                from push.apns import _Request
-                from push.payloads import apns_payload
-
-                payload, _ = apns_payload(request_push.data)
-                request = _Request(
-                    request_push.token, payload, request_push.apns_id, request_push.expiration_s
-                )
-                result = await connection.send_notification(request)
-                assert result.status == "200"
+            return [o.verdict for o in await sender.send(pushes_for(tokens, Provider.APNS))]
         finally:
             await sender.close()
 
-    asyncio.run(run())
+    assert asyncio.run(run()) == [Verdict.ACCEPTED] * 30
     pushes = providers.apns.pushes.snapshot()
     assert {p.status for p in pushes} == {200}
     assert len({p.connection_id for p in pushes}) == 3

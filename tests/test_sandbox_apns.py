@@ -1,4 +1,5 @@
-"""The fake APNs, driven by real HTTP/2 clients: aioapns 4.0, httpx (h2) and a raw h2 client."""
+"""The fake APNs, driven by real HTTP/2 clients: the relay's APNs sender, httpx (h2) and a raw
+h2 client."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import secrets
 import ssl
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -14,16 +16,17 @@ from typing import Any
 import httpx
 import jwt
 import pytest
-from aioapns import APNs, NotificationRequest, PushType
-from aioapns.connection import APNsDevelopmentClientProtocol
-from aioapns.exceptions import MaxAttemptsExceeded
 from cryptography import x509
 
+from push.apns import APNsConfig, APNsSender
+from push.outcome import Push, PushOutcome, Verdict
 from sandbox import script
 from sandbox.apns import FakeApns, provider_token
 from sandbox.certs import generate_apns_key, generate_tls
 from sandbox.h2client import ConnectionClosedError, RawH2Client, StreamResetError
+from storage.records import Provider
 
+DATA = "aGVsbG8="
 BODY = {
     "aps": {
         "alert": {"title": "Session", "body": "You've got a new message"},
@@ -32,7 +35,7 @@ BODY = {
         "mutable-content": 1,
         "category": "SECRET",
     },
-    "ENCRYPTED_DATA": "aGVsbG8=",
+    "ENCRYPTED_DATA": DATA,
     "remote": 1,
 }
 
@@ -93,74 +96,40 @@ def post(
         )
 
 
-async def _quiet(request: NotificationRequest, result: Any) -> None:
-    """aioapns logs every non-200 at ERROR level unless given an err_func."""
-
-
-def aioapns_client(
-    fake: FakeApns,
-    *,
-    ack: bool = True,
-    max_connections: int = 1,
-    max_connection_attempts: int = 5,
-    ssl_context: ssl.SSLContext | None = None,
-) -> APNs:
-    """aioapns pointed at the fake: the pool's ``protocol_class`` carries host and port.
-
-    aioapns never acknowledges received DATA (its window drains after ~64 KiB of error
-    bodies) and JSON-decodes each DATA frame alone; ``ack=True`` fixes both, as the relay's
-    adapter must.
-    """
-
-    class Protocol(APNsDevelopmentClientProtocol):
-        APNS_SERVER = "127.0.0.1"
-        APNS_PORT = fake.port
-
-    class AckingProtocol(Protocol):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self._bodies: dict[int, bytearray] = {}
-
-        def on_data_received(self, raw_data: bytes, stream_id: int) -> None:
-            self.conn.acknowledge_received_data(len(raw_data), stream_id)
-            self._bodies.setdefault(stream_id, bytearray()).extend(raw_data)
-
-        def on_stream_ended(self, stream_id: int) -> None:
-            body = self._bodies.pop(stream_id, None)
-            if body:
-                super().on_data_received(bytes(body), stream_id)
-            super().on_stream_ended(stream_id)
-
-    client = APNs(
-        key=fake.apns_key.private_key_pem(),
-        key_id=fake.key_id,
-        team_id=fake.team_id,
-        topic=fake.topic,
-        use_sandbox=True,
-        # aioapns' own default context offers no ALPN: the fake must accept that.
-        ssl_context=ssl_context or ssl.create_default_context(cafile=str(fake.tls.ca_file)),
-        max_connections=max_connections,
-        max_connection_attempts=max_connection_attempts,
-        err_func=_quiet,
-    )
-    client.pool.protocol_class = AckingProtocol if ack else Protocol
-    return client
-
-
-def notification(token: str, **kwargs: Any) -> NotificationRequest:
-    return NotificationRequest(
-        device_token=token,
-        message=BODY,
-        push_type=PushType.ALERT,
-        priority=10,
-        time_to_live=3600,
-        **kwargs,
+def relay_sender(fake: FakeApns, *, max_connections: int = 1) -> APNsSender:
+    """The relay's own APNs sender (push/apns.py), pointed at the fake."""
+    return APNsSender(
+        APNsConfig(
+            topic=fake.topic,
+            host="127.0.0.1",
+            port=fake.port,
+            key_file=fake.apns_key.key_file,
+            key_id=fake.key_id,
+            team_id=fake.team_id,
+            ca_file=fake.tls.ca_file,
+            max_connections=max_connections,
+            request_timeout_s=20.0,
+        )
     )
 
 
-async def close(client: APNs) -> None:
-    client.pool.close()
-    await asyncio.sleep(0.01)
+def push_to(token: str, apns_id: str | None = None) -> Push:
+    return Push(
+        delivery_id=1,
+        provider=Provider.APNS,
+        token=token,
+        data=DATA,
+        apns_id=apns_id or str(uuid.uuid4()),
+        expiration_s=int(time.time()) + 3600,
+    )
+
+
+async def send_each(sender: APNsSender, tokens: list[str]) -> list[PushOutcome]:
+    """One `send` per push, one after the other (a retry is a later send)."""
+    try:
+        return [(await sender.send([push_to(token)]))[0] for token in tokens]
+    finally:
+        await sender.close()
 
 
 async def raw_client(fake: FakeApns, **kwargs: Any) -> RawH2Client:
@@ -190,177 +159,109 @@ def test_generated_certificate_verifies_for_localhost_and_ip(tmp_path):
     assert jwt.decode(token, key.public_key(), algorithms=["ES256"])["iss"] == "TEAM123456"
 
 
-# -- aioapns -------------------------------------------------------------------------------------
+# -- the relay's sender ------------------------------------------------------------------------
 
 
-def test_aioapns_push_is_delivered_and_recorded(fake):
+def test_relay_sender_push_is_delivered_and_recorded(fake):
     token = new_token()
+    push = push_to(token)
 
-    async def main() -> Any:
-        client = aioapns_client(fake)
+    async def main() -> list[PushOutcome]:
+        sender = relay_sender(fake)
         try:
-            return await client.send_notification(notification(token))
+            return await sender.send([push])
         finally:
-            await close(client)
+            await sender.close()
 
     before = time.monotonic()
-    result = asyncio.run(main())
-    assert result.is_successful
-    assert result.status == "200"
-    [push] = fake.pushes.snapshot()
-    assert push.token == token
-    assert push.status == 200
-    assert push.apns_id == result.notification_id
-    assert push.headers["apns-topic"] == fake.topic
-    assert push.headers["apns-push-type"] == "alert"
-    assert push.headers["apns-priority"] == "10"
-    assert int(push.headers["apns-expiration"]) > time.time()
-    assert push.headers[":path"] == f"/3/device/{token}"
-    assert push.json() == BODY
-    assert before <= push.received_at <= time.monotonic()
-    assert fake.delivered() == [push]
+    (outcome,) = asyncio.run(main())
+    assert outcome.verdict is Verdict.ACCEPTED
+    [recorded] = fake.pushes.snapshot()
+    assert recorded.token == token
+    assert recorded.status == 200
+    assert recorded.apns_id == push.apns_id
+    assert recorded.headers["apns-topic"] == fake.topic
+    assert recorded.headers["apns-push-type"] == "alert"
+    assert recorded.headers["apns-priority"] == "10"
+    assert int(recorded.headers["apns-expiration"]) == push.expiration_s > time.time()
+    assert recorded.headers[":path"] == f"/3/device/{token}"
+    assert recorded.json() == BODY
+    assert before <= recorded.received_at <= time.monotonic()
+    assert fake.delivered() == [recorded]
 
 
-def test_aioapns_sees_scripted_errors(fake):
+def test_relay_sender_sees_scripted_errors(fake):
     dead, bad = new_token(), new_token()
     fake.scripts.set(dead, script.unregistered(1_700_000_000_123))
     fake.scripts.set(bad, script.bad_device_token())
 
-    async def main() -> list[Any]:
-        client = aioapns_client(fake)
-        try:
-            return [await client.send_notification(notification(t)) for t in (dead, bad)]
-        finally:
-            await close(client)
-
-    gone, invalid = asyncio.run(main())
-    assert (gone.status, gone.description, gone.timestamp) == (
-        "410",
+    gone, invalid = asyncio.run(send_each(relay_sender(fake), [dead, bad]))
+    assert (gone.verdict, gone.reason, gone.invalid_since_ms) == (
+        Verdict.DEAD_TOKEN,
         "Unregistered",
         1_700_000_000_123,
     )
-    assert (invalid.status, invalid.description) == ("400", "BadDeviceToken")
+    assert (invalid.verdict, invalid.reason) == (Verdict.DEAD_TOKEN, "BadDeviceToken")
 
 
-def test_aioapns_retries_through_goaway_and_drop(fake):
+def test_relay_sender_resends_after_goaway_but_not_after_a_drop(fake):
+    # GOAWAY names the last stream processed: the one above it is sent again at once, on a
+    # new connection. A dropped connection may have delivered the push: transient, for the
+    # dispatcher to retry later.
     after_goaway, after_drop = new_token(), new_token()
     fake.scripts.fail_times(after_goaway, 1, script.goaway())
     fake.scripts.fail_times(after_drop, 1, script.drop())
 
-    async def main() -> list[Any]:
-        client = aioapns_client(fake)
-        try:
-            return [
-                await client.send_notification(notification(t)) for t in (after_goaway, after_drop)
-            ]
-        finally:
-            await close(client)
-
     before = fake.connections_total
-    results = asyncio.run(main())
-    assert [r.status for r in results] == ["200", "200"]
+    outcomes = asyncio.run(send_each(relay_sender(fake), [after_goaway, after_drop, after_drop]))
+    assert [o.verdict for o in outcomes] == [Verdict.ACCEPTED, Verdict.TRANSIENT, Verdict.ACCEPTED]
+    assert outcomes[1].reason.startswith("transport: ")
     statuses = [p.status for p in fake.pushes.snapshot()]
     assert statuses == [0, 200, 0, 200]  # 0: closed without an answer
     assert fake.connections_total == before + 3
 
 
-def test_aioapns_fail_n_times_then_succeed(fake):
+def test_relay_sender_fail_n_times_then_succeed(fake):
     token = new_token()
     fake.scripts.fail_times(token, 2, script.server_error())
 
-    async def main() -> list[str]:
-        client = aioapns_client(fake)
-        try:
-            return [(await client.send_notification(notification(token))).status for _ in range(3)]
-        finally:
-            await close(client)
-
-    assert asyncio.run(main()) == ["500", "500", "200"]
+    outcomes = asyncio.run(send_each(relay_sender(fake), [token] * 3))
+    assert [(o.verdict, o.reason) for o in outcomes] == [
+        (Verdict.TRANSIENT, "InternalServerError"),
+        (Verdict.TRANSIENT, "InternalServerError"),
+        (Verdict.ACCEPTED, ""),
+    ]
     assert fake.scripts.remaining(token) == 0
 
 
-def test_aioapns_gives_up_when_every_attempt_is_dropped(fake):
-    token = new_token()
-    fake.scripts.set(token, script.drop())
-
-    async def main() -> None:
-        client = aioapns_client(fake, max_connection_attempts=2)
-        try:
-            await client.send_notification(notification(token))
-        finally:
-            await close(client)
-
-    with pytest.raises(MaxAttemptsExceeded):
-        asyncio.run(main())
-    assert len(fake.pushes) == 2
-
-
-def test_aioapns_with_acking_protocol_survives_1600_errors_on_one_connection(fake):
+def test_relay_sender_survives_1600_errors_on_one_connection(fake):
     token = new_token()
     fake.scripts.set(token, GONE)
 
-    async def main() -> Counter[str | None]:
-        client = aioapns_client(fake, ack=True)
+    async def main() -> Counter[str]:
+        sender = relay_sender(fake)
         try:
-            results = await asyncio.gather(
-                *(client.send_notification(notification(token)) for _ in range(MANY))
-            )
-            return Counter(r.description for r in results)
+            outcomes = await sender.send([push_to(token) for _ in range(MANY)])
+            return Counter(o.reason for o in outcomes)
         finally:
-            await close(client)
+            await sender.close()
 
     before = fake.connections_total
     assert asyncio.run(asyncio.wait_for(main(), 20)) == {"Unregistered": MANY}
     assert fake.connections_total == before + 1
 
 
-def test_plain_aioapns_exhausts_its_receive_window(fake):
-    """Documents aioapns 4.0: it never sends WINDOW_UPDATE, so after 64 KiB of error bodies on
-    one connection the server must hold every further response back."""
-    token = new_token()
-    fake.scripts.set(token, GONE)
-
-    async def main() -> tuple[int, bool]:
-        client = aioapns_client(fake, ack=False, max_connections=1)
-        tasks = [
-            asyncio.ensure_future(client.send_notification(notification(token)))
-            for _ in range(MANY)
-        ]
-        loop = asyncio.get_running_loop()
-        deadline, last, reconnected = loop.time() + 10, -1, False
-        while loop.time() < deadline:
-            await asyncio.sleep(0.1)
-            finished = sum(task.done() for task in tasks)
-            reconnected = fake.connections_total > before + 1
-            if reconnected or (finished >= WINDOW // GONE_BODY and finished == last):
-                break
-            last = finished
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await close(client)
-        return last, reconnected
-
-    before = fake.connections_total
-    answered, reconnected = asyncio.run(main())
-    # The window holds exactly 1,285 of these bodies: aioapns then waits forever (it has no
-    # timeout). With sizes that do not divide the window, the next body is split and aioapns,
-    # which JSON-decodes each DATA frame alone, fails, drops the connection and reconnects.
-    assert answered <= WINDOW // GONE_BODY
-    assert reconnected or answered == WINDOW // GONE_BODY
-
-
 def test_serve_on_the_callers_loop(tmp_path):
-    async def main() -> tuple[str, int]:
+    async def main() -> tuple[Verdict, int]:
         async with FakeApns.create(tmp_path) as server:
-            client = aioapns_client(server)
+            sender = relay_sender(server)
             try:
-                result = await client.send_notification(notification(new_token()))
+                (outcome,) = await sender.send([push_to(new_token())])
             finally:
-                await close(client)
-            return result.status, len(server.pushes)
+                await sender.close()
+            return outcome.verdict, len(server.pushes)
 
-    assert asyncio.run(main()) == ("200", 1)
+    assert asyncio.run(main()) == (Verdict.ACCEPTED, 1)
 
 
 # -- scripted behaviours, seen by httpx ----------------------------------------------------------

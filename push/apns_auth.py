@@ -1,0 +1,88 @@
+"""APNs token authentication: the provider JWT (ES256), signed with `cryptography` directly.
+
+Apple wants a JWT with header `{"alg": "ES256", "kid": <key id>}` and claims `{"iss": <team
+id>, "iat": <seconds>}`, signed with the team's .p8 key; it refuses a token older than an hour
+and one refreshed more often than every 20 minutes (TooManyProviderTokenUpdates). So one token
+per team serves every connection and is signed again every 30 minutes, counted on the
+monotonic clock (a step of the wall clock neither keeps a stale token nor signs a flood);
+`iat` is the wall clock's, which Apple compares with its own.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Callable
+
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+JWT_REFRESH_SECONDS = 30 * 60  # Apple: not more often than every 20 minutes, before 60
+
+
+def load_signing_key(pem: bytes) -> ec.EllipticCurvePrivateKey:
+    """The APNs signing key from a .p8 file's text; ValueError if it is not one."""
+    try:
+        key = serialization.load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise ValueError("not a PEM private key without a password") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
+        raise ValueError("not an EC P-256 private key")
+    return key
+
+
+def _b64(data: bytes) -> bytes:
+    return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+
+def _json(value: dict[str, str | int]) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+def provider_jwt(key: ec.EllipticCurvePrivateKey, key_id: str, team_id: str, issued_at: int) -> str:
+    """The JWT (RFC 7519, JWS compact form, ES256: the signature as r || s, 32 bytes each)."""
+    signing_input = (
+        _b64(_json({"alg": "ES256", "kid": key_id}))
+        + b"."
+        + _b64(_json({"iss": team_id, "iat": issued_at}))
+    )
+    r, s = decode_dss_signature(key.sign(signing_input, ec.ECDSA(hashes.SHA256())))
+    signature = r.to_bytes(32, "big") + s.to_bytes(32, "big")
+    return (signing_input + b"." + _b64(signature)).decode("ascii")
+
+
+class ProviderTokens:
+    """The `authorization` header value for one team, signed again every `refresh_s`."""
+
+    def __init__(
+        self,
+        key: ec.EllipticCurvePrivateKey,
+        key_id: str,
+        team_id: str,
+        *,
+        refresh_s: float = JWT_REFRESH_SECONDS,
+        wall_clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._key = key
+        self._key_id = key_id
+        self._team_id = team_id
+        self._refresh_s = refresh_s
+        self._wall_clock = wall_clock
+        self._monotonic = monotonic
+        self._header: bytes | None = None
+        self._signed_at = 0.0  # monotonic
+        self.signed = 0  # how many tokens were signed
+
+    def header(self) -> bytes:
+        """`bearer <jwt>`: the same bytes object until the next signing."""
+        now = self._monotonic()
+        if self._header is None or now - self._signed_at >= self._refresh_s:
+            token = provider_jwt(self._key, self._key_id, self._team_id, int(self._wall_clock()))
+            self._header = b"bearer " + token.encode("ascii")
+            self._signed_at = now
+            self.signed += 1
+        return self._header
