@@ -150,8 +150,31 @@ def p50_p99(result: dict[str, Any]) -> str:
     return f"{ms(result['p50_ms'])} / {ms(result['p99_ms'])}"
 
 
-def per_request(cpu: float, count: float) -> str:
-    return f"{cpu / count * 1000:.3f} ms" if count else "—"
+@dataclass(frozen=True)
+class Cpu:
+    """The relay's CPU seconds over a timed window, the window's length, and how long the
+    relay's threads waited for a core meanwhile (summed over threads, like the CPU)."""
+
+    seconds: float
+    wall: float
+    waited: float = 0.0
+
+    def per(self, count: float) -> float:
+        """Milliseconds of relay CPU per unit of work."""
+        return self.seconds / count * 1000 if count else 0.0
+
+    def cell(self, count: float, unit: str) -> str:
+        """E.g. "0.532 ms per notify (87 % of a core)": the share says whether the relay was
+        busy or waiting (on the database, the disk, or for a core the machine gave others)."""
+        return f"{self.per(count):.3f} ms per {unit} ({self.busy()})"
+
+    def busy(self) -> str:
+        """E.g. "87 % of a core, 40 % waiting for one": a relay short of CPU on a shared
+        machine waits for a core; one waiting on its database or the disk does not."""
+        if not self.wall:
+            return "—"
+        share, waiting = self.seconds / self.wall * 100, self.waited / self.wall * 100
+        return f"{share:.0f} % of a core, {waiting:.0f} % waiting for one"
 
 
 def plural(count: int, noun: str) -> str:
@@ -182,21 +205,27 @@ def timed(
     *,
     before: Callable[[], None] | None = None,
     after: Callable[[list[dict[str, Any]]], Any] | None = None,
-) -> tuple[list[dict[str, Any]], float, Any]:
-    """Run `loaders` together (all ready, then all go); their results, the relay's CPU seconds
-    over the window (until `after` returns, if given: e.g. the last push arrived), and what
+) -> tuple[list[dict[str, Any]], Cpu, Any]:
+    """Run `loaders` together (all ready, then all go); their results, the relay's CPU over
+    the window (until `after` returns, if given: e.g. the last push arrived), and what
     `after` returned."""
     try:
         for loader in loaders:
             loader.wait_ready()
         if before is not None:
             before()
-        cpu_before = relay.cpu_seconds()
+        cpu_before, wall_before = relay.cpu_seconds(), time.monotonic()
+        waited_before = relay.waited_seconds()
         for loader in loaders:
             loader.go()
         results = [loader.result() for loader in loaders]
         extra = after(results) if after is not None else None
-        return results, relay.cpu_seconds() - cpu_before, extra
+        cpu = Cpu(
+            relay.cpu_seconds() - cpu_before,
+            time.monotonic() - wall_before,
+            relay.waited_seconds() - waited_before,
+        )
+        return results, cpu, extra
     finally:
         for loader in loaders:
             loader.stop()
@@ -204,8 +233,8 @@ def timed(
 
 def run_load(
     relay: RelayProcess, endpoint: str, requests: int, concurrency: int, *extra: str
-) -> tuple[dict[str, Any], float]:
-    """One bench/load.py run against `relay`: its result and the relay's CPU seconds."""
+) -> tuple[dict[str, Any], Cpu]:
+    """One bench/load.py run against `relay`: its result and the relay's CPU."""
     loader = Loader([*load_argv(relay, endpoint, requests, concurrency), *extra], endpoint)
     (result,), cpu, _ = timed(relay, [loader])
     return result, cpu
@@ -291,7 +320,7 @@ def intake(bench: Bench) -> None:
                         f" {sizes.concurrency} connections; {what}",
                         f"{result['rate']:,.0f}/s",
                         p50_p99(result),
-                        f"{per_request(cpu, result['requests'])} per {endpoint}",
+                        cpu.cell(result["requests"], endpoint),
                     )
                 )
             result, cpu = run_load(
@@ -309,7 +338,7 @@ def intake(bench: Bench) -> None:
                     f" {sizes.steady:,} requests",
                     f"{result['rate']:,.0f}/s",
                     p50_p99(result),
-                    f"{per_request(cpu, result['requests'])} per notify",
+                    cpu.cell(result["requests"], "notify"),
                 )
             )
     not_available_row(bench, "intake register / notify")
@@ -376,7 +405,7 @@ def push(bench: Bench) -> None:
                     f" {sizes.latency_rate:.0f}/s for {sizes.latency_seconds:.0f} s",
                     f"{through['rate']:,.0f} pushes/s ({through['accepted']:,.0f} accepted)",
                     p50_p99(latency),
-                    f"{per_request(cpu, through['pushes'])} per push",
+                    cpu.cell(through["pushes"], "push"),
                     target,
                     met,
                 )
@@ -409,7 +438,7 @@ def real(bench: Bench) -> None:
                         relay, [loader], before=apns.pushes.clear, after=pushed
                     )
                     limit = 0.8 if steady else 0.7
-                    cpu_ms = cpu / count * 1000
+                    cpu_ms = cpu.per(count)
                     conditions = (
                         f"paced at {sizes.steady_rate:,.0f} notifies/s (open loop), {count:,}"
                         if steady
@@ -422,7 +451,7 @@ def real(bench: Bench) -> None:
                             " arrived, per second, until the last one",
                             f"{count / seconds:,.0f} notifies+pushes/s",
                             p50_p99(result) + " (notify answered)",
-                            f"{cpu_ms:.3f} ms per notify+push",
+                            cpu.cell(count, "notify+push"),
                             f"≤ {limit} ms CPU per notify+push",
                             verdict(cpu_ms <= limit),
                         )
@@ -474,7 +503,7 @@ def postgres(bench: Bench) -> None:
                     + (" (PostgreSQL 15 on the same host)" if backend == "PostgreSQL" else ""),
                     f"{result['rate']:,.0f}/s",
                     p50_p99(result),
-                    f"{per_request(cpu, result['requests'])} per notify",
+                    cpu.cell(result["requests"], "notify"),
                     target,
                     met,
                 )
@@ -571,7 +600,7 @@ def group(bench: Bench) -> None:
             "--rate",
             str(sizes.register_rate),
         ]
-        (alone,), _, _ = timed(relay, [Loader(register_argv, "registers alone")])
+        (alone,), alone_cpu, _ = timed(relay, [Loader(register_argv, "registers alone")])
         notifier = Loader(
             [
                 *load_argv(relay, "notify", group_notifies, 1),
@@ -586,7 +615,7 @@ def group(bench: Bench) -> None:
         def pushed(_: list[dict[str, Any]]) -> int:
             return len(apns.pushes.wait_for(group_notifies * sizes.group_members, timeout=600))
 
-        (notified, during), _, delivered = timed(
+        (notified, during), cpu, delivered = timed(
             relay,
             [notifier, Loader(register_argv, "registers")],
             before=apns.pushes.clear,
@@ -599,9 +628,11 @@ def group(bench: Bench) -> None:
             f" {group_notifies} s (each answered in p50 {ms(notified['p50_ms'])}, at most"
             f" {ms(notified['max_ms'])}; all"
             f" {delivered:,} pushes delivered), another client's registers at"
-            f" {sizes.register_rate:.0f}/s; registers alone: {p50_p99(alone)}",
+            f" {sizes.register_rate:.0f}/s; registers alone: {p50_p99(alone)}"
+            f" (relay at {alone_cpu.busy()})",
             f"{during['rate']:,.0f} registers/s",
             p50_p99(during),
+            f"{cpu.busy()}, pushes included",
             target="p99 < 50 ms",
             met=verdict(during["p99_ms"] < 50),
         )

@@ -79,6 +79,24 @@ def tree_cpu_seconds(pid: int) -> float:
     return total
 
 
+def tree_waited_seconds(pid: int) -> float:
+    """How long the threads of `pid` and its descendants have waited, runnable, for a core
+    (the second field of /proc/<pid>/task/<tid>/schedstat): the time a busy machine gave
+    to others. Threads that have ended are not counted."""
+    total = 0
+    for member in [pid, *descendants(pid)]:
+        try:
+            tasks = list(Path(f"/proc/{member}/task").iterdir())
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                total += int((task / "schedstat").read_text().split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    return total / 1e9
+
+
 def status_kb(pid: int, field: str) -> int:
     """A `kB` line of /proc/<pid>/status: VmRSS (resident now), VmHWM (resident at peak)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -170,6 +188,9 @@ class RelayProcess:
 
     def cpu_seconds(self) -> float:
         return tree_cpu_seconds(self.process.pid)
+
+    def waited_seconds(self) -> float:
+        return tree_waited_seconds(self.process.pid)
 
     def memory_kb(self, field: str) -> int:
         """VmRSS / VmHWM summed over the relay's processes (one, unless --workers)."""
