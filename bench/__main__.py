@@ -87,7 +87,7 @@ FULL = Sizes(
     real=6000,
     devices=1_000_000,
     scale_requests=4000,
-    scale_rounds=2,
+    scale_rounds=3,
     group_members=1000,
     group_seconds=10,
     register_rate=100,
@@ -542,6 +542,7 @@ def scale(bench: Bench) -> None:
     dirs = {count: bench.data_dir(f"scale-{count}") for count in counts}
     took = {count: bulk_load(dirs[count], count) for count in counts}
     p50: dict[tuple[int, str], list[float]] = {}
+    cpu_ms: dict[tuple[int, str], list[float]] = {}
     memory: dict[int, tuple[int, int, int]] = {}
     with RelayProcess(dirs[counts[0]]) as small, RelayProcess(dirs[counts[1]]) as large:
         relays = {counts[0]: small, counts[1]: large}
@@ -549,8 +550,9 @@ def scale(bench: Bench) -> None:
         for _ in range(sizes.scale_rounds):
             for endpoint in ("register", "notify"):
                 for count, relay in relays.items():
-                    result, _ = run_load(relay, endpoint, sizes.scale_requests, sizes.concurrency)
+                    result, cpu = run_load(relay, endpoint, sizes.scale_requests, sizes.concurrency)
                     p50.setdefault((count, endpoint), []).append(result["p50_ms"])
+                    cpu_ms.setdefault((count, endpoint), []).append(cpu.per(result["requests"]))
         for count, relay in relays.items():
             memory[count] = (at_start[count], relay.memory_kb("VmRSS"), relay.memory_kb("VmHWM"))
     big = counts[1]
@@ -574,6 +576,8 @@ def scale(bench: Bench) -> None:
         small_p50 = statistics.median(p50[(counts[0], endpoint)])
         big_p50 = statistics.median(p50[(big, endpoint)])
         ratio = big_p50 / small_p50
+        small_cpu = statistics.median(cpu_ms[(counts[0], endpoint)])
+        big_cpu = statistics.median(cpu_ms[(big, endpoint)])
         bench.rows.append(
             Row(
                 f"{endpoint} p50, {big:,} devices ÷ {counts[0]:,}",
@@ -582,6 +586,7 @@ def scale(bench: Bench) -> None:
                 f" {plural(sizes.scale_rounds, 'round')}",
                 f"{ratio:.2f}{X}",
                 f"p50 {ms(small_p50)} → {ms(big_p50)}",
+                f"{small_cpu:.3f} → {big_cpu:.3f} ms per {endpoint} ({big_cpu / small_cpu:.2f}{X})",
                 target=f"≤ 1.2{X}",
                 met=verdict(ratio <= 1.2),
             )
