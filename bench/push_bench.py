@@ -41,7 +41,29 @@ from sandbox.apns import FakeApns  # noqa: E402
 from sandbox.fcm import FakeFcm  # noqa: E402
 
 
-class Relay:
+class RelayClient:
+    """Blocking onion calls to a running relay (one keep-alive connection per thread)."""
+
+    def __init__(self, port: int, public_key_hex: str) -> None:
+        self.port = port
+        self.client = OnionClient(bytes.fromhex(public_key_hex))
+        self._local = threading.local()
+
+    def call(self, endpoint: str, params: dict[str, Any]) -> None:
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = self._local.connection = http.client.HTTPConnection("127.0.0.1", self.port)
+        request = self.client.v2(endpoint, params)
+        connection.request("POST", "/loki/v2/lsrpc", body=request.body)
+        response = connection.getresponse()
+        status, body = request.open_v2_reply(response.read())
+        if status != 200 or body.get("code") != 1:
+            raise RuntimeError(f"{endpoint} failed: {status} {body}")
+
+
+class Relay(RelayClient):
+    """`server.py` in its own process, its port and key read from its "listening" line."""
+
     def __init__(self, workdir: Path, env: dict[str, str]) -> None:
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("PN_")}
         full_env.update(env)
@@ -58,26 +80,13 @@ class Relay:
                 r"listening on http://127.0.0.1:(\d+) \(server public key (\w+)\)", line
             )
             if found:
-                self.port = int(found.group(1))
-                self.client = OnionClient(bytes.fromhex(found.group(2)))
+                super().__init__(int(found.group(1)), found.group(2))
                 break
         else:
             sys.exit("the relay did not start")
         threading.Thread(
             target=lambda: [None for _ in self.process.stderr or []], daemon=True
         ).start()
-        self._local = threading.local()
-
-    def call(self, endpoint: str, params: dict[str, Any]) -> None:
-        connection = getattr(self._local, "connection", None)
-        if connection is None:
-            connection = self._local.connection = http.client.HTTPConnection("127.0.0.1", self.port)
-        request = self.client.v2(endpoint, params)
-        connection.request("POST", "/loki/v2/lsrpc", body=request.body)
-        response = connection.getresponse()
-        status, body = request.open_v2_reply(response.read())
-        if status != 200 or body.get("code") != 1:
-            raise RuntimeError(f"{endpoint} failed: {status} {body}")
 
     def stop(self) -> None:
         self.process.terminate()
@@ -108,19 +117,27 @@ def token_for(provider: str) -> str:
     return secrets.token_urlsafe(120) + ":APA91b"
 
 
-def throughput(relay: Relay, fake: Any, provider: str, pushes: int) -> None:
+def setup_group(relay: RelayClient, provider: str, members: int = 100, threads: int = 8) -> str:
+    """A closed group of `members` Session IDs with one `provider` device each; its key."""
     group = "05" + secrets.token_hex(32)
-    members = ["05" + secrets.token_hex(32) for _ in range(100)]
     jobs: list[Callable[[], None]] = []
-    for member in members:
+    for _ in range(members):
+        member = "05" + secrets.token_hex(32)
         jobs.append(
             partial(relay.call, "register", {"token": token_for(provider), "pubKey": member})
         )
         membership = {"closedGroupPublicKey": group, "pubKey": member}
         jobs.append(partial(relay.call, "subscribe_closed_group", membership))
-    run_parallel(jobs)
+    run_parallel(jobs, threads)
+    return group
+
+
+def timed_throughput(
+    relay: RelayClient, fake: Any, provider: str, group: str, pushes: int, *, members: int = 100
+) -> dict[str, float]:
+    """Notifies to `group` (set up by setup_group) until `pushes` pushes reached the fake."""
     fake.pushes.clear()
-    notifies = pushes // 100
+    notifies = pushes // members
     started = time.monotonic()
     run_parallel(
         [
@@ -132,7 +149,7 @@ def throughput(relay: Relay, fake: Any, provider: str, pushes: int) -> None:
             for _ in range(notifies)
         ]
     )
-    received = fake.pushes.wait_for(notifies * 100, timeout=300)
+    received = fake.pushes.wait_for(notifies * members, timeout=300)
     elapsed = max(p.received_at for p in received) - started
     ok = sum(1 for p in received if p.status == 200)
     rate = len(received) / elapsed
@@ -140,14 +157,34 @@ def throughput(relay: Relay, fake: Any, provider: str, pushes: int) -> None:
         f"{provider}: {len(received)} pushes ({ok} accepted)"
         f" in {elapsed:.2f} s = {rate:.0f} pushes/s"
     )
+    return {"pushes": len(received), "accepted": ok, "seconds": elapsed, "rate": rate}
 
 
-def latency(relay: Relay, fake: Any, provider: str, rate: float, seconds: float) -> None:
+def throughput(relay: RelayClient, fake: Any, provider: str, pushes: int) -> dict[str, float]:
+    group = setup_group(relay, provider)
+    return timed_throughput(relay, fake, provider, group, pushes)
+
+
+def setup_recipients(relay: RelayClient, provider: str, count: int = 50) -> list[str]:
+    """`count` Session IDs with one `provider` device each."""
     recipients = []
-    for _ in range(50):
+    for _ in range(count):
         member = "05" + secrets.token_hex(32)
         relay.call("register", {"token": token_for(provider), "pubKey": member})
         recipients.append(member)
+    return recipients
+
+
+def timed_latency(
+    relay: RelayClient,
+    fake: Any,
+    provider: str,
+    recipients: list[str],
+    *,
+    rate: float,
+    seconds: float,
+) -> dict[str, float]:
+    """One-to-one notifies at a steady `rate`; each timed from its request to its push."""
     fake.pushes.clear()
     sent: dict[str, float] = {}
     interval = 1 / rate
@@ -167,11 +204,20 @@ def latency(relay: Relay, fake: Any, provider: str, rate: float, seconds: float)
         data = push.json()["ENCRYPTED_DATA"] if provider == "apns" else push.data["ENCRYPTED_DATA"]
         delays.append((push.received_at - sent[data]) * 1000)
     delays.sort()
+    p50 = statistics.median(delays)
     p99 = delays[max(0, int(len(delays) * 0.99) - 1)]
     print(
         f"{provider}: notify→push latency over {count} notifies at {rate:.0f}/s:"
-        f" p50 {statistics.median(delays):.1f} ms, p99 {p99:.1f} ms, max {delays[-1]:.1f} ms"
+        f" p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {delays[-1]:.1f} ms"
     )
+    return {"count": count, "rate": rate, "p50_ms": p50, "p99_ms": p99, "max_ms": delays[-1]}
+
+
+def latency(
+    relay: RelayClient, fake: Any, provider: str, rate: float, seconds: float
+) -> dict[str, float]:
+    recipients = setup_recipients(relay, provider)
+    return timed_latency(relay, fake, provider, recipients, rate=rate, seconds=seconds)
 
 
 def main() -> None:

@@ -1,0 +1,328 @@
+"""The processes `python -m bench` starts, and what /proc says about them.
+
+- RelayProcess: `python server.py` on a DATA_DIR of its own, configured by PN_* variables only.
+- FakesProcess: `python -m bench.fakes` (the sandbox's fake APNs and FCM, quiet).
+- Loader: a load generator (bench/load.py, bench/push_load.py) that builds its requests,
+  says "ready", and starts its clock on "go", so the relay's CPU time is read just around
+  the timed window; its result is one JSON line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any, Self
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.fakes import CONTROL_PREFIX  # noqa: E402
+from bench.push_bench import RelayClient  # noqa: E402
+from bench.sync_modes import cpu_seconds  # noqa: E402
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+class BenchError(Exception):
+    """Something the bench started did not behave; the message says what."""
+
+
+# -- /proc --
+
+
+def _stat_fields(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below `pid` (children, their children, ...)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int(_stat_fields(int(entry.name))[1])
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        children.setdefault(parent, []).append(int(entry.name))
+    found: list[int] = []
+    pending = [pid]
+    while pending:
+        for child in children.get(pending.pop(), []):
+            found.append(child)
+            pending.append(child)
+    return found
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """utime + stime of `pid` and every live descendant, plus what its reaped children used
+    (cutime + cstime): all the CPU the process tree has had."""
+    total = 0.0
+    try:
+        fields = _stat_fields(pid)
+        total += (int(fields[13]) + int(fields[14])) / CLOCK_TICKS  # cutime + cstime
+    except OSError:
+        pass
+    for member in [pid, *descendants(pid)]:
+        try:
+            total += cpu_seconds(member)
+        except OSError:
+            continue
+    return total
+
+
+def tree_waited_seconds(pid: int) -> float:
+    """How long the threads of `pid` and its descendants have waited, runnable, for a core
+    (the second field of /proc/<pid>/task/<tid>/schedstat): the time a busy machine gave
+    to others. Threads that have ended are not counted."""
+    total = 0
+    for member in [pid, *descendants(pid)]:
+        try:
+            tasks = list(Path(f"/proc/{member}/task").iterdir())
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                total += int((task / "schedstat").read_text().split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    return total / 1e9
+
+
+def status_kb(pid: int, field: str) -> int:
+    """A `kB` line of /proc/<pid>/status: VmRSS (resident now), VmHWM (resident at peak)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name == field:
+            return int(value.split()[0])
+    raise BenchError(f"no {field} in /proc/{pid}/status")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _stop(process: subprocess.Popen[Any], timeout: float = 60.0) -> None:
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)
+
+
+# -- the relay --
+
+
+class RelayProcess:
+    """`python server.py` with PN_DATA_DIR=`data_dir`, a free port and `settings` (PN_* names
+    without the prefix); `workers` > 1 passes --workers (only when server.py has it)."""
+
+    def __init__(
+        self, data_dir: Path, settings: dict[str, str] | None = None, *, workers: int = 1
+    ) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PN_")}
+        env.update(
+            {
+                "PN_DATA_DIR": str(data_dir),
+                "PN_PORT": str(self.port),
+                "PN_LOG_LEVEL": "WARNING",
+                **{f"PN_{name}": value for name, value in (settings or {}).items()},
+            }
+        )
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.pubkey = subprocess.run(
+            [sys.executable, str(ROOT / "server.py"), "--print-pubkey"],
+            env=env,
+            cwd=data_dir,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        self.log = data_dir / "relay.log"
+        command = [sys.executable, str(ROOT / "server.py")]
+        if workers > 1:
+            command += ["--workers", str(workers)]
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(command, env=env, cwd=data_dir, stdout=log, stderr=log)
+        self._wait_listening()
+
+    def _wait_listening(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise BenchError(f"the relay exited at start:\n{_tail(self.log)}")
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.05)
+        raise BenchError(f"the relay did not listen on {self.port} within {timeout:.0f} s")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def client(self) -> RelayClient:
+        return RelayClient(self.port, self.pubkey)
+
+    def cpu_seconds(self) -> float:
+        return tree_cpu_seconds(self.process.pid)
+
+    def waited_seconds(self) -> float:
+        return tree_waited_seconds(self.process.pid)
+
+    def memory_kb(self, field: str) -> int:
+        """VmRSS / VmHWM summed over the relay's processes (one, unless --workers)."""
+        return sum(status_kb(pid, field) for pid in [self.process.pid, *self.pids()])
+
+    def pids(self) -> list[int]:
+        return descendants(self.process.pid)
+
+    def stop(self) -> None:
+        _stop(self.process)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+# -- the fakes --
+
+
+class FakesProcess:
+    """`python -m bench.fakes`: the settings that point a relay at it, and its control port."""
+
+    def __init__(self, directory: Path) -> None:
+        self.log = directory / "fakes.log"
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "bench.fakes", "--dir", str(directory)],
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+            )
+        self.settings: dict[str, str] = {}
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            if line.startswith(CONTROL_PREFIX):
+                self.control_port = int(line[len(CONTROL_PREFIX) :])
+                break
+            name, _, value = line.strip().partition("=")
+            if name.startswith("PN_"):
+                self.settings[name[3:]] = value
+        else:
+            raise BenchError(f"the fakes did not start:\n{_tail(self.log)}")
+
+    def cpu_seconds(self) -> float:
+        return tree_cpu_seconds(self.process.pid)
+
+    def stop(self) -> None:
+        _stop(self.process)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+# -- load generators --
+
+
+class Loader:
+    """A load generator process speaking the ready / go / one-JSON-line protocol."""
+
+    def __init__(self, argv: list[str], name: str) -> None:
+        self.name = name
+        self._stderr: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 - closed in result()
+        self.process = subprocess.Popen(
+            [sys.executable, *argv],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            text=True,
+        )
+
+    def _errors(self) -> str:
+        self._stderr.seek(0)
+        return self._stderr.read().decode(errors="replace")[-2000:]
+
+    def wait_ready(self) -> None:
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if line.strip() != "ready":
+            self.process.wait(30)
+            raise BenchError(f"{self.name} did not get ready: {line!r}\n{self._errors()}")
+
+    def go(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write("go\n")
+        self.process.stdin.flush()
+
+    def result(self, timeout: float = 900.0) -> dict[str, Any]:
+        try:
+            out, _ = self.process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+            raise BenchError(f"{self.name} took more than {timeout:.0f} s") from None
+        errors = self._errors()
+        self._stderr.close()
+        if self.process.returncode != 0:
+            raise BenchError(f"{self.name} failed (exit {self.process.returncode}):\n{errors}")
+        for line in reversed(out.splitlines()):
+            if line.startswith("{"):
+                parsed: dict[str, Any] = json.loads(line)
+                return parsed
+        raise BenchError(f"{self.name} printed no result:\n{out[-2000:]}\n{errors}")
+
+    def stop(self) -> None:
+        _stop(self.process, timeout=10)
+
+
+def load_argv(relay: RelayProcess, endpoint: str, requests: int, concurrency: int) -> list[str]:
+    """bench/load.py's arguments against `relay`, in the bench's protocol (add more after)."""
+    return [
+        str(ROOT / "bench" / "load.py"),
+        "--url",
+        relay.url,
+        "--pubkey",
+        relay.pubkey,
+        "--endpoint",
+        endpoint,
+        "-n",
+        str(requests),
+        "-c",
+        str(concurrency),
+        "--json",
+        "--wait-go",
+    ]
