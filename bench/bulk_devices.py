@@ -30,9 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sqlalchemy import Engine, func, insert, select
 
-from lsrpc.keys import load_or_create_hex_secret
 from settings import Settings, load_settings
-from storage.engine import create_schema, make_engine
+from startup import open_storage
 from storage.protect import IdentifierProtector
 from storage.records import Provider
 from storage.schema import devices
@@ -41,11 +40,6 @@ from storage.store import DEVICE_COLUMNS
 SAMPLE = 50
 
 
-def protector_for(settings: Settings) -> IdentifierProtector:
-    """The relay's protector over the DATA_DIR's secrets (as server.py builds it)."""
-    identity, _ = load_or_create_hex_secret(settings.identity_key_file, what="identity secret")
-    token, _ = load_or_create_hex_secret(settings.token_key_file, what="token secret")
-    return IdentifierProtector(identity, token)
 
 
 def device_token(provider: Provider) -> str:
@@ -99,12 +93,11 @@ def check_sample(
 
 def load(settings: Settings, count: int, *, batch: int, fcm_share: float) -> float:
     """Insert `count` devices; the seconds it took."""
-    engine = make_engine(
-        settings.database_url, pool_size=2, sqlite_synchronous=settings.SQLITE_SYNCHRONOUS
-    )
+    # The database and secrets exactly as the relay opens them (startup/): the schema
+    # migrated, the secrets made on a first start and checked against their fingerprints.
+    engine, keys = open_storage(settings)
     try:
-        create_schema(engine)
-        protector = protector_for(settings)
+        protector = IdentifierProtector(keys.identity, keys.token)
         with engine.connect() as conn:
             before = conn.execute(select(func.count()).select_from(devices)).scalar_one()
         statement = insert(devices)
