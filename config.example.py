@@ -203,3 +203,10 @@
 # Failed statistics/metrics logins allowed per minute (in bursts of as many); beyond it the
 # answer is 429 with Retry-After, without checking the password.
 # STATS_AUTH_FAILURES_PER_MINUTE = 30
+
+# -- Workers (issue 10) -------------------------------------------------------------------
+# Relay processes on this machine (also --workers N). Each takes requests on the same port
+# and sends pushes; they share the database. A supervisor process starts them, restarts one
+# that dies, and stops them all on SIGTERM or Ctrl-C. "auto": one per CPU this process may
+# use. With more than one, log lines carry the process id: pn_relay[4242].
+# WORKERS = 1
