@@ -37,9 +37,10 @@ def run_workers_inherited(
 
     def started(pids: list[int]) -> None:
         supervisor.log.info(
-            "workers: %d processes (pids %s), one inherited socket",
+            "workers: %d processes (pids %s), one inherited socket on http://127.0.0.1:%d",
             len(pids),
             ", ".join(map(str, pids)),
+            port,
         )
 
     return supervisor.Supervisor(

@@ -168,9 +168,10 @@ def start_relay(
         found = re.search(r"listening on http://127.0.0.1:(\d+) \(server public key (\w+)\)", line)
         if found:
             port, key = int(found.group(1)), found.group(2)
-        shared = re.search(r"workers: .*http://127.0.0.1:(\d+)", line)
-        if shared:
-            port = int(shared.group(1))  # (the split's delivery worker listens elsewhere)
+        shared = "workers: " in line
+        url = re.search(r"http://127.0.0.1:(\d+)", line) if shared else None
+        if url:
+            port = int(url.group(1))  # (the split's delivery worker listens elsewhere)
         if port and (workers == "1" or shared):
             break
     else:
