@@ -59,6 +59,12 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
 
 
+def machine_ticks() -> tuple[int, int]:
+    """(idle, total) CPU ticks of the whole machine, all cores (/proc/stat)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return values[3] + values[4], sum(values)  # idle + iowait
+
+
 def children_of(pid: int) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():
@@ -144,6 +150,8 @@ class RunResult:
     connections: list[int]  # client connections each worker held, sampled during the run
     p50_ms: float  # notify answer latency
     p99_ms: float
+    client_cpu_ms: float  # this process's CPU per notify (the load generator)
+    idle: float  # the machine's idle share over the window (all cores; others use it too)
 
 
 def start_relay(
@@ -238,6 +246,8 @@ async def one_run(config: str, args: argparse.Namespace, fake: FakeApnsProcess |
             workers = pids[1:] or pids
             before = {pid: cpu_seconds(pid) for pid in pids}
             latencies: list[float] = []
+            client_before = time.process_time()
+            ticks_before = machine_ticks()
             started = time.monotonic()
             sampled: list[list[int]] = []
             sampler = threading.Timer(1.0, lambda: sampled.append(connections_by_process(port)))
@@ -249,6 +259,9 @@ async def one_run(config: str, args: argparse.Namespace, fake: FakeApnsProcess |
                 last = fake.wait_for(args.n, timeout=300)
                 pushed_rate = args.n / (last - started)
             used = {pid: cpu_seconds(pid) - before[pid] for pid in pids}
+            client_cpu = time.process_time() - client_before
+            ticks_after = machine_ticks()
+            idle = (ticks_after[0] - ticks_before[0]) / max(1, ticks_after[1] - ticks_before[1])
             if errors:
                 raise SystemExit(f"{config}: errors {errors[:3]}")
             worker_cpu = sum(used[pid] for pid in workers) or 1.0
@@ -260,6 +273,8 @@ async def one_run(config: str, args: argparse.Namespace, fake: FakeApnsProcess |
                 connections=sampled[0] if sampled else [],
                 p50_ms=sorted(latencies)[len(latencies) // 2] * 1000,
                 p99_ms=sorted(latencies)[int(len(latencies) * 0.99) - 1] * 1000,
+                client_cpu_ms=client_cpu / len(latencies) * 1000,
+                idle=idle,
             )
         finally:
             os.killpg(relay.pid, signal.SIGTERM)
@@ -290,7 +305,9 @@ async def main_async(args: argparse.Namespace) -> None:
                         f" notifies/s{pushed}, p50/p99 {result.p50_ms:.0f}/{result.p99_ms:.0f} ms,"
                         f" {result.cpu_ms:.3f} ms relay CPU per notify,"
                         f" CPU shares {'/'.join(f'{s:.2f}' for s in result.spread)},"
-                        f" connections {'/'.join(map(str, result.connections))}",
+                        f" connections {'/'.join(map(str, result.connections))},"
+                        f" load generator {result.client_cpu_ms:.3f} ms CPU per notify,"
+                        f" machine idle {result.idle:.0%}",
                         file=sys.stderr,
                         flush=True,
                     )
@@ -303,9 +320,9 @@ async def main_async(args: argparse.Namespace) -> None:
     print(
         f"| workers | notifies/s (each round) | median |{pushed_head}"
         " p50 / p99 (median) | relay CPU per notify (median) |"
-        " busiest worker's CPU share (median) |"
+        " busiest worker's CPU share (median) | machine idle (median) |"
     )
-    print("|---|---|---|" + ("---|---|" if args.apns else "") + "---|---|---|")
+    print("|---|---|---|" + ("---|---|" if args.apns else "") + "---|---|---|---|")
     for config, runs in results.items():
         rates = [r.rate for r in runs]
         pushed = ""
@@ -320,6 +337,7 @@ async def main_async(args: argparse.Namespace) -> None:
             f" {median([r.p99_ms for r in runs]):.0f} ms |"
             f" {median([r.cpu_ms for r in runs]):.3f} ms |"
             f" {median([r.spread[0] for r in runs]):.2f} |"
+            f" {median([r.idle for r in runs]):.0%} |"
         )
 
 
