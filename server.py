@@ -1,4 +1,5 @@
-"""pn-relay: `python server.py [--config FILE] [--host H] [--port P] [--print-pubkey] [--init]`.
+"""pn-relay: `python server.py [--config FILE] [--host H] [--port P] [--workers N|auto]
+[--print-pubkey] [--init]` (several workers: supervisor.py).
 
 Builds every part once, wires them together, runs the IOLoop, and shuts down cleanly on
 SIGTERM or Ctrl-C (in-flight requests finish, queued writes commit, the database closes).
