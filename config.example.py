@@ -235,3 +235,9 @@
 # other requests' writes run between the chunks, so none waits behind the whole fan-out. The
 # notify is answered once every chunk is written.
 # FANOUT_CHUNK = 500
+# -- Workers (issue 10) -------------------------------------------------------------------
+# Relay processes on this machine (also --workers N). Each takes requests on the same port
+# and sends pushes; they share the database. A supervisor process starts them, restarts one
+# that dies, and stops them all on SIGTERM or Ctrl-C. "auto": one per CPU this process may
+# use. With more than one, log lines carry the process id: pn_relay[4242].
+# WORKERS = 1

@@ -21,6 +21,8 @@ from tornado.web import RequestHandler
 from tornado.wsgi import WSGIContainer
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# With several processes (WORKERS), each line says which one wrote it: pn_relay[4242].
+TEXT_FORMAT_WITH_PID = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
 
 # Libraries whose DEBUG lines carry identifiers: hpack prints every HTTP/2 header (the APNs
 # path holds the device token, `authorization` the JWT). Whatever LOG_LEVEL says, they stay
@@ -34,25 +36,34 @@ access_log = logging.getLogger("pn_relay.access")
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time (UTC, ISO 8601), level, logger, message."""
+    """One JSON object per line: time (UTC, ISO 8601), level, logger, (pid,) message."""
+
+    def __init__(self, *, with_pid: bool = False) -> None:
+        super().__init__()
+        self.with_pid = with_pid
 
     def format(self, record: logging.LogRecord) -> str:
         time = datetime.datetime.fromtimestamp(record.created, datetime.UTC)
-        entry = {
+        entry: dict[str, object] = {
             "time": time.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
         }
+        if self.with_pid:
+            entry["pid"] = record.process
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)
 
 
-def configure_logging(level: str, log_format: str = "text") -> None:
+def configure_logging(level: str, log_format: str = "text", *, with_pid: bool = False) -> None:
+    """`with_pid`: each line names the process that wrote it (several workers)."""
     handler = logging.StreamHandler()
     handler.setFormatter(
-        JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
+        JsonFormatter(with_pid=with_pid)
+        if log_format == "json"
+        else logging.Formatter(TEXT_FORMAT_WITH_PID if with_pid else TEXT_FORMAT)
     )
     logging.basicConfig(level=level, handlers=[handler])
     for name in QUIET_LIBRARIES:

@@ -1,4 +1,5 @@
-"""pn-relay: `python server.py [--config FILE] [--host H] [--port P] [--print-pubkey] [--init]`.
+"""pn-relay: `python server.py [--config FILE] [--host H] [--port P] [--workers N|auto]
+[--print-pubkey] [--init]` (several workers: supervisor.py).
 
 Builds every part once, wires them together, runs the IOLoop, and shuts down cleanly on
 SIGTERM or Ctrl-C (in-flight requests finish, queued writes commit, the database closes).
@@ -51,6 +52,7 @@ from storage.queue import DeliveryQueue
 from storage.records import Provider
 from storage.store import RelayStore
 from storage.writer import BatchWriter, StorageError
+from supervisor import WorkerContext, run_workers
 from web.connections import CappedHTTPServer, fit_to_file_limit
 from web.errorlog import RateLimitedLog
 
@@ -447,6 +449,16 @@ key files: made only on the first start (DATA_DIR new or holding only key files)
 """
 
 
+def workers_argument(text: str) -> int | str:
+    """--workers N or --workers auto."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number or auto, got {text!r}") from None
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="server.py",
@@ -459,6 +471,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--host", help="address to listen on (setting HOST)")
     parser.add_argument("--port", type=int, help="port to listen on (setting PORT)")
+    parser.add_argument(
+        "--workers",
+        type=workers_argument,
+        help="relay processes sharing the port and the database, or auto: one per CPU"
+        " (setting WORKERS, default 1)",
+    )
     parser.add_argument(
         "--print-pubkey",
         action="store_true",
@@ -474,25 +492,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-async def serve(loaded: LoadedSettings) -> None:
+async def serve(loaded: LoadedSettings, worker: WorkerContext | None = None) -> None:
+    """Run one relay process until SIGTERM or SIGINT; `worker`: as one of several (WORKERS)."""
     settings = loaded.settings
     # Nothing is shown until the relay listens: a failed start says one line, from main().
     with held_until_started(discard_on=(StartupError,)):
-        for warning in loaded.warnings:
-            log.warning("%s", warning)
-        sockets = bind_listening_sockets(settings)  # before any file is made
+        if worker is None:
+            for warning in loaded.warnings:  # (the supervisor logs them once for all)
+                log.warning("%s", warning)
+        # Bound before any file is made.
+        sockets = bind_listening_sockets(settings) if worker is None else worker.listen()
         try:
             relay = Relay(settings)
         except BaseException:
             for sock in sockets:
                 sock.close()
             raise
-        log.info(
-            "workers: 1 process (onion requests on its event loop, %d threads for the other"
-            " routes)%s",
-            settings.WEB_THREADS,
-            "; REUSE_PORT lets more processes share the port" if settings.REUSE_PORT else "",
-        )
+        if worker is None:
+            log.info(
+                "workers: 1 process (onion requests on its event loop, %d threads for the other"
+                " routes)%s",
+                settings.WEB_THREADS,
+                "; REUSE_PORT lets more processes share the port" if settings.REUSE_PORT else "",
+            )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -502,6 +524,8 @@ async def serve(loaded: LoadedSettings) -> None:
         except BaseException:
             await relay.stop()
             raise
+    if worker is not None:
+        worker.report_started()
     await stop.wait()
     log.info("shutting down")
     await relay.stop()
@@ -514,10 +538,14 @@ def main(argv: list[str] | None = None) -> int:
         overrides["HOST"] = args.host
     if args.port is not None:
         overrides["PORT"] = args.port
+    if args.workers is not None:
+        overrides["WORKERS"] = args.workers
     loaded: LoadedSettings | None = None
     try:
         loaded = read_settings(
-            args.config, overrides=overrides, override_labels={"HOST": "--host", "PORT": "--port"}
+            args.config,
+            overrides=overrides,
+            override_labels={"HOST": "--host", "PORT": "--port", "WORKERS": "--workers"},
         )
         if args.init or args.print_pubkey:
             keys = load_keys(loaded.settings, init=args.init)
@@ -529,7 +557,12 @@ def main(argv: list[str] | None = None) -> int:
                 print("pn-relay: every key file exists; nothing made", file=sys.stderr)
             print(keys.server.public_hex)
             return 0
-        configure_logging(loaded.settings.LOG_LEVEL, loaded.settings.LOG_FORMAT)
+        workers = loaded.settings.WORKERS
+        configure_logging(
+            loaded.settings.LOG_LEVEL, loaded.settings.LOG_FORMAT, with_pid=workers > 1
+        )
+        if workers > 1:
+            return run_workers(loaded, serve, bind_listening_sockets)
         asyncio.run(serve(loaded))
     except (SettingsError, StartupError) as exc:
         message = loaded.in_user_words(str(exc)) if loaded is not None else str(exc)

@@ -91,6 +91,8 @@ class Settings:
     NOTIFY_PER_MINUTE: int = 120
     NOTIFY_BURST: int = 60
     FANOUT_CHUNK: int = 500
+    # -- workers (issue 10) ------------------------------------------------------------
+    WORKERS: int = 1  # "auto" in config.py, PN_WORKERS or --workers: the usable CPUs
 
     # -- derived paths ------------------------------------------------------------------
     @property
@@ -146,6 +148,8 @@ _LIMITS: dict[str, tuple[float, float]] = {
     "NOTIFY_PER_MINUTE": (1, 1_000_000),
     "NOTIFY_BURST": (1, 1_000_000),
     "FANOUT_CHUNK": (10, 100_000),
+    # -- workers
+    "WORKERS": (1, 256),
 }
 _CHOICES: dict[str, tuple[str, ...]] = {
     "LOG_LEVEL": ("DEBUG", "INFO", "WARNING", "ERROR"),
@@ -162,6 +166,34 @@ _KIND_WORDS = {
     "Path": "a file or directory path",
     "Path | None": "a file or directory path",
 }
+
+
+# Whole-number settings that also take the word "auto": what it means, computed when read.
+AUTO = "auto"
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask, e.g. under taskset or a cgroup)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+_AUTO_VALUES: dict[str, Callable[[], int]] = {"WORKERS": usable_cpus}
+
+
+def _resolve_auto(label: str, name: str, raw: Any) -> Any:
+    """`raw` with "auto" replaced by its number, for the settings that take it."""
+    if name not in _AUTO_VALUES or not isinstance(raw, str):
+        return raw
+    if raw.strip().lower() == AUTO:
+        return _AUTO_VALUES[name]()
+    try:
+        int(raw.strip())
+    except ValueError:
+        raise SettingsError(f"{label}: expected a whole number or auto, got {raw!r}") from None
+    return raw  # a number as text: as for any whole-number setting (refused in config.py)
 
 
 def _field_types() -> dict[str, str]:
@@ -399,7 +431,8 @@ def read_settings(
         candidate = (cwd or Path.cwd()) / "config.py"
         config_file = candidate if candidate.is_file() else None
     if config_file is not None:
-        for name, raw in read_config_file(config_file).items():
+        for name, given in read_config_file(config_file).items():
+            raw = _resolve_auto(name, name, given)
             values[name] = _convert_python(name, kinds[name], raw)
             _check(name, name, values[name], repr(raw) if isinstance(raw, str) else str(raw))
             labels[name] = name
@@ -417,14 +450,15 @@ def read_settings(
             close = difflib.get_close_matches(name.upper(), list(kinds), n=1)
             hint = f"; did you mean {ENV_PREFIX}{close[0]}?" if close else ""
             raise SettingsError(f"{key}: unknown setting (see config.example.py){hint}")
-        values[name] = _convert_env(key, kinds[name], raw)
+        values[name] = _convert_env(key, kinds[name], str(_resolve_auto(key, name, raw)))
         _check(key, name, values[name], raw.strip())
         labels[name] = key
 
-    for name, raw in (overrides or {}).items():
+    for name, given in (overrides or {}).items():
         label = (override_labels or {}).get(name, name)
         if name not in kinds:
             raise SettingsError(f"{label}: unknown setting")
+        raw = _resolve_auto(label, name, given)
         values[name] = _convert_python(label, kinds[name], raw)
         _check(label, name, values[name], str(raw))
         labels[name] = label

@@ -155,18 +155,24 @@ class KeyDirectory:
 
     def load(self, *, init: bool = False) -> Keys:
         """The keys, with missing ones made in memory where allowed (`init`: all missing)."""
+        if not init:
+            for key_file in self._files:
+                if key_file.named and not key_file.path.exists():
+                    raise _missing_named(key_file)
+        if any(not f.named for f in self._files):
+            # Read DATA_DIR's files under its lock, held until this start has succeeded or
+            # undone what it made: another process starting beside this one (WORKERS) may be
+            # writing new key files (one could be read half-written) or about to remove them
+            # again (its start failed).
+            self._lock_data_dir()
         found = self._read_all()
         missing = [f for f in self._files if found[f] is None]
         if not init:
             for key_file in missing:
                 if key_file.named:
                     raise _missing_named(key_file)
-        if missing and any(not f.named for f in missing):
-            self._lock_data_dir()
-            found = self._read_all()  # another process may have made them meanwhile
-            missing = [f for f in self._files if found[f] is None]
-            if missing and not init and not self._is_new_data_dir():
-                raise _missing_default(missing[0], self._data_dir)
+        if missing and not init and not self._is_new_data_dir():
+            raise _missing_default(missing[0], self._data_dir)
         secrets = tuple(found[f] or new_secret() for f in self._files)
         return Keys(self._files, secrets, tuple(missing))
 

@@ -248,7 +248,5 @@ def test_a_failed_database_leaves_no_key_files(sqlite_url: str, tmp_path: Path) 
 def test_a_data_dir_that_is_a_file_is_one_line(tmp_path: Path) -> None:
     not_a_dir = tmp_path / "data"
     not_a_dir.write_text("oops")
-    assert refusal(not_a_dir, "") == (
-        f"server key {not_a_dir / 'server_key.hex'}: cannot read it: Not a directory"
-    )
+    assert refusal(not_a_dir, "") == f"DATA_DIR {not_a_dir}: Not a directory"
     assert not_a_dir.read_text() == "oops"
