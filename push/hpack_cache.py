@@ -63,6 +63,20 @@ class CachingEncoder(Encoder):
         self._prefixes: dict[bytes, bytes] = {}
         self._learnt_at = -1
 
+    @property
+    def header_table_size(self) -> int:
+        return self.header_table.maxsize
+
+    @header_table_size.setter
+    def header_table_size(self, value: int) -> None:
+        # hpack 4.2's setter, given the size the table already has, clears `resized` but keeps
+        # the size changes it queued (0 then 1024, then 1024 again): it sends them with a
+        # later block, after entries were added, and the peer evicts what we then index
+        # (found by tests/test_hpack_cache.py). A size the table already has changes nothing.
+        if value == self.header_table.maxsize:
+            return
+        Encoder.header_table_size.fset(self, value)  # type: ignore[attr-defined]
+
     def encode(self, headers: Iterable[Any], huffman: bool = False) -> bytes:
         headers = list(headers)
         table = self.header_table

@@ -133,3 +133,19 @@ def test_the_decoder_keeps_hpacks_header_list_limit() -> None:
         CachingDecoder(200).decode(block, raw=True)
     assert plain(CachingDecoder(1000).decode(block, raw=True)) == [(b"x-big", b"v" * 100)] * 3
     assert isinstance(CachingDecoder(1000).decode(block, raw=True)[0], HeaderTuple)
+
+
+def test_a_table_size_set_twice_to_the_same_value_keeps_both_tables_alike() -> None:
+    """Found by the property test above: hpack's own encoder, told 0, 1024, then 1024 again,
+    sends the queued size update to 0 only with a later block, after it indexed a field, and
+    the peer evicts the field the encoder then refers to."""
+    encoder, reference = CachingEncoder(), Decoder()
+    for size in (0, 1024, 1024):
+        encoder.header_table_size = size
+    assert reference.decode(encoder.encode([(b"apns-id", b"/")]), raw=True) == [
+        (b"apns-id", b"/")
+    ]
+    encoder.header_table_size = 4096
+    assert reference.decode(encoder.encode([(b"apns-id", b"/")]), raw=True) == [
+        (b"apns-id", b"/")
+    ]
