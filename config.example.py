@@ -175,3 +175,8 @@
 # Failed statistics/metrics logins allowed per minute (in bursts of as many); beyond it the
 # answer is 429 with Retry-After, without checking the password.
 # STATS_AUTH_FAILURES_PER_MINUTE = 30
+
+# -- Provider timeouts (docs/security.md, "Fault tests") ----------------------------------
+# Seconds to wait for APNs to answer one push; then it counts as failed for now and is sent
+# again later (with backoff). A late answer is ignored, so Apple may deliver that push twice.
+# APNS_REQUEST_TIMEOUT = 15.0

@@ -36,6 +36,7 @@ from lsrpc.keys import (
 from lsrpc.paths import V2_PATH, V4_PATH
 from lsrpc.route import GuardedFallbackHandler, LsrpcHandler
 from push.dispatcher import Dispatcher, DispatchSettings, LatencyObserver, ProviderLane
+from push.observed import observed
 from push.outcome import ProviderSender
 from push.senders import DeliveryConfigError, build_senders
 from settings import Settings, SettingsError, load_settings
@@ -186,6 +187,10 @@ class Relay:
                 pushes_in_flight=lambda: [
                     (lane.provider, lane.in_flight) for lane in self.dispatcher.lanes
                 ],
+                lanes_paused=lambda: [
+                    (lane.provider, lane.paused) for lane in self.dispatcher.lanes
+                ],
+                database_errors=lambda: self.writer.failures,
             )
             if settings.METRICS_ENABLED
             else None
@@ -197,7 +202,7 @@ class Relay:
             else None,
         )
         self.dispatcher = build_dispatcher(
-            senders,
+            observed(senders, self.metrics.observe_push_outcome if self.metrics else None),
             writer=self.writer,
             protector=self.protector,
             counters=self.counters,

@@ -71,6 +71,8 @@ class Settings:
     STATS_AUTH_THREADS: int = 2
     STATS_AUTH_MAX_PENDING: int = 8
     STATS_AUTH_FAILURES_PER_MINUTE: int = 30
+    # -- faults: provider timeouts (docs/security.md, "Fault tests") -------------------
+    APNS_REQUEST_TIMEOUT: float = 15.0
 
     # -- derived paths ------------------------------------------------------------------
     @property
@@ -116,6 +118,8 @@ _LIMITS: dict[str, tuple[float, float]] = {
     "STATS_AUTH_THREADS": (1, 64),
     "STATS_AUTH_MAX_PENDING": (1, 1024),
     "STATS_AUTH_FAILURES_PER_MINUTE": (1, 100_000),
+    # -- faults
+    "APNS_REQUEST_TIMEOUT": (0.1, 600),
 }
 _CHOICES: dict[str, tuple[str, ...]] = {
     "LOG_LEVEL": ("DEBUG", "INFO", "WARNING", "ERROR"),

@@ -23,7 +23,11 @@ subclassing its protocol:
 - the body sent is exactly our payload bytes (aioapns would re-encode it), with an absolute
   `apns-expiration` and the delivery's own `apns-id`, the same on every retry;
 - it keeps `Retry-After` with the answer, and one JWT per team is shared by every connection
-  (aioapns signs one per connection).
+  (aioapns signs one per connection);
+- `ExpiredProviderToken` (403) renews that JWT (once per rejected token, at most once a
+  minute) and is transient: the push goes again with the new one. Apple asks for a new token
+  then, and our 30-minute refresh makes it rare (a suspended host, a clock that jumped);
+  treating it as a configuration error would pause the whole lane for it.
 
 tests/test_provider_adapters.py fails if the aioapns internals this relies on move;
 tests/test_apns_flow_control.py drives it against the fake APNs granting only 65,535 bytes.
@@ -36,11 +40,13 @@ import contextlib
 import json
 import logging
 import ssl
+import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
+import jwt
 from aioapns.common import NotificationRequest, NotificationResult
 from aioapns.connection import (
     APNsBaseClientProtocol,
@@ -75,6 +81,11 @@ log = logging.getLogger(__name__)
 PRODUCTION_HOST = "api.push.apple.com"
 SANDBOX_HOST = "api.sandbox.push.apple.com"
 JWT_REFRESH_SECONDS = 30 * 60  # Apple: not more often than every 20 minutes, before 60
+# A JWT Apple called expired is renewed at once, but not more often than this: if the host's
+# clock is wrong, every new token is "expired" too, and renewing at each answer would earn
+# TooManyProviderTokenUpdates.
+JWT_MIN_RENEW_SECONDS = 60.0
+EXPIRED_JWT_REASON = "ExpiredProviderToken"
 
 CREDENTIAL_HINT = "APNS_KEY_FILE, APNS_KEY_ID and APNS_TEAM_ID (or APNS_CERT_FILE) and APNS_SANDBOX"
 TOPIC_HINT = "APNS_TOPIC (the app's bundle id)"
@@ -106,9 +117,10 @@ class _Request(NotificationRequest):
 
 
 class APNsResult(NotificationResult):
-    """aioapns' result, with the answer's own Retry-After (None when absent)."""
+    """aioapns' result, with the answer's own Retry-After (None when absent) and the
+    authorization header the request carried (None with certificate auth)."""
 
-    __slots__ = ("retry_after",)
+    __slots__ = ("authorization", "retry_after")
 
     def __init__(
         self,
@@ -117,9 +129,12 @@ class APNsResult(NotificationResult):
         description: str | None = None,
         timestamp: int | None = None,
         retry_after: str | None = None,
+        *,
+        authorization: str | None = None,
     ) -> None:
         super().__init__(notification_id, status, description=description, timestamp=timestamp)
         self.retry_after = retry_after
+        self.authorization = authorization
 
 
 class StreamResetByServer(ConnectionError):
@@ -133,7 +148,7 @@ class StreamResetByServer(ConnectionError):
 class _Stream:
     """One request in flight on a connection: what is left to send, and its answer so far."""
 
-    __slots__ = ("answer", "apns_id", "body", "retry_after", "status", "unsent")
+    __slots__ = ("answer", "apns_id", "authorization", "body", "retry_after", "status", "unsent")
 
     def __init__(self, apns_id: str, answer: asyncio.Future[APNsResult], body: bytes) -> None:
         self.apns_id = apns_id
@@ -141,6 +156,7 @@ class _Stream:
         self.unsent = memoryview(body)  # the part of our request body not sent yet
         self.status = ""
         self.retry_after: str | None = None
+        self.authorization: str | None = None  # the JWT header sent, to renew it if expired
         self.body = bytearray()  # the answer's body
 
 
@@ -164,6 +180,7 @@ def _answer(stream: _Stream) -> APNsResult:
         description=reason if isinstance(reason, str) else "UnreadableBody",
         timestamp=timestamp if type(timestamp) is int else None,
         retry_after=stream.retry_after,
+        authorization=stream.authorization,
     )
 
 
@@ -222,7 +239,8 @@ class RelayAPNsProtocol(APNsTLSClientProtocol):
                 ("apns-expiration", str(request.expiration)),
             ]
             if self.auth_provider is not None:
-                headers.append(("authorization", self.auth_provider.get_header()))
+                stream.authorization = self.auth_provider.get_header()
+                headers.append(("authorization", stream.authorization))
             try:
                 self.conn.send_headers(stream_id=stream_id, headers=headers)
             except ProtocolError as exc:  # e.g. GOAWAY received: no new streams here
@@ -371,6 +389,13 @@ class RelayAPNsProtocol(APNsTLSClientProtocol):
         else:
             stream.answer.set_exception(StreamResetByServer(code))
 
+    def flush(self) -> None:
+        # Nothing to write on a connection going away: asyncio would log a warning for each
+        # write past the loss ("socket.send() raised exception"), a flood while APNs drops us.
+        if self.transport is None or self.transport.is_closing():
+            return
+        super().flush()
+
     # -- closing -----------------------------------------------------------------------------
     def close(self) -> None:
         self.closing = True
@@ -378,9 +403,11 @@ class RelayAPNsProtocol(APNsTLSClientProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
-        super().connection_lost(exc)  # the pool forgets us; channel waiters fail
-        for stream_id in list(self.streams):
-            self._fail(stream_id, ConnectionClosed(str(exc)))
+        try:
+            super().connection_lost(exc)  # the pool forgets us; channel waiters fail
+        finally:
+            for stream_id in list(self.streams):
+                self._fail(stream_id, ConnectionClosed(str(exc)))
 
 
 def _protocol_class(host: str, port: int) -> type[RelayAPNsProtocol]:
@@ -394,13 +421,74 @@ def _ssl_context(ca_file: Path | None) -> ssl.SSLContext:
     return context
 
 
-class _SharedJWTKeyPool(APNsKeyConnectionPool):
+class RenewableJWT(JWTAuthorizationHeaderProvider):
+    """aioapns' JWT provider (a new token every `TOKEN_TTL` seconds), plus `renew`: forget a
+    token APNs called expired, so the next request signs a new one."""
+
+    TOKEN_TTL = JWT_REFRESH_SECONDS
+
+    def __init__(self, key: str, key_id: str | None, team_id: str | None) -> None:
+        super().__init__(key, key_id, team_id)
+        self._header: str | None = None
+        self._issued_at = 0.0
+        self._renewed_at: float | None = None  # monotonic
+
+    def get_header(self) -> str:
+        now = time.time()
+        if self._header is None or self._issued_at < now - self.TOKEN_TTL:
+            self._issued_at = now
+            token = jwt.encode(
+                payload={"iss": self.team_id, "iat": int(now)},
+                key=self.key,
+                algorithm="ES256",
+                headers={"kid": self.key_id},
+            )
+            self._header = f"bearer {token}"
+        return self._header
+
+    def renew(self, rejected: str | None) -> bool:
+        """Drop the current token if it is the one APNs rejected (answers for a token already
+        replaced change nothing), at most once every JWT_MIN_RENEW_SECONDS."""
+        if rejected is None or rejected != self._header:
+            return False
+        now = time.monotonic()
+        if self._renewed_at is not None and now - self._renewed_at < JWT_MIN_RENEW_SECONDS:
+            return False
+        self._renewed_at = now
+        self._header = None
+        return True
+
+
+def _usable(connection: APNsBaseClientProtocol) -> APNsBaseClientProtocol:
+    """A new connection, unless APNs closed it while it opened.
+
+    The pool appends what `create_connection` returns to its list once the call resumes;
+    a connection lost in between (APNs accepting then resetting, as it does when overloaded)
+    would have tried to leave a list it was not in yet (ValueError in the loop's callback),
+    then been appended dead, and chosen first ever after: every push on it failing at once.
+    Refused here instead, the pool waits a second and connects again.
+    """
+    if getattr(connection, "closing", False):
+        raise ConnectionError("APNs closed the connection as it opened")
+    return connection
+
+
+class _PoolFixes:
+    """For aioapns' pools: forgetting a connection it never listed is not an error."""
+
+    connections: list[APNsBaseClientProtocol]
+
+    def discard_connection(self, connection: APNsBaseClientProtocol) -> None:
+        with contextlib.suppress(ValueError):
+            self.connections.remove(connection)
+
+
+class _SharedJWTKeyPool(_PoolFixes, APNsKeyConnectionPool):
     """One JWT per team for every connection, refreshed every 30 minutes."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.auth_provider = JWTAuthorizationHeaderProvider(self.key, self.key_id, self.team_id)
-        self.auth_provider.TOKEN_TTL = JWT_REFRESH_SECONDS
+        self.auth_provider = RenewableJWT(self.key, self.key_id, self.team_id)
 
     async def create_connection(self) -> APNsBaseClientProtocol:
         factory = partial(
@@ -411,7 +499,13 @@ class _SharedJWTKeyPool(APNsKeyConnectionPool):
             self.auth_provider,
         )
         connection: APNsBaseClientProtocol = await self._create_connection(factory)
-        return connection
+        return _usable(connection)
+
+
+class _CertPool(_PoolFixes, APNsCertConnectionPool):
+    async def create_connection(self) -> APNsBaseClientProtocol:
+        connection: APNsBaseClientProtocol = await super().create_connection()
+        return _usable(connection)
 
 
 def classify(result: NotificationResult, retry_after: str | None) -> PushOutcome:
@@ -429,6 +523,8 @@ def classify(result: NotificationResult, retry_after: str | None) -> PushOutcome
         )
     if reason in TOPIC_REASONS:
         return PushOutcome(Verdict.CONFIG_ERROR, reason=reason, hint=TOPIC_HINT)
+    if reason == EXPIRED_JWT_REASON:  # the sender has renewed the JWT: send again
+        return PushOutcome.transient(reason)
     if status == "403":
         return PushOutcome(Verdict.CONFIG_ERROR, reason=reason or status, hint=CREDENTIAL_HINT)
     if status == "429" or status.startswith("5"):
@@ -457,7 +553,7 @@ class APNsSender(ProviderSender):
         context = _ssl_context(config.ca_file)
         pool: APNsKeyConnectionPool | APNsCertConnectionPool
         if config.cert_file is not None:
-            pool = APNsCertConnectionPool(
+            pool = _CertPool(
                 cert_file=str(config.cert_file),
                 topic=config.topic,
                 max_connections=config.max_connections,
@@ -494,6 +590,10 @@ class APNsSender(ProviderSender):
             return PushOutcome.transient(type(exc).__name__)
         retry_after = result.retry_after if isinstance(result, APNsResult) else None
         outcome = classify(result, retry_after)
+        if outcome.reason == EXPIRED_JWT_REASON and isinstance(result, APNsResult):
+            auth = getattr(self._pool, "auth_provider", None)
+            if isinstance(auth, RenewableJWT) and auth.renew(result.authorization):
+                log.warning("APNs said our provider token expired: signing a new one")
         return outcome.with_trimmed() if trimmed else outcome
 
     async def close(self) -> None:
