@@ -221,7 +221,7 @@ class Relay:
         parts = AppParts(
             keypair=self.keypair,
             handlers=handlers,
-            runner=OutcomeRunner(self.writer),
+            runner=OutcomeRunner(self.writer, self.errors),
             max_body_bytes=settings.MAX_BODY_BYTES,
             engine=self.engine,
             stats_auth=stats_auth,

@@ -8,11 +8,13 @@ from typing import Any
 from handlers.endpoints import Outcome, Pending, storage_failed
 from handlers.reply import Reply
 from storage.writer import BatchWriter, StorageError
+from web.errorlog import RateLimitedLog
 
 
 class OutcomeRunner:
-    def __init__(self, writer: BatchWriter) -> None:
+    def __init__(self, writer: BatchWriter, errors: RateLimitedLog | None = None) -> None:
         self._writer = writer
+        self._errors = errors  # rate-limits the log of failed writes
 
     def run(self, outcome: Outcome) -> Reply:
         """Block the calling (worker) thread until the write committed."""
@@ -21,7 +23,7 @@ class OutcomeRunner:
         try:
             result = self._writer.submit(outcome.operation)
         except StorageError as exc:
-            return storage_failed(outcome, exc)
+            return storage_failed(outcome, exc, self._errors)
         return outcome.finish(result)
 
     async def run_async(self, outcome: Outcome) -> Reply:
@@ -34,5 +36,5 @@ class OutcomeRunner:
                 pending.operation, asyncio.get_running_loop()
             )
         except StorageError as exc:
-            return storage_failed(pending, exc)
+            return storage_failed(pending, exc, self._errors)
         return pending.finish(result)
