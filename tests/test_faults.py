@@ -16,6 +16,7 @@ Each test's outcome is recorded in docs/security.md ("Fault tests").
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import concurrent.futures
 import contextlib
@@ -41,8 +42,9 @@ import pytest
 from sqlalchemy import func, select
 
 from lsrpc.client import OnionClient, PreparedRequest
-from push.apns import APNsSender, RelayAPNsProtocol
+from push.apns import APNsConfig, APNsSender, RelayAPNsProtocol, _usable
 from sandbox import script
+from sandbox.apns import DEFAULT_TOPIC
 from sandbox.fcm import FakeFcm
 from storage.records import Provider
 from storage.schema import deliveries
@@ -188,9 +190,11 @@ def assert_settled(relay: RunningRelay) -> None:
 def no_tracebacks(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
     caplog.set_level(logging.INFO)
     yield caplog
-    for record in caplog.records:
-        assert record.exc_info is None, f"{record.name}: {record.getMessage()}"
-        assert "Exception in callback" not in record.getMessage()
+    # (caplog.records, in a fixture's teardown, holds the teardown's records only)
+    for when in ("setup", "call"):
+        for record in caplog.get_records(when):
+            assert record.exc_info is None, f"{record.name}: {record.getMessage()}"
+            assert "Exception in callback" not in record.getMessage()
 
 
 def start_faulty(
@@ -312,6 +316,44 @@ def test_apns_answers_slower_than_the_timeout(
     # either side; the fake's late answers found their streams gone.
     assert len(apns.client_resets) >= 4
     until(lambda: apns.open_requests() == 0, "no request left open on the fake")
+
+
+def test_apns_connection_lost_while_it_opened_is_not_kept(
+    providers: Providers, no_tracebacks: pytest.LogCaptureFixture
+) -> None:
+    """Found by bench/soak.py: a connection APNs reset before aioapns' pool listed it made
+    the pool's discard raise in the loop's callback (a logged traceback), then joined the
+    pool dead. Made deterministic here: a connection opened by hand, so never listed."""
+    host, _, port = str(providers.settings["APNS_ENDPOINT"]).rpartition(":")
+    sender = APNsSender(
+        APNsConfig(
+            topic=DEFAULT_TOPIC,
+            host=host,
+            port=int(port),
+            key_file=Path(providers.settings["APNS_KEY_FILE"]),
+            key_id=str(providers.settings["APNS_KEY_ID"]),
+            team_id=str(providers.settings["APNS_TEAM_ID"]),
+            ca_file=Path(providers.settings["APNS_CA_FILE"]),
+        )
+    )
+
+    async def run() -> None:
+        pool = sender._build_pool()
+        sender._pool = pool
+        try:
+            connection = await pool.create_connection()
+            assert isinstance(connection, RelayAPNsProtocol)
+            providers.apns.disconnect_all(graceful=False)
+            while not connection.closing:
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.05)  # connection_lost ran: the pool's discard too
+            assert pool.connections == []
+            with pytest.raises(ConnectionError):
+                _usable(connection)  # what create_connection checks before the pool lists it
+        finally:
+            await sender.close()
+
+    asyncio.run(run())
 
 
 def authorizations(faulty: Faulty) -> list[str]:
