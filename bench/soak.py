@@ -8,7 +8,8 @@ process, SQLite in a temporary directory unless --database-url) pointed at them,
 
 - registrations of new devices (APNs and FCM, some of them dead tokens the fakes answer
   410 / UNREGISTERED for), and second devices for existing Session IDs;
-- closed-group subscriptions;
+- closed-group subscriptions (groups of at most --group-size members, so the pushes a second
+  stay near the requests a second, and the run measures faults, not this machine's capacity);
 - notifies to Session IDs and to groups, each with data of its own;
 
 over both onion paths (v2 in the Android, iOS and Desktop shapes, v4 in the Desktop, iOS and
@@ -58,8 +59,8 @@ from sandbox.fcm import FakeFcm, FcmPush  # noqa: E402
 from sandbox.script import Behaviour, Scripts  # noqa: E402
 
 ENC_TYPES = ("aes-gcm", "xchacha20")
-REQUEST_TIMEOUT_S = 2.0  # the relay's APNS_REQUEST_TIMEOUT during the soak
-SLOW_S = 3.0  # a "slow" fault answers after this: past the timeout
+REQUEST_TIMEOUT_S = 5.0  # the relay's APNS_REQUEST_TIMEOUT during the soak
+SLOW_S = 6.0  # a "slow" fault answers after this: past the timeout
 
 
 # -- the providers' random faults ----------------------------------------------------------
@@ -274,8 +275,10 @@ class Load:
         *,
         rng: random.Random,
         dead_share: float,
+        group_size: int,
     ) -> None:
         apns, fcm = fakes
+        self.group_size = group_size
         self.relay = relay
         self.apns = apns
         self.fcm = fcm
@@ -365,8 +368,11 @@ class Load:
     def subscribe(self) -> None:
         with self.world.lock:
             owners = list(self.world.devices)
-            groups = list(self.world.groups)
-        if not owners or not groups:
+            groups = [g for g, m in self.world.groups.items() if len(m) < self.group_size]
+            if not groups:
+                groups = [session_id()]
+                self.world.groups[groups[0]] = set()
+        if not owners:
             return
         group, member = self.choice(groups), self.choice(owners)
         if self.call("subscribe_closed_group", {"closedGroupPublicKey": group, "pubKey": member}):
@@ -463,6 +469,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--fault-rate", type=float, default=0.08)
     parser.add_argument("--dead-share", type=float, default=0.03)
+    parser.add_argument("--group-size", type=int, default=10, help="members per group, at most")
     parser.add_argument("--outage-every", type=float, default=90.0, help="seconds")
     parser.add_argument("--drain-minutes", type=float, default=10.0)
     parser.add_argument("--database-url", default="")
@@ -501,7 +508,12 @@ def main() -> int:
         world = World()
         world.groups = {session_id(): set() for _ in range(40)}
         load = Load(
-            relay, (apns, fcm), world, rng=random.Random(args.seed + 2), dead_share=args.dead_share
+            relay,
+            (apns, fcm),
+            world,
+            rng=random.Random(args.seed + 2),
+            dead_share=args.dead_share,
+            group_size=args.group_size,
         )
         outage_log: Counter[str] = Counter()
         started = time.monotonic()
@@ -553,8 +565,12 @@ def main() -> int:
 
         drain_started = time.monotonic()
         drain_deadline = drain_started + args.drain_minutes * 60
+        last_report = drain_started
         while missing() and time.monotonic() < drain_deadline:
             time.sleep(1)
+            if time.monotonic() - last_report >= 60:
+                last_report = time.monotonic()
+                print(f"  draining: {len(missing())} deliveries still owed", flush=True)
         drain_seconds = time.monotonic() - drain_started
         # Let the relay settle what it sent, then read its own view.
         queue_depth = -1.0
@@ -603,7 +619,8 @@ def main() -> int:
         f" tokens excepted): {len(wanted)}; owed to dead tokens: {world.dead_expected}"
     )
     print(
-        f"delivered: {delivered} ({share:.3f} %), lost: {len(lost)}, duplicates: {duplicates},"
+        f"delivered: {delivered} ({share:.3f} %), not delivered: {len(lost)} (still queued in"
+        f" the relay at the end: {queue_depth:.0f}), duplicates: {duplicates},"
         f" accepted pushes for devices registered while the notify was in flight: {extra};"
         f" drain after the faults stopped: {drain_seconds:.0f} s"
     )

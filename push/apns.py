@@ -392,7 +392,9 @@ class RelayAPNsProtocol(APNsTLSClientProtocol):
     def flush(self) -> None:
         # Nothing to write on a connection going away: asyncio would log a warning for each
         # write past the loss ("socket.send() raised exception"), a flood while APNs drops us.
-        if self.transport is None or self.transport.is_closing():
+        # The requests whose bytes stay unsent fail in connection_lost, a loop turn later, and
+        # the pool sends them again on another connection.
+        if self.transport is None or _going_away(self.transport):
             return
         super().flush()
 
@@ -408,6 +410,18 @@ class RelayAPNsProtocol(APNsTLSClientProtocol):
         finally:
             for stream_id in list(self.streams):
                 self._fail(stream_id, ConnectionClosed(str(exc)))
+
+
+def _going_away(transport: asyncio.BaseTransport) -> bool:
+    """The transport is closing, or (TLS) the socket under it already lost the connection.
+
+    asyncio's TLS transport learns of a lost socket a loop turn or two after the socket's
+    own transport, and passes writes down meanwhile; that inner transport is private, so it
+    is looked up defensively (absent, the TLS transport's own state is all there is)."""
+    if transport.is_closing():
+        return True
+    inner = getattr(getattr(transport, "_ssl_protocol", None), "_transport", None)
+    return bool(inner is not None and inner.is_closing())
 
 
 def _protocol_class(host: str, port: int) -> type[RelayAPNsProtocol]:
