@@ -197,7 +197,10 @@ def test_any_authorization_header(live: RunningRelay, path: str, header: str) ->
         header.encode("latin-1")
     except UnicodeEncodeError:
         header = header.encode("utf-8").decode("latin-1")  # as the bytes would arrive
-    header = header.replace("\r", " ").replace("\n", " ")  # http.client refuses them
+    # Control characters: http.client refuses CR and LF, and Tornado answers the others with
+    # a bare 400 and a close that, with the body unread, may reach us as a reset first (a
+    # refusal before the relay's code; the parser tests have them).
+    header = "".join(" " if ord(c) < 32 or ord(c) == 127 else c for c in header)
     status, _ = send(live, method, path, b"{}", {"Authorization": header})
     assert status in (200, 400, 401, 429)
 
