@@ -428,15 +428,17 @@ def run_live(cases: int, workdir: Path, seed: int) -> tuple[int, float, list[str
         fuzz()
 
     started = time.monotonic()
-    for n in range(0, cases, LIVE_CHUNK):
-        try:
-            chunk(min(LIVE_CHUNK, cases - n), seed + n)
-        except Exception as exc:  # noqa: BLE001 - a finding (shrunk first), or the harness's
-            findings.append(f"chunk {n // LIVE_CHUNK}: {type(exc).__name__}: {exc}"[:2000])
-        print(f"  {n + min(LIVE_CHUNK, cases - n)} live cases, {time.monotonic() - started:.0f} s",
-              flush=True)
-    elapsed = time.monotonic() - started
-    code = relay.stop()
+    try:
+        for n in range(0, cases, LIVE_CHUNK):
+            try:
+                chunk(min(LIVE_CHUNK, cases - n), seed + n)
+            except Exception as exc:  # noqa: BLE001 - a finding (shrunk first), or the harness's
+                findings.append(f"chunk {n // LIVE_CHUNK}: {type(exc).__name__}: {exc}"[:2000])
+            done_now = n + min(LIVE_CHUNK, cases - n)
+            print(f"  {done_now} live cases, {time.monotonic() - started:.0f} s", flush=True)
+    finally:
+        elapsed = time.monotonic() - started
+        code = relay.stop()
     print(f"  cases by kind: {dict(counts)}")
     print(f"  relay log: {relay.lines} lines; exit status after SIGTERM {code}")
     findings += [f"relay log: {line}" for line in relay.errors]
