@@ -241,3 +241,7 @@
 # that dies, and stops them all on SIGTERM or Ctrl-C. "auto": one per CPU this process may
 # use. With more than one, log lines carry the process id: pn_relay[4242].
 # WORKERS = 1
+# -- Provider timeouts (docs/security.md, "Fault tests") ----------------------------------
+# Seconds to wait for APNs to answer one push; then it counts as failed for now and is sent
+# again later (with backoff). A late answer is ignored, so Apple may deliver that push twice.
+# APNS_REQUEST_TIMEOUT = 15.0

@@ -36,6 +36,7 @@ from logsetup import configure_logging as configure_logging  # noqa: PLC0414 - r
 from lsrpc.paths import V2_PATH, V4_PATH
 from lsrpc.route import GuardedFallbackHandler, LsrpcHandler
 from push.dispatcher import Dispatcher, DispatchSettings, LatencyObserver, ProviderLane
+from push.observed import observed
 from push.outcome import ProviderSender
 from push.senders import DeliveryConfigError, build_senders
 from settings import LoadedSettings, Settings, SettingsError, read_settings
@@ -177,6 +178,10 @@ class Relay:
                 pushes_in_flight=lambda: [
                     (lane.provider, lane.in_flight) for lane in self.dispatcher.lanes
                 ],
+                lanes_paused=lambda: [
+                    (lane.provider, lane.paused) for lane in self.dispatcher.lanes
+                ],
+                database_errors=lambda: self.writer.failures,
             )
             if settings.METRICS_ENABLED
             else None
@@ -193,7 +198,7 @@ class Relay:
             else None,
         )
         self.dispatcher = build_dispatcher(
-            senders,
+            observed(senders, self.metrics.observe_push_outcome if self.metrics else None),
             writer=self.writer,
             protector=self.protector,
             counters=self.counters,
@@ -213,7 +218,7 @@ class Relay:
         parts = AppParts(
             keypair=self.keypair,
             handlers=handlers,
-            runner=OutcomeRunner(self.writer),
+            runner=OutcomeRunner(self.writer, self.errors),
             max_body_bytes=settings.MAX_BODY_BYTES,
             engine=self.engine,
             stats_auth=stats_auth,

@@ -93,6 +93,8 @@ class Settings:
     FANOUT_CHUNK: int = 500
     # -- workers (issue 10) ------------------------------------------------------------
     WORKERS: int = 1  # "auto" in config.py, PN_WORKERS or --workers: the usable CPUs
+    # -- faults: provider timeouts (docs/security.md, "Fault tests") -------------------
+    APNS_REQUEST_TIMEOUT: float = 15.0
 
     # -- derived paths ------------------------------------------------------------------
     @property
@@ -150,6 +152,8 @@ _LIMITS: dict[str, tuple[float, float]] = {
     "FANOUT_CHUNK": (10, 100_000),
     # -- workers
     "WORKERS": (1, 256),
+    # -- faults
+    "APNS_REQUEST_TIMEOUT": (0.1, 600),
 }
 _CHOICES: dict[str, tuple[str, ...]] = {
     "LOG_LEVEL": ("DEBUG", "INFO", "WARNING", "ERROR"),

@@ -21,6 +21,7 @@ from stats.counters import Counters
 from storage.records import Continuation, Membership, NotifyOutcome, Registered
 from storage.sql import Tx
 from storage.store import RelayStore
+from web.errorlog import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +181,15 @@ def handle(ctx: HandlerContext, endpoint: str, params: Params) -> Outcome:
         return Reply.bad_request(exc.message)
 
 
-def storage_failed(pending: Pending[Any], exc: Exception) -> Reply:
-    log.error("%s failed on the database: %s", pending.name, exc)
+def storage_failed(
+    pending: Pending[Any], exc: Exception, errors: RateLimitedLog | None = None
+) -> Reply:
+    """The protocol's 503. Logged once a minute per kind of failure with `errors` (a database
+    outage fails every request: one line each would flood the log), else every time."""
+    if errors is None:
+        log.error("%s failed on the database: %s", pending.name, exc)
+    else:
+        errors.log(
+            logging.ERROR, f"storage {exc}", "%s failed on the database: %s", pending.name, exc
+        )
     return Reply.unavailable()

@@ -15,11 +15,13 @@ from handlers.endpoints import Outcome, Pending, storage_failed
 from handlers.reply import Reply
 from storage.records import Continuation
 from storage.writer import BatchWriter, StorageError
+from web.errorlog import RateLimitedLog
 
 
 class OutcomeRunner:
-    def __init__(self, writer: BatchWriter) -> None:
+    def __init__(self, writer: BatchWriter, errors: RateLimitedLog | None = None) -> None:
         self._writer = writer
+        self._errors = errors  # rate-limits the log of failed writes
 
     def run(self, outcome: Outcome) -> Reply:
         """Block the calling (worker) thread until the write committed."""
@@ -30,7 +32,7 @@ class OutcomeRunner:
             while isinstance(result, Continuation):
                 result = self._writer.submit(result.operation)
         except StorageError as exc:
-            return storage_failed(outcome, exc)
+            return storage_failed(outcome, exc, self._errors)
         return outcome.finish(result)
 
     async def run_async(self, outcome: Outcome) -> Reply:
@@ -44,5 +46,5 @@ class OutcomeRunner:
             while isinstance(result, Continuation):
                 result = await self._writer.submit_on_loop(result.operation, loop)
         except StorageError as exc:
-            return storage_failed(pending, exc)
+            return storage_failed(pending, exc, self._errors)
         return pending.finish(result)

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,6 +119,11 @@ def read_answer(exchange: Exchange) -> APNsAnswer:
     )
 
 
+log = logging.getLogger(__name__)
+
+EXPIRED_JWT_REASON = "ExpiredProviderToken"
+
+
 def classify(result: APNsAnswer, retry_after: str | None) -> PushOutcome:
     """Map an APNs answer to what the dispatcher does about it."""
     status = str(result.status)
@@ -133,6 +139,8 @@ def classify(result: APNsAnswer, retry_after: str | None) -> PushOutcome:
         )
     if reason in TOPIC_REASONS:
         return PushOutcome(Verdict.CONFIG_ERROR, reason=reason, hint=TOPIC_HINT)
+    if reason == EXPIRED_JWT_REASON:  # the sender renews the JWT: try again
+        return PushOutcome.transient(reason)
     if status == "403":
         return PushOutcome(Verdict.CONFIG_ERROR, reason=reason or status, hint=CREDENTIAL_HINT)
     if status == "429" or status.startswith("5"):
@@ -271,6 +279,13 @@ class APNsSender(ProviderSender):
                 if not exchange.failure:
                     answered = read_answer(exchange)
                     outcomes[index] = classify(answered, answered.retry_after)
+                    if (
+                        answered.description == EXPIRED_JWT_REASON
+                        and self.tokens is not None
+                        and authorization is not None
+                        and self.tokens.renew(authorization[1])
+                    ):
+                        log.warning("APNs said our provider token expired: signing a new one")
                 elif exchange.refused and not resent[index]:
                     resent[index] = True
                     todo.append(index)

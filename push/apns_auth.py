@@ -54,6 +54,9 @@ def provider_jwt(key: ec.EllipticCurvePrivateKey, key_id: str, team_id: str, iss
     return (signing_input + b"." + _b64(signature)).decode("ascii")
 
 
+JWT_MIN_RENEW_SECONDS = 60.0
+
+
 class ProviderTokens:
     """The `authorization` header value for one team, signed again every `refresh_s`."""
 
@@ -75,7 +78,22 @@ class ProviderTokens:
         self._monotonic = monotonic
         self._header: bytes | None = None
         self._signed_at = 0.0  # monotonic
+        self._renewed_at: float | None = None  # monotonic: the last renewal APNs asked for
         self.signed = 0  # how many tokens were signed
+
+    def renew(self, rejected: bytes | None) -> bool:
+        """APNs called `rejected` expired (ExpiredProviderToken): sign a new one next time, if
+        `rejected` is still the current token and none was renewed in the last
+        JWT_MIN_RENEW_SECONDS (with a wrong host clock every new token is "expired" too, and
+        renewing at each answer would earn TooManyProviderTokenUpdates). True if renewed."""
+        now = self._monotonic()
+        if rejected is None or rejected is not self._header:
+            return False
+        if self._renewed_at is not None and now - self._renewed_at < JWT_MIN_RENEW_SECONDS:
+            return False
+        self._renewed_at = now
+        self._header = None
+        return True
 
     def header(self) -> bytes:
         """`bearer <jwt>`: the same bytes object until the next signing."""

@@ -68,6 +68,7 @@ def apns_config(settings: Settings) -> apns.APNsConfig | None:
         cert_file=settings.APNS_CERT_FILE,
         ca_file=settings.APNS_CA_FILE,
         max_connections=settings.APNS_CONNECTIONS,
+        request_timeout_s=settings.APNS_REQUEST_TIMEOUT,
     )
     _check_apns_files(config)
     return config

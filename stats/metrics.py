@@ -23,12 +23,24 @@ Exposed families (labels are fixed words, never an identifier):
 - ``pn_relay_queue_depth`` and ``pn_relay_queue_oldest_age_seconds``: read at scrape time from
   the `queue_stats` callable, if one is given; omitted from a scrape where it raises.
 - ``pn_relay_requests_in_flight``: read from the `requests_in_flight` callable, if given.
+- ``pn_relay_push_results_total{provider, result, reason}``: every provider answer (or failure
+  to get one), fed by `observe_push_outcome` (push/observed.py): ``result`` is the verdict
+  (accepted, transient, dead_token, config_error, rejected), ``reason`` the provider's reason
+  word or ours ("InternalServerError", "TooManyRequests", "timeout", "ConnectionClosed",
+  "UNAVAILABLE"...), "" when accepted. Reasons are bounded: characters outside
+  ``[A-Za-z0-9_]`` become ``_``, at most 48 of them, and past `MAX_REASONS` distinct values
+  per provider the rest count as "other".
+- ``pn_relay_provider_paused{provider}``: 1 while a configuration error pauses the provider's
+  lane, read from the `lanes_paused` callable.
+- ``pn_relay_database_errors_total``: writes the database refused or failed (the writer's
+  count, from the `database_errors` callable): an outage shows here while /healthz says 503.
 - ``process_*``: prometheus_client's process collector (CPU, memory, open files) on Linux.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -38,6 +50,7 @@ from flask import Blueprint, Response, request
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
+    Counter,
     Histogram,
     ProcessCollector,
     generate_latest,
@@ -46,6 +59,8 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine, text
 
+from push.outcome import PushOutcome
+from push.outcome import Verdict as PushVerdict
 from stats.auth import THROTTLED_MESSAGE, WWW_AUTHENTICATE, StatsAuth, Verdict
 from stats.counters import (
     COUNTER_NAMES,
@@ -66,11 +81,15 @@ PUSH_COUNTERS: dict[str, tuple[str, str]] = {
     "android_pn_failed": ("fcm", "failed"),
 }
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, float("inf"))
+MAX_REASONS = 64  # distinct reason labels per provider; beyond, "other"
+_REASON_CHARS = re.compile(r"[^A-Za-z0-9_]+")
 
 QueueStats = Callable[[], tuple[int, float]]
 ProviderKey = str | Provider
 # (provider, pushes in flight) pairs, e.g. `[(lane.provider, lane.in_flight) for lane in lanes]`
 InFlightPushes = Callable[[], Iterable[tuple[ProviderKey, int]]]
+# (provider, paused) pairs, e.g. `[(lane.provider, lane.paused) for lane in lanes]`
+PausedLanes = Callable[[], Iterable[tuple[ProviderKey, bool]]]
 
 
 def provider_label(provider: ProviderKey) -> str:
@@ -136,10 +155,14 @@ class _CallbackCollector(Collector):
         queue_stats: QueueStats | None,
         requests_in_flight: Callable[[], int] | None,
         pushes_in_flight: InFlightPushes,
+        lanes_paused: PausedLanes | None = None,
+        database_errors: Callable[[], int] | None = None,
     ) -> None:
         self._queue_stats = queue_stats
         self._requests_in_flight = requests_in_flight
         self._pushes_in_flight = pushes_in_flight
+        self._lanes_paused = lanes_paused
+        self._database_errors = database_errors
 
     def _families(self) -> dict[str, GaugeMetricFamily]:
         families = {
@@ -160,14 +183,41 @@ class _CallbackCollector(Collector):
                 "pn_relay_requests_in_flight",
                 "HTTP requests being answered by the worker threads.",
             )
+        if self._lanes_paused is not None:
+            families["paused"] = _gauge(
+                "pn_relay_provider_paused",
+                "1 while a configuration error pauses pushes to the provider.",
+                ["provider"],
+            )
         return families
 
+    def _counter_families(self) -> dict[str, CounterMetricFamily]:
+        if self._database_errors is None:
+            return {}
+        return {
+            "database_errors": CounterMetricFamily(
+                "pn_relay_database_errors",
+                "Database writes that failed (refused, or the database unreachable).",
+            )
+        }
+
     def describe(self) -> Iterable[Metric]:
-        return list(self._families().values())
+        return [*self._families().values(), *self._counter_families().values()]
 
     def collect(self) -> Iterable[Metric]:
         families = self._families()
         found: list[Metric] = []
+        if self._lanes_paused is not None:
+            paused = dict.fromkeys(PROVIDERS, 0)
+            for provider, is_paused in self._lanes_paused():
+                paused[provider_label(provider)] = int(is_paused)
+            for label, value in paused.items():
+                families["paused"].add_metric([label], value)
+            found.append(families["paused"])
+        if self._database_errors is not None:
+            errors = self._counter_families()["database_errors"]
+            errors.add_metric([], self._database_errors())
+            found.append(errors)
         totals = dict.fromkeys(PROVIDERS, 0)
         try:
             for provider, count in self._pushes_in_flight():
@@ -204,6 +254,8 @@ class RelayMetrics:
         *,
         requests_in_flight: Callable[[], int] | None = None,
         pushes_in_flight: InFlightPushes | None = None,
+        lanes_paused: PausedLanes | None = None,
+        database_errors: Callable[[], int] | None = None,
         process_metrics: bool = True,
     ) -> None:
         self._in_flight: dict[str, int] = dict.fromkeys(PROVIDERS, 0)
@@ -212,9 +264,22 @@ class RelayMetrics:
         self.registry.register(_CountersCollector(counters))
         self.registry.register(
             _CallbackCollector(
-                queue_stats, requests_in_flight, pushes_in_flight or self._own_in_flight
+                queue_stats,
+                requests_in_flight,
+                pushes_in_flight or self._own_in_flight,
+                lanes_paused,
+                database_errors,
             )
         )
+        self._results = Counter(
+            "pn_relay_push_results",
+            "Provider answers by provider, verdict and reason (every attempt, retries"
+            " included).",
+            ["provider", "result", "reason"],
+            registry=self.registry,
+        )
+        self._reasons: dict[str, set[str]] = {}
+        self._reasons_lock = threading.Lock()
         self._latency = Histogram(
             "pn_relay_push_latency_seconds",
             "Push latency by provider, as the dispatcher observes it (from the notify's"
@@ -232,6 +297,23 @@ class RelayMetrics:
     def observe_push_latency(self, provider: ProviderKey, seconds: float) -> None:
         """Fits `push.dispatcher.LatencyObserver`: pass this method as `observe_latency`."""
         self._latency.labels(provider_label(provider)).observe(max(0.0, seconds))
+
+    def observe_push_outcome(self, provider: ProviderKey, outcome: PushOutcome) -> None:
+        """Fits `push.observed.OutcomeObserver`: count one provider answer."""
+        label = provider_label(provider)
+        accepted = outcome.verdict is PushVerdict.ACCEPTED
+        reason = "" if accepted else self._reason(label, outcome.reason)
+        self._results.labels(label, outcome.verdict.value, reason).inc()
+
+    def _reason(self, provider: str, reason: str) -> str:
+        cleaned = _REASON_CHARS.sub("_", reason)[:48] or "unknown"
+        with self._reasons_lock:
+            seen = self._reasons.setdefault(provider, set())
+            if cleaned not in seen:
+                if len(seen) >= MAX_REASONS:
+                    return "other"
+                seen.add(cleaned)
+        return cleaned
 
     def push_started(self, provider: ProviderKey, count: int = 1) -> None:
         label = provider_label(provider)

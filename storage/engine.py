@@ -112,6 +112,18 @@ def make_engine(url: str, *, pool_size: int, sqlite_synchronous: str = "FULL") -
     )
 
 
+def _unwritable(engine: Engine) -> str:
+    """For SQLite, a hint when the database's directory cannot be written: SQLite then says
+    only "unable to open database file" (it needs to create the -wal and -shm files there)."""
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database:
+        return ""
+    directory = Path(database).resolve().parent
+    if directory.is_dir() and not os.access(directory, os.W_OK):
+        return f" ({directory} is not writable: a read-only filesystem, or not the relay's)"
+    return ""
+
+
 def create_schema(engine: Engine) -> None:
     """Create missing tables, or bring an earlier release's up to date (storage/migrations.py).
 
@@ -128,7 +140,7 @@ def create_schema(engine: Engine) -> None:
     except SQLAlchemyError as exc:
         cause = getattr(exc, "orig", None) or exc
         raise DatabaseConfigError(
-            f"cannot open the database: {type(cause).__name__}: {cause}"
+            f"cannot open the database: {type(cause).__name__}: {cause}{_unwritable(engine)}"
         ) from exc
     if found is not None and found != now:
         log.info("database schema upgraded from version %d to %d", found, now)

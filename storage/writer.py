@@ -75,6 +75,9 @@ class BatchWriter:
         )
         self._connection: PoolProxiedConnection | None = None
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        #: Operations the database refused or failed (for /metrics); written by the writer
+        #: thread only.
+        self.failures = 0
         self._closed = False
         self._lock = threading.Lock()
         # Transactions committed so far: /healthz reads it to tell its own probe waiting
@@ -153,6 +156,7 @@ class BatchWriter:
             try:
                 (result,) = self._transaction_retrying([operation])
             except self._dbapi_error as exc:
+                self.failures += 1
                 settled.append((target, False, StorageError(type(exc).__name__)))
             except Exception as exc:  # noqa: BLE001 - handed to the waiting caller
                 settled.append((target, False, exc))

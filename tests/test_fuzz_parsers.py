@@ -11,7 +11,10 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import secrets
 import struct
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,14 +22,21 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from handlers import validation
+from handlers.endpoints import ENDPOINTS, HandlerContext, Pending, handle
+from handlers.reply import Reply
 from handlers.validation import InvalidParameter
-from lsrpc import v2, v4
+from lsrpc import bencode, v2, v4
 from lsrpc.endpoint import parse_v2, parse_v4
 from lsrpc.framing import FramingError, open_request, parse_outer
 from lsrpc.keys import ServerKeypair
 from lsrpc.paths import ONION_PATHS, canonical_path, is_onion_alias
 from stats.auth import parse_basic_authorization
+from stats.counters import Counters
 from stats.endpoint import BadRequest, parse_query, read_json_object
+from storage.engine import create_schema, make_engine
+from storage.protect import IdentifierProtector
+from storage.store import RelayStore
+from storage.writer import BatchWriter
 
 FAST = settings(max_examples=200, deadline=None, database=None)
 
@@ -159,6 +169,66 @@ def test_v4_requests_and_their_bodies_raise_only_known_errors(plaintext: bytes) 
     assert isinstance(call.params, dict)
 
 
+# Bencode of every shape where the v4 plaintext is read: lists of integers, dictionaries and
+# nested lists where the strings should be, non-canonical spellings, and valid requests cut,
+# spliced and corrupted at random places.
+bencode_values: st.SearchStrategy[bencode.Value] = st.recursive(
+    st.binary(max_size=24) | st.integers(-(10**20) + 1, 10**20 - 1),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(st.binary(max_size=8), children, max_size=4)
+    ),
+    max_leaves=10,
+)
+NON_CANONICAL = [
+    b"i03e", b"i-0e", b"ie", b"i1", b"i-e", b"i" + b"9" * 25 + b"e", b"01:a", b"-1:a", b"1a",
+    b"4:abc", b"99999999999999999999999:x", b"d1:b0:1:a0:e", b"d1:a0:1:a0:e", b"d1:ai1ee",
+    b"di1e0:e", b"l", b"le", b"lle", b"d", b"de", b"e", b"l" * 5000, b"l0:0:0:e",
+]  # fmt: skip
+valid_v4 = st.sampled_from(
+    [
+        v4.build_request({"endpoint": "/notify", "method": "POST"}, b'{"send_to":"05","data":""}'),
+        bencoded(b'{"endpoint":"/register","headers":{}}', b'{"token":"aa","pubKey":"05"}'),
+        bencoded(b'{"endpoint":"register"}'),
+    ]
+)
+
+
+def _splice(original: bytes, at: int, cut: int, insert: bytes) -> bytes:
+    at %= len(original) + 1
+    return original[:at] + insert + original[at + cut :]
+
+
+v4_bencoded = st.one_of(
+    st.lists(bencode_values, max_size=4).map(bencode.encode),
+    st.builds(
+        lambda meta, rest: b"l" + b"%d:%s" % (len(meta), meta) + rest + b"e",
+        st.sampled_from([b'{"endpoint":"/notify"}', b"{}", b"[]"]) | json_like,
+        st.lists(bencode_values.map(bencode.encode) | st.sampled_from(NON_CANONICAL), max_size=3)
+        .map(b"".join),
+    ),
+    st.sampled_from(NON_CANONICAL),
+    st.builds(
+        _splice,
+        valid_v4,
+        st.integers(0, 200),
+        st.integers(0, 8),
+        st.binary(max_size=6) | st.sampled_from(NON_CANONICAL),
+    ),
+)
+
+
+@given(v4_bencoded)
+@FAST
+def test_any_bencode_as_a_v4_request_raises_only_known_errors(plaintext: bytes) -> None:
+    try:
+        call = parse_v4(plaintext)
+    except (v4.V4FramingError, v2.V2RequestError):
+        return
+    assert isinstance(call.endpoint, str)
+    assert isinstance(call.params, dict)
+
+
 @pytest.mark.parametrize(
     ("parse", "plaintext", "error"),
     [
@@ -200,6 +270,92 @@ params = st.dictionaries(
 )
 
 
+# Each endpoint's own parameters, valid to start with, then some dropped, replaced by hostile
+# values or joined by others: so the validators are reached one at a time, past the first.
+session_ids = st.builds(
+    lambda digits, upper: "05" + (digits.upper() if upper else digits),
+    st.text(alphabet="0123456789abcdef", min_size=64, max_size=64),
+    st.booleans(),
+)
+apns_tokens = st.text(alphabet="0123456789abcdefABCDEF", min_size=64, max_size=64)
+fcm_tokens = st.text(
+    alphabet=st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=200
+)
+datas = st.binary(max_size=64).map(lambda b: base64.b64encode(b).decode())
+VALID_PARAMS: dict[str, dict[str, st.SearchStrategy[Any]]] = {
+    "register": {
+        "token": apns_tokens | fcm_tokens,
+        "pubKey": session_ids,
+        "device": st.sampled_from(["ios", "android"]),
+    },
+    "register_legacy_groups_only": {
+        "token": apns_tokens | fcm_tokens,
+        "pubKey": session_ids,
+        "legacyGroupPublicKeys": st.lists(session_ids, max_size=4),
+    },
+    "unregister": {"token": apns_tokens | fcm_tokens},
+    "subscribe_closed_group": {"closedGroupPublicKey": session_ids, "pubKey": session_ids},
+    "unsubscribe_closed_group": {"closedGroupPublicKey": session_ids, "pubKey": session_ids},
+    "notify": {"send_to": session_ids, "data": datas},
+}
+assert set(VALID_PARAMS) == set(ENDPOINTS)
+hostile = (
+    json_values
+    | st.sampled_from(
+        [
+            "", "05", "05" + "g" * 64, " 05" + "a" * 64, "05" + "a" * 64 + "\n", "a" * 64,
+            "a" * 63, "A" * 65, "x" * 5000, "aGk", "aGk=\n", "====", "a===", "ios", "IOS",
+            "android", "huawei", "\x00", "é" * 64, "05" + "\u0660" * 64, [], {},
+            ["05" + "a" * 64] * 1025,
+        ]
+    )
+    | st.text(max_size=80)
+)  # fmt: skip
+
+
+@st.composite
+def endpoint_calls(draw: st.DrawFn) -> tuple[str, dict[str, Any]]:
+    endpoint = draw(st.sampled_from(sorted(VALID_PARAMS)))
+    values: dict[str, Any] = {}
+    for name, valid in VALID_PARAMS[endpoint].items():
+        action = draw(st.sampled_from(["keep", "keep", "drop", "hostile"]))
+        if action == "keep":
+            values[name] = draw(valid)
+        elif action == "hostile":
+            values[name] = draw(hostile)
+    values.update(draw(st.dictionaries(st.text(max_size=6), json_values, max_size=2)))
+    return endpoint, values
+
+
+@pytest.fixture(scope="module")
+def handler_context(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HandlerContext]:
+    """Handlers route to a real store; the operations they return are built, never run."""
+    database = Path(tmp_path_factory.mktemp("fuzz")) / "relay.sqlite3"
+    engine = make_engine(f"sqlite:///{database}", pool_size=1)
+    create_schema(engine)
+    writer = BatchWriter(engine)
+    protector = IdentifierProtector(secrets.token_bytes(32), secrets.token_bytes(32))
+    store = RelayStore(engine, writer, protector, lambda: 0)
+    try:
+        yield HandlerContext(store, Counters(), 8192, 600_000, lambda: None)
+    finally:
+        writer.close()
+        engine.dispose()
+
+
+@given(endpoint_calls())
+@FAST
+def test_every_endpoint_answers_its_own_parameters_with_a_reply(
+    handler_context: HandlerContext, call: tuple[str, dict[str, Any]]
+) -> None:
+    endpoint, values = call
+    outcome = handle(handler_context, endpoint, values)
+    if isinstance(outcome, Reply):
+        assert outcome.status == 400 and outcome.message
+    else:
+        assert isinstance(outcome, Pending) and outcome.name == endpoint
+
+
 @given(params)
 @FAST
 def test_validators_raise_only_invalid_parameter(values: dict[str, Any]) -> None:
@@ -229,6 +385,30 @@ stats_bodies = json_like | st.dictionaries(
 ).map(lambda d: json.dumps(d).encode())
 
 
+dates = st.builds(
+    lambda y, mo, d, h, mi, se, sep, form: form.format(y, mo, d, h, mi, se, sep),
+    st.integers(-1, 10000),
+    st.integers(-1, 13),
+    st.integers(-1, 32),
+    st.integers(-1, 25),
+    st.integers(-1, 61),
+    st.integers(-1, 61),
+    st.sampled_from([" ", "T", "  ", ""]),
+    st.sampled_from(
+        ["{0}-{1}-{2}", "{0:04d}-{1:02d}-{2:02d}{6}{3:02d}:{4:02d}:{5:02d}", "{0}-{1}-{2}{6}{3}"]
+    ),
+)
+stats_bodies = stats_bodies | st.fixed_dictionaries(
+    {},
+    optional={
+        "start_date": dates | json_values,
+        "end_date": dates | json_values,
+        "ios_pn_number": st.sampled_from([0, 1, True, False, 2, -1, 1.0, "1", None]),
+        "tokens_pruned": st.sampled_from([0, 1, True, "true", [], {}]),
+    },
+).map(lambda d: json.dumps(d).encode())
+
+
 @given(stats_bodies)
 @FAST
 def test_the_statistics_body_raises_only_bad_request(raw: bytes) -> None:
@@ -251,6 +431,20 @@ headers = st.text(max_size=80) | st.builds(
     st.sampled_from(["Basic", "basic", "BASIC", "Bearer", ""]),
     credentials | st.binary(max_size=60),
     st.sampled_from(["", " ", "=", "!", "\x00"]),
+)
+
+
+headers = headers | st.builds(
+    lambda scheme, space, raw, tail: f"{scheme}{space}{base64.b64encode(raw).decode()}{tail}",
+    st.sampled_from(["Basic", "basic", " Basic", "Basic\t"]),
+    st.sampled_from([" ", "  ", "\t", ""]),
+    st.builds(
+        lambda user, password, encoding: f"{user}:{password}".encode(encoding, "replace"),
+        st.sampled_from(["stats", "", "STATS", "stats ", "é"]) | st.text(max_size=8),
+        st.text(max_size=40),
+        st.sampled_from(["utf-8", "latin-1", "utf-16"]),
+    ),
+    st.sampled_from(["", "=", "==", " ", "\x00", "\n"]),
 )
 
 
