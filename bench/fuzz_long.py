@@ -442,7 +442,8 @@ def run_live(cases: int, workdir: Path, seed: int) -> tuple[int, float, list[str
     print(f"  cases by kind: {dict(counts)}")
     print(f"  relay log: {relay.lines} lines; exit status after SIGTERM {code}")
     findings += [f"relay log: {line}" for line in relay.errors]
-    return sum(counts.values()), elapsed, findings
+    closed = "closed: control character in a header"  # a subset of the cases counted
+    return sum(n for kind, n in counts.items() if kind != closed), elapsed, findings
 
 
 def main() -> int:
