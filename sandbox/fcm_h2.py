@@ -31,9 +31,10 @@ from h2.events import (
 )
 from h2.exceptions import H2Error, ProtocolError
 from h2.settings import SettingCodes, Settings
-from hpack import Decoder, Encoder
-from hpack.table import HeaderTable
+from hpack import Encoder
 from tornado import iostream
+
+from push.hpack_cache import CachingDecoder
 
 if TYPE_CHECKING:
     from sandbox.fcm import FakeFcm
@@ -55,49 +56,6 @@ class Reply:
 class _PlainEncoder(Encoder):
     def encode(self, headers: Any, huffman: bool = False) -> bytes:
         return bytes(super().encode(headers, huffman=False))
-
-
-class _CountingTable(HeaderTable):
-    """An HPACK table that counts its changes (entries added, size changed)."""
-
-    changes = 0
-
-    def add(self, name: bytes, value: bytes) -> None:
-        self.changes += 1
-        super().add(name, value)
-
-    @property
-    def maxsize(self) -> int:
-        return self._maxsize
-
-    @maxsize.setter
-    def maxsize(self, newmax: int) -> None:
-        self.changes += 1
-        HeaderTable.maxsize.fset(self, newmax)  # type: ignore[attr-defined]
-
-
-class _CachingDecoder(Decoder):
-    """Clients send the same header block for every request once their headers are indexed
-    (decoding it was a fifth of the fake's time): decode a block again only if it differs
-    from the last one or the table changed since."""
-
-    def __init__(self, max_header_list_size: int) -> None:
-        super().__init__(max_header_list_size=max_header_list_size)
-        self.header_table = _CountingTable()
-        self._block: bytes | None = None
-        self._headers: list[Any] = []
-        self._version = -1
-
-    def decode(self, data: bytes, raw: bool = False) -> Any:
-        table = self.header_table
-        assert isinstance(table, _CountingTable)
-        if raw and data == self._block and table.changes == self._version:
-            return list(self._headers)
-        before = table.changes
-        headers = list(super().decode(data, raw))
-        if raw and table.changes == before:
-            self._block, self._headers, self._version = bytes(data), headers, before
-        return list(headers)
 
 
 class _ServerConnection(H2Connection):
@@ -141,7 +99,8 @@ class H2Session:
             )
         )
         self.conn.encoder = _PlainEncoder()
-        self.conn.decoder = _CachingDecoder(self.conn.decoder.max_header_list_size)
+        # The relay's own caching decoder (push/hpack_cache.py, checked against hpack's there).
+        self.conn.decoder = CachingDecoder(self.conn.decoder.max_header_list_size)
         self.requests: dict[int, _Request] = {}
         self.pending: dict[int, bytes] = {}
         self.active: set[int] = set()  # streams opened and not yet fully answered
