@@ -27,9 +27,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any, Protocol
+from typing import Any
 
-from h2.config import H2Configuration
 from h2.connection import ConnectionState, H2Connection
 from h2.errors import ErrorCodes
 from h2.events import (
@@ -45,8 +44,9 @@ from h2.exceptions import H2Error, ProtocolError
 from h2.settings import SettingCodes
 
 from push.exchange import Exchange
-from push.h2flow import Outbox, WaitingBodies
+from push.h2flow import Outbox, WaitingBodies, raw_headers_config
 from push.hpack_cache import CachingDecoder, CachingEncoder
+from push.poolconn import MAX_RESPONSE_BYTES, PooledConnection, PoolListener
 
 # hpack logs every header it encodes or decodes at DEBUG, the bearer token included: never.
 logging.getLogger("hpack").setLevel(logging.WARNING)
@@ -54,14 +54,7 @@ logging.getLogger("hpack").setLevel(logging.WARNING)
 # Our receive windows: large, so the server never waits for our WINDOW_UPDATEs.
 RECEIVE_WINDOW = 1 << 20
 CONNECTION_RECEIVE_WINDOW = 1 << 24
-MAX_RESPONSE_BYTES = 1 << 16  # an FCM answer is a few hundred bytes
 LAST_STREAM_ID = (1 << 31) - 1
-
-
-class PoolListener(Protocol):
-    def released(self, connection: Any) -> None: ...
-
-    def lost(self, connection: Any) -> None: ...
 
 
 class _Client(H2Connection):
@@ -86,34 +79,22 @@ class _Client(H2Connection):
         return frames, events
 
 
-class H2ClientConnection(asyncio.Protocol):
+class H2ClientConnection(PooledConnection):
     protocol = "h2"
 
     def __init__(self, listener: PoolListener, authority: str, path: str, max_streams: int) -> None:
-        self._listener = listener
+        super().__init__(listener)
         self._authority = authority.encode()
         self._path = path.encode()
         self._max_streams = max_streams
-        self.h2 = _Client(
-            config=H2Configuration(
-                client_side=True,
-                header_encoding=None,
-                validate_outbound_headers=False,
-                normalize_outbound_headers=False,
-                validate_inbound_headers=False,
-            )
-        )
+        self.h2 = _Client(config=raw_headers_config(client_side=True))
         self.h2.encoder = CachingEncoder()
         self.h2.decoder = CachingDecoder(self.h2.decoder.max_header_list_size)
         self.capacity = 0  # known once the server's SETTINGS arrive
         self.exchanges: dict[int, Exchange] = {}
         self._bodies = WaitingBodies(self.h2, sent=_already_answered, failed=self._send_failed)
         self._outbox = Outbox(self.h2)
-        self._transport: asyncio.Transport | None = None
         self._headers: tuple[str, list[tuple[bytes, bytes]]] | None = None
-        self.usable = False  # accepts new exchanges
-        self.closed = False
-        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     # -- what the pool uses ----------------------------------------------------------------
     @property
@@ -178,9 +159,6 @@ class H2ClientConnection(asyncio.Protocol):
         h2.initiate_connection()
         h2.increment_flow_control_window(CONNECTION_RECEIVE_WINDOW - 65535)
         self._outbox.flush()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._lose(f"connection lost ({type(exc).__name__})" if exc else "connection closed")
 
     def data_received(self, data: bytes) -> None:
         h2 = self.h2
@@ -295,20 +273,12 @@ class H2ClientConnection(asyncio.Protocol):
             self._transport.close()  # drained after a GOAWAY (or out of stream ids)
             self._lose("drained")
 
-    def _lose(self, reason: str) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        self.usable = False
+    def _fail_carried(self, reason: str) -> None:
         self._outbox.transport = None
-        if not self.ready.done():
-            self.ready.set_exception(ConnectionError(reason))
-            self.ready.exception()  # retrieved: the pool may have stopped waiting
         exchanges, self.exchanges = self.exchanges, {}
         unsent = self._bodies.take()
         for stream_id, exchange in exchanges.items():
             exchange.fail(reason, refused=stream_id in unsent)
-        self._listener.lost(self)
 
     def _send_failed(self, stream_id: int) -> None:
         exchange = self.exchanges.get(stream_id)

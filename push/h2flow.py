@@ -5,7 +5,8 @@ sandbox's fakes and test client (sandbox/h2server.py, sandbox/h2client.py).
   windows and the peer's SETTINGS_MAX_FRAME_SIZE allow, the last frame ending the stream;
 - `WaitingBodies`: the bodies (or what is left of them) that wait for window, sent as
   WINDOW_UPDATEs (or a larger SETTINGS_INITIAL_WINDOW_SIZE) arrive, oldest first;
-- `Outbox`: what h2 has queued, written to the transport at most once per loop iteration.
+- `Outbox`: what h2 has queued, written to the transport at most once per loop iteration;
+- `raw_headers_config`: h2 with header validation and normalisation off, bytes in and out.
 """
 
 from __future__ import annotations
@@ -13,8 +14,21 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.exceptions import H2Error
+
+
+def raw_headers_config(*, client_side: bool) -> H2Configuration:
+    """No validation or normalisation of headers either way: the relay sends fixed names and
+    checked values and reads two or three, and a fake takes a request's headers as sent."""
+    return H2Configuration(
+        client_side=client_side,
+        header_encoding=None,
+        validate_outbound_headers=False,
+        normalize_outbound_headers=False,
+        validate_inbound_headers=False,
+    )
 
 
 def send_within_window(h2: H2Connection, stream_id: int, data: bytes) -> bytes:

@@ -20,7 +20,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.events import (
@@ -36,7 +35,7 @@ from h2.exceptions import H2Error, ProtocolError
 from h2.settings import SettingCodes, Settings
 from hpack import Encoder
 
-from push.h2flow import WaitingBodies
+from push.h2flow import WaitingBodies, raw_headers_config
 
 # Our receive window for the whole connection when it is widened: large, so clients rarely
 # wait on us.
@@ -81,15 +80,7 @@ class H2ServerSession:
 
     def __init__(self, connection_id: int) -> None:
         self.connection_id = connection_id
-        self.conn = _ServerConnection(
-            H2Configuration(
-                client_side=False,
-                header_encoding=None,
-                validate_inbound_headers=False,
-                validate_outbound_headers=False,
-                normalize_outbound_headers=False,
-            )
-        )
+        self.conn = _ServerConnection(raw_headers_config(client_side=False))
         self.conn.encoder = PlainEncoder()
         self.requests: dict[int, Request] = {}
         self.bodies = WaitingBodies(self.conn, sent=self._finished, failed=self._finished)
