@@ -24,7 +24,7 @@ import re
 import ssl
 import time
 import uuid
-from collections.abc import Coroutine, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -355,12 +355,10 @@ class FakeApns(LoopServer):
         self.violations: list[FlowViolation] = []
         self.client_resets: list[ClientReset] = []
         self.half_open_at_close = 0
-        self._down = False
         self._server: asyncio.Server | None = None
         self._protocols: set[_H2Protocol] = set()
         self._jwt_cache: dict[str, int] = {}
         self._next_connection_id = 0
-        self._tasks: set[asyncio.Task[None]] = set()
 
     @classmethod
     def create(cls, directory: str | os.PathLike[str], **kwargs: Any) -> FakeApns:
@@ -378,27 +376,9 @@ class FakeApns(LoopServer):
     def connections_open(self) -> int:
         return len(self._protocols)
 
-    @property
-    def down(self) -> bool:
-        return self._down
-
     def client_ssl_context(self, alpn: Iterable[str] | None = ("h2",)) -> ssl.SSLContext:
         """A client context trusting this fake's CA (ALPN ``alpn``; ``None``: offer none)."""
         return client_ssl_context(self.tls, alpn)
-
-    def set_down(self, down: bool, *, refuse: bool = False) -> None:
-        """Take the whole server down (``True``) or bring it back.
-
-        Down: open connections are aborted; new ones are accepted then aborted at once, or, with
-        ``refuse=True``, the listening socket is closed so connects get ECONNREFUSED.
-        """
-        if self._loop is None:
-            self._down = down
-            return
-        if down:
-            self.call_in_loop(lambda: self._go_down(refuse))
-        else:
-            self._call_async(self._go_up())
 
     def disconnect_all(self, graceful: bool = True) -> None:
         """Close every open connection: with GOAWAY (``graceful``) or an abrupt RST."""
@@ -470,27 +450,6 @@ class FakeApns(LoopServer):
         self._down = False
         if self._server is None:
             await self._listen()
-
-    def _call_async(self, coro: Coroutine[Any, Any, None]) -> None:
-        loop = self._loop
-        assert loop is not None
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
-            task = loop.create_task(coro)
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-        else:
-            asyncio.run_coroutine_threadsafe(coro, loop).result(10)
-
-    async def aset_down(self, down: bool, *, refuse: bool = False) -> None:
-        """:meth:`set_down` for code running on the server's own loop."""
-        if down:
-            self._go_down(refuse)
-        else:
-            await self._go_up()
 
     # -- request handling ----------------------------------------------------------------------
     def _on_request(self, proto: _H2Protocol, stream_id: int, request: Request) -> None:
