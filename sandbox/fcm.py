@@ -186,12 +186,18 @@ class _Account:
 
 @dataclass(slots=True)
 class _AccessToken:
+    """An OAuth access token the fake issued: whose, and until when (epoch seconds)."""
+
     client_email: str
     expires_at: float
 
 
 @dataclass(slots=True)
 class _Outcome:
+    """How one send is answered, over either HTTP version: status and body (status 0: the
+    behaviour drops the connection or sends GOAWAY), FCM's error code, the recorded message
+    name, extra headers (``Retry-After``)."""
+
     status: int
     body: bytes
     _: KW_ONLY
