@@ -11,8 +11,9 @@ APNs notification to `/3/device/<token>`), fast:
   (push/hpack_cache.py), and h2's count of open streams (a walk over every stream, per new
   stream) is replaced by ours;
 - flow control both ways: a body larger than the stream's or the connection's window, or
-  than the peer's frame size, waits and goes as WINDOW_UPDATEs arrive; received DATA is
-  acknowledged at once, so the server never stalls on us;
+  than the peer's frame size, waits and goes as WINDOW_UPDATEs arrive (push/h2flow.py, shared
+  with the sandbox's fakes); received DATA is acknowledged at once, so the server never
+  stalls on us;
 - at most `min(max_streams, the server's SETTINGS_MAX_CONCURRENT_STREAMS)` streams;
 - GOAWAY: no new streams; those above its last stream id fail as `refused` (never processed,
   safe to send again elsewhere); after a graceful GOAWAY (NO_ERROR) the others still get their
@@ -92,7 +93,7 @@ class H2ClientConnection(PooledConnection):
         self.h2.decoder = CachingDecoder(self.h2.decoder.max_header_list_size)
         self.capacity = 0  # known once the server's SETTINGS arrive
         self.exchanges: dict[int, Exchange] = {}
-        self._bodies = WaitingBodies(self.h2, sent=_already_answered, failed=self._send_failed)
+        self._bodies = WaitingBodies(self.h2, sent=_body_gone, failed=self._send_failed)
         self._outbox = Outbox(self.h2)
         self._headers: tuple[str, list[tuple[bytes, bytes]]] | None = None
 
@@ -286,5 +287,5 @@ class H2ClientConnection(PooledConnection):
             self.cancel(exchange, "stream closed while sending")
 
 
-def _already_answered(stream_id: int) -> None:
-    """A body's last byte went: its exchange waits for the answer, nothing to do."""
+def _body_gone(stream_id: int) -> None:
+    """A waiting body's last byte went: its exchange now waits for the answer, as any other."""

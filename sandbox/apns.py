@@ -1,8 +1,9 @@
 """A fake Apple Push Notification service: HTTP/2 over TLS on 127.0.0.1.
 
 It speaks the real provider API (``POST /3/device/<token>``, token auth with ES256 JWTs, Apple's
-status codes and ``{"reason": ...}`` bodies), honours HTTP/2 flow control in both directions, and
-answers each device token as scripted (see :mod:`sandbox.script`).
+status codes and ``{"reason": ...}`` bodies), honours HTTP/2 flow control in both directions
+(the server session it shares with the fake FCM: sandbox/h2server.py), and answers each device
+token as scripted (see :mod:`sandbox.script`).
 
 It also watches the client: DATA beyond the windows it granted, or in frames larger than its
 SETTINGS_MAX_FRAME_SIZE, is recorded in ``violations`` (and ends the connection with GOAWAY, as

@@ -1,10 +1,11 @@
 """The fake FCM's HTTP/2 side: one connection (TLS, ALPN "h2") served on a Tornado IOStream.
 
-Requests are answered by the fake (sandbox/fcm.py) exactly as over HTTP/1.1; this module
-only speaks the protocol: SETTINGS_MAX_CONCURRENT_STREAMS (streams beyond it are refused with
-RST_STREAM(REFUSED_STREAM)), flow control both ways (answers wait for the client's window; a
-small `receive_window` makes clients wait for ours), and GOAWAY as Google sends it: streams
-up to its last stream id are still answered, then the connection closes.
+Requests are answered by the fake (sandbox/fcm.py) exactly as over HTTP/1.1. The protocol
+is the sandbox's common server session (sandbox/h2server.py: SETTINGS_MAX_CONCURRENT_STREAMS,
+streams beyond it refused, flow control both ways); this module adds the IOStream, a small
+`receive_window` that makes clients wait for ours, the counters of refused and reset
+streams, and GOAWAY as Google sends it: streams up to its last stream id are still
+answered, then the connection closes.
 """
 
 from __future__ import annotations
