@@ -25,10 +25,11 @@ grace), then the last partial minute is written and the clock's last heartbeat.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -87,25 +88,29 @@ class Housekeeping:
         self.stopping = False
 
     async def beat(self) -> None:
-        await self._submit(lambda loop: self._writer.submit_on_loop(self._heartbeat.op(), loop))
+        with _failure_logged():
+            loop = asyncio.get_running_loop()
+            await self._writer.submit_on_loop(self._heartbeat.op(), loop)
 
     async def purge(self) -> None:
         store, writer = self._store, self._writer
-        await self._submit(lambda loop: writer.submit_on_loop(store.purge_expired_dedup_op(), loop))
-        # A chunk per operation, so other writes run in between.
-        while not self.stopping and await self._submit(
-            lambda loop: writer.submit_on_loop(store.purge_abandoned_fanouts_op(), loop)
-        ):
-            pass
+        with _failure_logged():
+            loop = asyncio.get_running_loop()
+            await writer.submit_on_loop(store.purge_expired_dedup_op(), loop)
+            # A chunk per operation, so other writes run in between.
+            while not self.stopping and await writer.submit_on_loop(
+                store.purge_abandoned_fanouts_op(), loop
+            ):
+                pass
 
-    async def _submit(
-        self, submit: Callable[[asyncio.AbstractEventLoop], Awaitable[object]]
-    ) -> object:
-        try:
-            return await submit(asyncio.get_running_loop())
-        except StorageError as exc:
-            log.warning("housekeeping write failed: %s", exc)
-            return None
+
+@contextlib.contextmanager
+def _failure_logged() -> Iterator[None]:
+    """A write the database refused: one line; the next firing tries again."""
+    try:
+        yield
+    except StorageError as exc:
+        log.warning("housekeeping write failed: %s", exc)
 
 
 def daily_at_0317() -> CronTrigger:

@@ -369,8 +369,13 @@ class Relay:
         # Nothing counts any more: stop the jobs, then their last writes (the partial minute,
         # the clock's heartbeat) while the writer and the engine are still open.
         await self.jobs.stop(grace_seconds)
-        await asyncio.get_running_loop().run_in_executor(None, self._close.close)
+        await asyncio.get_running_loop().run_in_executor(None, self.close)
         log.info("pn-relay stopped")
+
+    def close(self) -> None:
+        """Close what the build opened, in reverse order (blocking). `stop` ends with it; a
+        relay that was built and never started needs only this."""
+        self._close.close()
 
 
 def _senders_or_startup_error(settings: Settings) -> dict[Provider, ProviderSender | None]:
