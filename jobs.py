@@ -30,7 +30,7 @@ import dataclasses
 import datetime
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass, field
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.base import BaseTrigger
@@ -61,6 +61,13 @@ class Job:
     trigger: BaseTrigger
     misfire_grace_s: int
     at_start: bool = False  # also fire once as soon as the scheduler starts
+
+    @classmethod
+    def at_start_and_every(
+        cls, seconds: float, job_id: str, name: str, run: Callable[[], Awaitable[None]]
+    ) -> Job:
+        """Fires at start, then every `seconds`; a firing up to one interval late still runs."""
+        return cls(job_id, name, run, IntervalTrigger(seconds=seconds), int(seconds), True)
 
 
 @dataclass(frozen=True)
@@ -121,6 +128,7 @@ def every_minute() -> CronTrigger:
     return CronTrigger(second=0, timezone=datetime.UTC)
 
 
+@dataclass(eq=False)
 class RelayJobs:
     """The scheduler and the table of jobs, started and stopped on the relay's loop.
 
@@ -128,22 +136,16 @@ class RelayJobs:
     the trigger of the job with that id (tests fire a job every few milliseconds).
     """
 
-    def __init__(
-        self,
-        rollup: MinuteRollup,
-        retention: RetentionJob | None = None,
-        housekeeping: Housekeeping | None = None,
-        *,
-        intervals: Intervals = Intervals(),
-        triggers: Mapping[str, BaseTrigger] | None = None,
-    ) -> None:
-        self.rollup = rollup
-        self.retention = retention
-        self.housekeeping = housekeeping
-        self._intervals = intervals
-        self._triggers = dict(triggers or {})
+    rollup: MinuteRollup
+    retention: RetentionJob | None = None
+    housekeeping: Housekeeping | None = None
+    _: KW_ONLY
+    intervals: Intervals = Intervals()
+    triggers: Mapping[str, BaseTrigger] = field(default_factory=dict)
+    scheduler: AsyncIOScheduler | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
         self._running: set[asyncio.Task[object]] = set()
-        self.scheduler: AsyncIOScheduler | None = None
 
     def table(self) -> list[Job]:
         """Every job of the process, in one place (the module docstring says why each runs
@@ -152,35 +154,16 @@ class RelayJobs:
             Job(ROLLUP_JOB_ID, "statistics minute roll-up", self.rollup.tick, every_minute(), 50)
         ]
         if self.retention is not None:
+            retention = self.retention.tick
             jobs.append(
-                Job(
-                    RETENTION_JOB_ID,
-                    "statistics retention",
-                    self.retention.tick,
-                    daily_at_0317(),
-                    3600,
-                )
+                Job(RETENTION_JOB_ID, "statistics retention", retention, daily_at_0317(), 3600)
             )
         if self.housekeeping is not None:
-            every = self._intervals
-            jobs += [
-                Job(
-                    HEARTBEAT_JOB_ID,
-                    "relay clock heartbeat",
-                    self.housekeeping.beat,
-                    IntervalTrigger(seconds=every.heartbeat_s),
-                    int(every.heartbeat_s),
-                    at_start=True,
-                ),
-                Job(
-                    PURGE_JOB_ID,
-                    "purge expired dedup fingerprints and abandoned fan-outs",
-                    self.housekeeping.purge,
-                    IntervalTrigger(seconds=every.purge_s),
-                    int(every.purge_s),
-                    at_start=True,
-                ),
-            ]
+            beat, purge, every = self.housekeeping.beat, self.housekeeping.purge, self.intervals
+            jobs.append(
+                Job.at_start_and_every(every.heartbeat_s, HEARTBEAT_JOB_ID, "clock heartbeat", beat)
+            )
+            jobs.append(Job.at_start_and_every(every.purge_s, PURGE_JOB_ID, "purge expired", purge))
         return jobs
 
     def build_scheduler(self, loop: asyncio.AbstractEventLoop | None = None) -> AsyncIOScheduler:
@@ -222,9 +205,7 @@ class RelayJobs:
                 if task is not None:
                     self._running.discard(task)
 
-        return dataclasses.replace(
-            job, run=tracked, trigger=self._triggers.get(job.id, job.trigger)
-        )
+        return dataclasses.replace(job, run=tracked, trigger=self.triggers.get(job.id, job.trigger))
 
 
 def build_scheduler(

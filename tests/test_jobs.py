@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterator
-from pathlib import Path
+from dataclasses import dataclass
 
 import pytest
 from sqlalchemy import Engine, select
@@ -33,11 +33,26 @@ from storage.writer import BatchWriter
 from tests.support import RunningRelay
 
 
+@dataclass
+class Housekept:
+    """A real SQLite database, its writer, and the housekeeping jobs writing through it."""
+
+    engine: Engine
+    writer: BatchWriter
+    housekeeping: Housekeeping
+
+
 @pytest.fixture
-def engine(sqlite_url: str) -> Iterator[Engine]:
+def housekept(sqlite_url: str) -> Iterator[Housekept]:
     engine = make_engine(sqlite_url, pool_size=2)
     create_schema(engine)
-    yield engine
+    writer = BatchWriter(engine)
+    clock = RelayClock(1_700_000_000_000)
+    store = RelayStore(engine, writer, IdentifierProtector(b"i" * 32, b"t" * 32), clock.now_ms)
+    yield Housekept(
+        engine, writer, Housekeeping(writer, store, HeartbeatWriter(engine, clock, "boot-1"))
+    )
+    writer.close()
     engine.dispose()
 
 
@@ -72,12 +87,10 @@ def test_the_purge_interval_follows_the_dedup_window_within_a_minute_and_an_hour
     assert Intervals.from_settings(Settings(DEDUP_WINDOW=86_400)).purge_s == 3600
 
 
-def test_housekeeping_beats_at_start_and_once_more_on_stop(engine: Engine) -> None:
-    writer = BatchWriter(engine)
-    clock = RelayClock(1_700_000_000_000)
-    store = RelayStore(engine, writer, IdentifierProtector(b"i" * 32, b"t" * 32), clock.now_ms)
-    housekeeping = Housekeeping(writer, store, HeartbeatWriter(engine, clock, "boot-1"))
-    jobs = RelayJobs(MinuteRollup(engine, Counters(), clock.now_ms), None, housekeeping)
+def test_housekeeping_beats_at_start_and_once_more_on_stop(housekept: Housekept) -> None:
+    engine = housekept.engine
+    rollup = MinuteRollup(engine, Counters(), lambda: 1_700_000_000_000)
+    jobs = RelayJobs(rollup, None, housekept.housekeeping)
     seen: list[list[str]] = []
 
     async def run() -> None:
@@ -88,10 +101,7 @@ def test_housekeeping_beats_at_start_and_once_more_on_stop(engine: Engine) -> No
         await jobs.stop()
         seen.append(heartbeats(engine))
 
-    try:
-        asyncio.run(run())
-    finally:
-        writer.close()
+    asyncio.run(run())
     first, last = seen
     assert len(first) == len(last) == 1
     assert int(last[0].split(":")[0]) >= int(first[0].split(":")[0])
@@ -99,18 +109,14 @@ def test_housekeeping_beats_at_start_and_once_more_on_stop(engine: Engine) -> No
 
 
 def test_a_housekeeping_write_that_fails_is_logged_not_raised(
-    engine: Engine, caplog: pytest.LogCaptureFixture, tmp_path: Path
+    housekept: Housekept, caplog: pytest.LogCaptureFixture
 ) -> None:
-    writer = BatchWriter(engine)
-    clock = RelayClock(1_700_000_000_000)
-    store = RelayStore(engine, writer, IdentifierProtector(b"i" * 32, b"t" * 32), clock.now_ms)
-    housekeeping = Housekeeping(writer, store, HeartbeatWriter(engine, clock, "boot-1"))
-    writer.close()  # every write now fails with WriterClosedError, a StorageError
+    housekept.writer.close()  # every write now fails with WriterClosedError, a StorageError
     with caplog.at_level(logging.WARNING, logger="jobs"):
-        asyncio.run(housekeeping.beat())
-        asyncio.run(housekeeping.purge())
+        asyncio.run(housekept.housekeeping.beat())
+        asyncio.run(housekept.housekeeping.purge())
     assert [r.getMessage().split(":")[0] for r in caplog.records] == [
         "housekeeping write failed",
         "housekeeping write failed",
     ]
-    assert heartbeats(engine) == []
+    assert heartbeats(housekept.engine) == []
