@@ -142,7 +142,8 @@ class Relay:
     ) -> None:
         self.settings = settings
         self.wall_ms = wall_ms
-        with contextlib.ExitStack() as built:
+        with contextlib.ExitStack() as built:  # closes, on a failure, what was built so far
+            # What can refuse the start without a file written comes first.
             if senders is None:
                 senders = _senders_or_startup_error(settings)
             self.stats_auth = _stats_auth(settings)
@@ -175,6 +176,9 @@ class Relay:
             self.queue = DeliveryQueue(self.engine)
             self._queue_stats_cache: tuple[float, tuple[int, float]] | None = None
             self._dispatching = False
+            # The lanes report to the metrics (latencies, provider answers) and the metrics
+            # read the lanes (in flight, paused): the metrics come first, and are handed the
+            # lanes once the dispatcher is built.
             self.metrics = self._metrics() if settings.METRICS_ENABLED else None
             self.dispatcher = self._dispatcher(senders, rng)
             if self.metrics is not None:
