@@ -210,16 +210,23 @@ class RelayProcess(_Child):
         self._wait_listening()
 
     def _wait_listening(self, timeout: float = 60.0) -> None:
+        """Until the relay answers HTTP: its socket is bound before the rest is built (the
+        database schema among it), so a connection alone does not say it has started."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise BenchError(f"the relay exited at start:\n{_tail(self.log)}")
-            with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            time.sleep(0.05)
+            connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+            try:
+                connection.request("GET", "/healthz")
+                connection.getresponse().read()
+                return
+            except (OSError, http.client.HTTPException):
+                time.sleep(0.05)
+            finally:
+                connection.close()
         self.stop()
-        raise BenchError(f"the relay did not listen on {self.port} within {timeout:.0f} s")
+        raise BenchError(f"the relay did not answer on {self.port} within {timeout:.0f} s")
 
     @property
     def url(self) -> str:
