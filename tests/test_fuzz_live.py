@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lsrpc.client import OnionClient
-from tests.support import RunningRelay, random_apns_token, random_session_id
-from tests.test_fuzz_parsers import (
+from tests.strategies import (
+    VALID_PARAMS,
     endpoint_calls,
     headers,
     json_like,
@@ -31,6 +31,7 @@ from tests.test_fuzz_parsers import (
     v4_bencoded,
     v4_requests,
 )
+from tests.support import RunningRelay, random_apns_token, random_session_id
 
 LIVE = settings(
     max_examples=120,
@@ -39,14 +40,6 @@ LIVE = settings(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 USER, PASSWORD = "stats", "secret"
-ENDPOINTS = [
-    "register",
-    "register_legacy_groups_only",
-    "unregister",
-    "subscribe_closed_group",
-    "unsubscribe_closed_group",
-    "notify",
-]
 
 
 @pytest.fixture
@@ -117,7 +110,7 @@ def test_any_v4_plaintext(live: RunningRelay, plaintext: bytes) -> None:
 
 
 @given(
-    endpoint=st.sampled_from(ENDPOINTS) | st.text(max_size=20),
+    endpoint=st.sampled_from(list(VALID_PARAMS)) | st.text(max_size=20),
     values=params,
     version=st.sampled_from(["v2", "v4"]),
 )
