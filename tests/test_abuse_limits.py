@@ -14,25 +14,22 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from handlers.notify_limit import NotifyRateLimit
 from storage.schema import deliveries, devices, group_members, notifications
-from tests.support import RunningRelay, random_apns_token, random_fcm_token, random_session_id
-
-SUCCESS = (200, {"code": 1, "message": "Success"})
+from tests.support import (
+    SUCCESS,
+    RunningRelay,
+    count,
+    random_apns_token,
+    random_fcm_token,
+    random_session_id,
+)
 
 
 def data() -> str:
     return base64.b64encode(os.urandom(60)).decode()
-
-
-def count(relay: RunningRelay, table: Any, *where: Any) -> int:
-    with relay.relay.engine.connect() as conn:
-        query = select(func.count()).select_from(table)
-        if where:
-            query = query.where(*where)
-        return int(conn.execute(query).scalar_one())
 
 
 def tokens_of(relay: RunningRelay, session_id: str) -> set[str]:

@@ -17,7 +17,6 @@ import base64
 import logging
 import os
 import random
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -39,7 +38,13 @@ from storage.store import RelayStore
 from storage.writer import BatchWriter
 from tests.providers import Providers
 from tests.scripted_sender import ScriptedSender
-from tests.support import RunningRelay, random_apns_token, random_fcm_token, random_session_id
+from tests.support import (
+    RunningRelay,
+    random_apns_token,
+    random_fcm_token,
+    random_session_id,
+    wait_until,
+)
 
 SETTINGS = DispatchSettings(
     lease_ms=60_000,
@@ -398,14 +403,6 @@ def _count(relay: RunningRelay, table: Any) -> int:
         return int(conn.execute(select(func.count()).select_from(table)).scalar_one())
 
 
-def _wait_until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + 30
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"never happened: {what}")
-        time.sleep(0.01)
-
-
 def test_a_relay_facing_the_wrong_apns_environment_deletes_no_registration(
     start_relay: Callable[..., RunningRelay],
     sqlite_url: str,
@@ -433,9 +430,9 @@ def test_a_relay_facing_the_wrong_apns_environment_deletes_no_registration(
     assert relay.call_v2("notify", {"data": data, "send_to": group})[0] == 200
     providers.apns.pushes.wait_for(25, timeout=30)
     (lane,) = [lane for lane in relay.relay.dispatcher.lanes if lane.provider is Provider.APNS]
-    _wait_until(lambda: lane.paused, "the APNs lane pauses")
+    wait_until(lambda: lane.paused, "the APNs lane pauses")
     counters = relay.relay.counters
-    _wait_until(
+    wait_until(
         lambda: counters.lifetime(("ios_pn_failed",))["ios_pn_failed"] == 25,
         "every answer judged",
     )

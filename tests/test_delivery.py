@@ -11,15 +11,21 @@ import uuid
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
 
 from push.payloads import apns_payload
 from sandbox import script
 from storage.schema import deliveries, devices, notifications
 from tests.providers import Providers, start_providers
-from tests.support import RunningRelay, random_apns_token, random_fcm_token, random_session_id
+from tests.support import (
+    SUCCESS,
+    RunningRelay,
+    count,
+    random_apns_token,
+    random_fcm_token,
+    random_session_id,
+    wait_until,
+)
 
-SUCCESS = (200, {"code": 1, "message": "Success"})
 APS = {
     "alert": {"title": "Session", "body": "You've got a new message"},
     "badge": 1,
@@ -31,19 +37,6 @@ APS = {
 
 def data(size: int = 300) -> str:
     return base64.b64encode(os.urandom(size)).decode()
-
-
-def count(relay: RunningRelay, table: Any) -> int:
-    with relay.relay.engine.connect() as conn:
-        return int(conn.execute(select(func.count()).select_from(table)).scalar_one())
-
-
-def wait_until(condition: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.01)
 
 
 def register(relay: RunningRelay, token: str, session_id: str, **extra: str) -> None:

@@ -14,10 +14,14 @@ from sqlalchemy import func, select
 from lsrpc.client import OnionClient
 from storage.schema import deliveries
 from tests.providers import Providers
-from tests.support import RunningRelay, random_apns_token, random_fcm_token, random_session_id
+from tests.support import (
+    SUCCESS,
+    RunningRelay,
+    random_apns_token,
+    random_fcm_token,
+    random_session_id,
+)
 from tests.test_server_cli import ServerProcess
-
-SUCCESS = (200, {"code": 1, "message": "Success"})
 
 
 def env_for(providers: Providers, **extra: str) -> dict[str, str]:

@@ -34,9 +34,16 @@ from sandbox.fcm import FcmPush
 from sandbox.script import Behaviour, Recorder
 from storage.sql import Prepared, Tx
 from tests.providers import Providers
-from tests.support import RunningRelay, random_apns_token, random_fcm_token, random_session_id
+from tests.support import (
+    SUCCESS,
+    RunningRelay,
+    count,
+    random_apns_token,
+    random_fcm_token,
+    random_session_id,
+    wait_until,
+)
 
-SUCCESS = (200, {"code": 1, "message": "Success"})
 RETRY_LATER_S = 600.0  # a Retry-After that keeps a failed push waiting for the whole test
 Push = ApnsPush | FcmPush
 Fake = Any  # FakeApns | FakeFcm: both have .pushes and .scripts
@@ -47,14 +54,6 @@ Fake = Any  # FakeApns | FakeFcm: both have .pushes and .scripts
 
 def data() -> str:
     return base64.b64encode(os.urandom(48)).decode()
-
-
-def wait_until(condition: Callable[[], object], timeout: float = 20.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not met within {timeout:g} s: {what or condition}")
-        time.sleep(0.01)
 
 
 def register(relay: RunningRelay, token: str, session_id: str, **extra: Any) -> None:
@@ -73,11 +72,6 @@ def notify(relay: RunningRelay, send_to: str, payload: str) -> None:
 def rows(relay: RunningRelay, statement: str, **params: Any) -> list[tuple[Any, ...]]:
     with relay.relay.engine.connect() as conn:
         return [tuple(row) for row in conn.execute(text(statement), params)]
-
-
-def count(relay: RunningRelay, table: str) -> int:
-    (found,) = rows(relay, f"SELECT count(*) FROM {table}")
-    return int(found[0])
 
 
 def attempts(relay: RunningRelay) -> list[int]:
@@ -122,8 +116,8 @@ def pushes_of(fake: Fake, *, token: str | None = None, payload: str | None = Non
 def wait_delivered(fake: Fake, token: str, payload: str, timeout: float = 20.0) -> None:
     wait_until(
         lambda: any(p.status == 200 for p in pushes_of(fake, token=token, payload=payload)),
-        timeout,
         "the push was delivered",
+        timeout=timeout,
     )
 
 

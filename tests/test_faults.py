@@ -47,10 +47,15 @@ from sandbox.fcm import FakeFcm
 from storage.records import Provider
 from storage.schema import deliveries
 from tests.providers import Providers
-from tests.support import RunningRelay, random_apns_token, random_fcm_token, random_session_id
+from tests.support import (
+    SUCCESS,
+    RunningRelay,
+    random_apns_token,
+    random_fcm_token,
+    random_session_id,
+)
 from tests.test_server_cli import SERVER, ServerProcess, clean_env
 
-SUCCESS = (200, {"code": 1, "message": "Success"})
 UNAVAILABLE = (503, {"code": 0, "message": "Temporarily unavailable, try again later"})
 WAIT_S = 60.0  # an upper bound for things that take well under a second when all is well
 

@@ -31,15 +31,16 @@ from storage.write_probe import PROBE_KEY
 from tests.providers import Providers
 from tests.support import (
     POSTGRES_URL_VARIABLE,
+    SUCCESS,
     RunningRelay,
     postgres_base_url,
     postgres_schema_url,
     random_apns_token,
     random_session_id,
+    request,
+    wait_until,
 )
-from tests.test_healthz_under_load import request, wait_until
 
-SUCCESS = (200, {"code": 1, "message": "Success"})
 HEALTH_LOGGER = "stats.healthz"
 
 
@@ -367,9 +368,7 @@ def test_a_lane_paused_for_a_configuration_error_is_a_503(
     )
 
 
-def test_a_queued_push_older_than_the_limit_is_a_503(
-    database_url: str, start_relay: Any
-) -> None:
+def test_a_queued_push_older_than_the_limit_is_a_503(database_url: str, start_relay: Any) -> None:
     relay: RunningRelay = start_relay(database_url, HEALTH_MAX_QUEUE_AGE=600)
     probe_every_request(relay)
     session_id = random_session_id()
@@ -390,9 +389,7 @@ def test_a_queued_push_older_than_the_limit_is_a_503(
     assert healthz(relay) == (200, "ok\n")
 
 
-def test_health_max_queue_age_zero_leaves_the_queue_out(
-    start_relay: Any, sqlite_url: str
-) -> None:
+def test_health_max_queue_age_zero_leaves_the_queue_out(start_relay: Any, sqlite_url: str) -> None:
     relay: RunningRelay = start_relay(sqlite_url, HEALTH_MAX_QUEUE_AGE=0)
     probe_every_request(relay)
     session_id = random_session_id()

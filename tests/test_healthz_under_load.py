@@ -6,53 +6,24 @@ is held busy by the test, and /healthz must answer while it is."""
 from __future__ import annotations
 
 import base64
-import http.client
 import secrets
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
 from stats.auth import hash_password
-from tests.support import RunningRelay
+from tests.support import RunningRelay, request, wait_until
 
 USER, PASSWORD = "stats", "right"
-
-
-@dataclass
-class Answer:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-
-def request(relay: RunningRelay, method: str, path: str, headers: dict[str, str]) -> Answer:
-    connection = http.client.HTTPConnection("127.0.0.1", relay.port, timeout=60)
-    try:
-        connection.request(method, path, headers=headers)
-        response = connection.getresponse()
-        headers = {k.lower(): v for k, v in response.getheaders()}
-        return Answer(response.status, headers, response.read())
-    finally:
-        connection.close()
 
 
 def random_credentials() -> dict[str, str]:
     raw = f"{secrets.token_hex(4)}:{secrets.token_hex(8)}".encode()
     return {"Authorization": "Basic " + base64.b64encode(raw).decode()}
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.005)
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ import pytest
 from lsrpc.client import OnionClient
 from tests.providers import Providers
 from tests.support import (
+    SUCCESS,
     RunningRelay,
     postgres_base_url,
     random_apns_token,
@@ -27,7 +28,6 @@ from tests.support import (
 from tests.test_server_cli import ServerProcess
 
 AUTH = {"Authorization": "Basic " + base64.b64encode(b"ops:correct horse").decode()}
-SUCCESS = (200, {"code": 1, "message": "Success"})
 ALL_FLAGS = {
     "total_message_number": 1,
     "ios_pn_number": 1,

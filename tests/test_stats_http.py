@@ -30,7 +30,7 @@ from stats.rollup import MinuteRollup
 from stats.schema import statistics_minutes
 from storage.engine import create_schema, make_engine
 from storage.records import Provider
-from tests.test_stats_rollup import DrivenClock, ms
+from tests.support import DrivenClock, ms
 
 USER, PASSWORD = "stats-reader", "correct horse battery staple"
 README_REQUEST = (

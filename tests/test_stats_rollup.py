@@ -4,7 +4,6 @@ job, shutdown flush and retention in one process only. Clocks are driven, never 
 from __future__ import annotations
 
 import asyncio
-import calendar
 import datetime
 import threading
 from collections.abc import Iterator
@@ -30,24 +29,7 @@ from stats.rollup import (
 )
 from stats.schema import create_stats_schema, job_leases, statistics_minutes
 from storage.engine import create_schema, make_engine
-
-
-class DrivenClock:
-    """Milliseconds since the epoch, moved by the test."""
-
-    def __init__(self, iso: str) -> None:
-        self.now = ms(iso)
-
-    def __call__(self) -> int:
-        return self.now
-
-    def set(self, iso: str) -> None:
-        self.now = ms(iso)
-
-
-def ms(iso: str) -> int:
-    parsed = datetime.datetime.fromisoformat(iso)
-    return calendar.timegm(parsed.timetuple()) * 1000 + parsed.microsecond // 1000
+from tests.support import DrivenClock, ms
 
 
 def rows(engine: Engine) -> dict[int, dict[str, int]]:

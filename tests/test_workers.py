@@ -32,6 +32,7 @@ from storage.schema import notifications
 from tests.providers import Providers
 from tests.support import (
     POSTGRES_URL_VARIABLE,
+    SUCCESS,
     postgres_base_url,
     postgres_schema_url,
     random_apns_token,
@@ -40,7 +41,6 @@ from tests.support import (
 )
 from tests.test_server_cli import SERVER, ServerProcess, clean_env
 
-SUCCESS = (200, {"code": 1, "message": "Success"})
 ROOT = Path(__file__).resolve().parents[1]
 
 
