@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import Engine
 
 from tests.providers import Providers, start_providers
 from tests.support import (
@@ -15,9 +16,17 @@ from tests.support import (
     postgres_base_url,
     postgres_schema_url,
     relay_settings,
+    schema_engine,
 )
 
 BACKENDS = ["sqlite", "postgresql"]
+
+
+def _postgres_schema_or_skip() -> Iterator[str]:
+    base = postgres_base_url()
+    if base is None:
+        pytest.skip(f"PostgreSQL tests need {POSTGRES_URL_VARIABLE} (set by .ci/run)")
+    yield from postgres_schema_url(base)
 
 
 @pytest.fixture(params=BACKENDS)
@@ -25,15 +34,29 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'relay.sqlite3'}"
         return
-    base = postgres_base_url()
-    if base is None:
-        pytest.skip(f"PostgreSQL tests need {POSTGRES_URL_VARIABLE} (set by .ci/run)")
-    yield from postgres_schema_url(base)
+    yield from _postgres_schema_or_skip()
 
 
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'relay.sqlite3'}"
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A schema of its own on the test PostgreSQL (the test is skipped without one)."""
+    yield from _postgres_schema_or_skip()
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    """An engine on each backend, the relay's tables made."""
+    yield from schema_engine(database_url)
+
+
+@pytest.fixture
+def sqlite_engine(sqlite_url: str) -> Iterator[Engine]:
+    yield from schema_engine(sqlite_url)
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ from sqlalchemy import Engine, func, select
 from lsrpc.client import OnionClient, PreparedRequest
 from server import Relay
 from settings import Settings, load_settings
+from storage.engine import create_schema, make_engine
 
 POSTGRES_URL_VARIABLE = "RELAY_TEST_POSTGRES_URL"
 
@@ -216,6 +217,16 @@ def relay_settings(data_dir: Path, database_url: str, **overrides: Any) -> Setti
     }
     values.update(overrides)
     return load_settings(environ={}, overrides=values, cwd=data_dir)
+
+
+def schema_engine(url: str, pool_size: int = 4) -> Iterator[Engine]:
+    """An engine on `url` with the relay's tables made, disposed of when the test ends."""
+    engine = make_engine(url, pool_size=pool_size)
+    try:
+        create_schema(engine)
+        yield engine
+    finally:
+        engine.dispose()
 
 
 def postgres_base_url() -> str | None:

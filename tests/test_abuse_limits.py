@@ -8,7 +8,6 @@ instead of refusing, so a user's new phone always works.
 from __future__ import annotations
 
 import base64
-import http.client
 import os
 from collections.abc import Callable
 from typing import Any
@@ -22,6 +21,7 @@ from tests.support import (
     SUCCESS,
     RunningRelay,
     count,
+    http_request,
     random_apns_token,
     random_fcm_token,
     random_session_id,
@@ -44,14 +44,9 @@ def tokens_of(relay: RunningRelay, session_id: str) -> set[str]:
 
 
 def scrape(relay: RunningRelay) -> set[str]:
-    connection = http.client.HTTPConnection("127.0.0.1", relay.port, timeout=30)
-    try:
-        connection.request("GET", "/metrics")
-        response = connection.getresponse()
-        assert response.status == 200
-        return set(response.read().decode().splitlines())
-    finally:
-        connection.close()
+    answer = http_request(relay.port, "GET", "/metrics")
+    assert answer.status == 200
+    return set(answer.body.decode().splitlines())
 
 
 def refused_line(reason: str, value: int) -> str:

@@ -14,6 +14,7 @@ from sqlalchemy import func, select
 from lsrpc.client import OnionClient
 from storage.schema import deliveries
 from tests.providers import Providers
+from tests.server_process import ServerProcess
 from tests.support import (
     SUCCESS,
     RunningRelay,
@@ -21,7 +22,6 @@ from tests.support import (
     random_fcm_token,
     random_session_id,
 )
-from tests.test_server_cli import ServerProcess
 
 
 def env_for(providers: Providers, **extra: str) -> dict[str, str]:

@@ -16,7 +16,6 @@ wait is on a condition, with a generous timeout only as an upper bound.
 from __future__ import annotations
 
 import base64
-import http.client
 import os
 import re
 import threading
@@ -38,6 +37,7 @@ from tests.support import (
     SUCCESS,
     RunningRelay,
     count,
+    http_request,
     random_apns_token,
     random_fcm_token,
     random_session_id,
@@ -520,15 +520,10 @@ def fill_queue(relay: RunningRelay, rows_wanted: int, oldest_ms: int) -> None:
 
 
 def scrape(relay: RunningRelay) -> str:
-    connection = http.client.HTTPConnection("127.0.0.1", relay.port, timeout=30)
-    try:
-        connection.request("GET", "/metrics")
-        response = connection.getresponse()
-        body = response.read().decode()
-        assert response.status == 200, (response.status, body[:200])
-        return body
-    finally:
-        connection.close()
+    answer = http_request(relay.port, "GET", "/metrics")
+    body = answer.body.decode()
+    assert answer.status == 200, (answer.status, body[:200])
+    return body
 
 
 def gauge(body: str, name: str) -> float:

@@ -47,14 +47,15 @@ from sandbox.fcm import FakeFcm
 from storage.records import Provider
 from storage.schema import deliveries
 from tests.providers import Providers
+from tests.server_process import ServerProcess, run_server
 from tests.support import (
     SUCCESS,
     RunningRelay,
+    http_request,
     random_apns_token,
     random_fcm_token,
     random_session_id,
 )
-from tests.test_server_cli import SERVER, ServerProcess, clean_env
 
 UNAVAILABLE = (503, {"code": 0, "message": "Temporarily unavailable, try again later"})
 WAIT_S = 60.0  # an upper bound for things that take well under a second when all is well
@@ -136,13 +137,8 @@ class Faulty:
 
 
 def get(port: int, path: str) -> tuple[int, str]:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    try:
-        connection.request("GET", path)
-        response = connection.getresponse()
-        return response.status, response.read().decode()
-    finally:
-        connection.close()
+    answer = http_request(port, "GET", path)
+    return answer.status, answer.body.decode()
 
 
 def metric(text: str, name: str, **labels: str) -> float:
@@ -677,14 +673,7 @@ def test_sqlite_read_only_at_start_is_one_line(small_filesystem: Path, tmp_path:
     assert first.terminate() == 0
     subprocess.run(["mount", "-o", "remount,ro", str(small_filesystem)], check=True)
     try:
-        started = subprocess.run(
-            [*SERVER, "--port", "0"],
-            cwd=tmp_path,
-            env=clean_env(**env),
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        started = run_server("--port", "0", cwd=tmp_path, env=env)
     finally:
         subprocess.run(["mount", "-o", "remount,rw", str(small_filesystem)], check=True)
     assert started.returncode == 2

@@ -8,7 +8,6 @@ raising `max_examples` (see docs/security.md, "Fuzzing").
 from __future__ import annotations
 
 import base64
-import http.client
 import json
 import logging
 from collections.abc import Iterator
@@ -31,7 +30,7 @@ from tests.strategies import (
     v4_bencoded,
     v4_requests,
 )
-from tests.support import RunningRelay, random_apns_token, random_session_id
+from tests.support import RunningRelay, http_request, random_apns_token, random_session_id
 
 LIVE = settings(
     max_examples=120,
@@ -62,13 +61,8 @@ def live(
 
 
 def send(relay: RunningRelay, method: str, path: str, body: bytes, headers: dict[str, str]) -> Any:
-    connection = http.client.HTTPConnection("127.0.0.1", relay.port, timeout=30)
-    try:
-        connection.request(method, path, body=body, headers=headers)
-        response = connection.getresponse()
-        answer = response.status, response.read()
-    finally:
-        connection.close()
+    response = http_request(relay.port, method, path, body=body, headers=headers)
+    answer = response.status, response.body
     assert answer[0] < 500 or answer[0] == 503, answer
     assert b"Traceback" not in answer[1]
     return answer

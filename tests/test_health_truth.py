@@ -30,11 +30,8 @@ from storage.schema import deliveries
 from storage.write_probe import PROBE_KEY
 from tests.providers import Providers
 from tests.support import (
-    POSTGRES_URL_VARIABLE,
     SUCCESS,
     RunningRelay,
-    postgres_base_url,
-    postgres_schema_url,
     random_apns_token,
     random_session_id,
     request,
@@ -218,14 +215,6 @@ def test_a_write_lock_held_past_the_bound_is_a_503_and_released_is_ok(
     assert health_lines(caplog) == ["health: unhealthy: " + body.strip(), "health: ok again"]
 
 
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    base = postgres_base_url()
-    if base is None:
-        pytest.skip(f"PostgreSQL tests need {POSTGRES_URL_VARIABLE} (set by .ci/run)")
-    yield from postgres_schema_url(base)
-
-
 def test_a_read_only_postgresql_transaction_is_a_503(postgres_url: str) -> None:
     database_url = postgres_url
     writable = make_engine(database_url, pool_size=1)
@@ -275,14 +264,6 @@ class SteppedClock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@pytest.fixture
-def sqlite_engine(sqlite_url: str) -> Iterator[Engine]:
-    engine = make_engine(sqlite_url, pool_size=2)
-    create_schema(engine)
-    yield engine
-    engine.dispose()
 
 
 def test_the_write_probe_runs_at_most_once_per_interval_and_is_shared(

@@ -107,11 +107,9 @@ JSON = {"Content-Type": "application/json"}
 
 
 @pytest.fixture
-def engine(sqlite_url: str) -> Iterator[Engine]:
-    engine = make_engine(sqlite_url, pool_size=4)
-    create_schema(engine)
-    yield engine
-    engine.dispose()
+def engine(sqlite_engine: Engine) -> Engine:
+    """These tests run on SQLite only (conftest's `engine` is on each backend)."""
+    return sqlite_engine
 
 
 @pytest.fixture

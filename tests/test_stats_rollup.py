@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import datetime
 import threading
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -36,22 +35,6 @@ def rows(engine: Engine) -> dict[int, dict[str, int]]:
     with engine.connect() as conn:
         found = conn.execute(select(statistics_minutes).order_by("minute_start")).mappings()
         return {row["minute_start"]: {name: row[name] for name in COUNTER_NAMES} for row in found}
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = make_engine(database_url, pool_size=4)
-    create_schema(engine)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def sqlite_engine(sqlite_url: str) -> Iterator[Engine]:
-    engine = make_engine(sqlite_url, pool_size=4)
-    create_schema(engine)
-    yield engine
-    engine.dispose()
 
 
 def test_minute_floor_and_the_minute_a_flush_writes_to(sqlite_engine: Engine) -> None:
