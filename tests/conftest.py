@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine
 
-from tests.providers import Providers, start_providers
+from sandbox.apns import FakeApns
+from tests.providers import Providers, reset_apns, start_providers
 from tests.support import (
     POSTGRES_URL_VARIABLE,
     RunningRelay,
@@ -88,6 +89,21 @@ def sqlite_relay(start_relay: Callable[..., RunningRelay], sqlite_url: str) -> R
 def providers(tmp_path: Path) -> Iterator[Providers]:
     """A fake APNs and a fake FCM (sandbox/), real servers on 127.0.0.1."""
     yield from start_providers(tmp_path / "providers")
+
+
+@pytest.fixture(scope="module")
+def module_fake_apns(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeApns]:
+    """One fake APNs for all the tests of a module (its TLS files and key made once)."""
+    server = FakeApns.create(tmp_path_factory.mktemp("apns")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fake_apns(module_fake_apns: FakeApns) -> Iterator[FakeApns]:
+    """The module's fake APNs, reset after each test."""
+    yield module_fake_apns
+    reset_apns(module_fake_apns)
 
 
 @pytest.fixture
