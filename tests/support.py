@@ -5,30 +5,25 @@ from __future__ import annotations
 import asyncio
 import calendar
 import datetime
-import http.client
 import os
 import secrets
 import threading
-import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import psycopg
-import sqlalchemy
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine
 
 from lsrpc.client import OnionClient, PreparedRequest
 from server import Relay
 from settings import Settings, load_settings
 from storage.engine import create_schema, make_engine
+from tests.http_calls import HttpAnswer, http_request
 
 POSTGRES_URL_VARIABLE = "RELAY_TEST_POSTGRES_URL"
-
-# What every endpoint answers when it did what it was asked: (HTTP status, body).
-SUCCESS = (200, {"code": 1, "message": "Success"})
 
 
 def random_session_id() -> str:
@@ -41,34 +36,6 @@ def random_apns_token() -> str:
 
 def random_fcm_token() -> str:
     return secrets.token_urlsafe(100)[:140] + ":APA91b" + secrets.token_urlsafe(20)
-
-
-def wait_until(
-    condition: Callable[[], object],
-    what: str = "",
-    *,
-    timeout: float = 60.0,
-    interval: float = 0.01,
-) -> None:
-    """Poll until `condition()` holds. Not a timing assertion: the bound only stops a test
-    that would otherwise hang."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not met within {timeout:g} s: {what or condition}")
-        time.sleep(interval)
-
-
-def count(source: RunningRelay | Engine, table: Any, *where: Any) -> int:
-    """Rows of `table` (a Table, or a table's name) in a relay's database, matching `where`."""
-    engine = source.relay.engine if isinstance(source, RunningRelay) else source
-    query = select(func.count()).select_from(
-        sqlalchemy.table(table) if isinstance(table, str) else table
-    )
-    if where:
-        query = query.where(*where)
-    with engine.connect() as conn:
-        return int(conn.execute(query).scalar_one())
 
 
 class DrivenClock:
@@ -88,39 +55,6 @@ def ms(iso: str) -> int:
     """An ISO date and time, read as UTC, in milliseconds since the epoch."""
     parsed = datetime.datetime.fromisoformat(iso)
     return calendar.timegm(parsed.timetuple()) * 1000 + parsed.microsecond // 1000
-
-
-@dataclass
-class HttpAnswer:
-    status: int
-    headers: Mapping[str, str]
-    body: bytes
-
-
-def http_request(
-    port: int,
-    method: str,
-    path: str,
-    *,
-    body: bytes | None = None,
-    headers: Mapping[str, str] | None = None,
-    timeout: float = 30,
-) -> HttpAnswer:
-    """One request on a connection of its own to 127.0.0.1:`port`; header names as sent."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        connection.request(method, path, body=body, headers=dict(headers or {}))
-        response = connection.getresponse()
-        return HttpAnswer(response.status, dict(response.getheaders()), response.read())
-    finally:
-        connection.close()
-
-
-def request(relay: RunningRelay, method: str, path: str, headers: dict[str, str]) -> HttpAnswer:
-    """A request to a running relay, its answer's header names in lower case."""
-    answer = http_request(relay.port, method, path, headers=headers, timeout=60)
-    lowered = {name.lower(): value for name, value in answer.headers.items()}
-    return HttpAnswer(answer.status, lowered, answer.body)
 
 
 @dataclass

@@ -17,15 +17,9 @@ from sqlalchemy import select
 
 from handlers.notify_limit import NotifyRateLimit
 from storage.schema import deliveries, devices, group_members, notifications
-from tests.support import (
-    SUCCESS,
-    RunningRelay,
-    count,
-    http_request,
-    random_apns_token,
-    random_fcm_token,
-    random_session_id,
-)
+from tests.checks import SUCCESS, count
+from tests.http_calls import http_request
+from tests.support import RunningRelay, random_apns_token, random_fcm_token, random_session_id
 
 
 def data() -> str:

@@ -36,15 +36,10 @@ from storage.records import Continuation, Provider
 from storage.schema import deliveries, devices
 from storage.store import RelayStore
 from storage.writer import BatchWriter
+from tests.checks import wait_until
 from tests.providers import Providers
 from tests.scripted_sender import ScriptedSender
-from tests.support import (
-    RunningRelay,
-    random_apns_token,
-    random_fcm_token,
-    random_session_id,
-    wait_until,
-)
+from tests.support import RunningRelay, random_apns_token, random_fcm_token, random_session_id
 
 SETTINGS = DispatchSettings(
     lease_ms=60_000,

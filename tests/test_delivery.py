@@ -15,16 +15,9 @@ import pytest
 from push.payloads import apns_payload
 from sandbox import script
 from storage.schema import deliveries, devices, notifications
+from tests.checks import SUCCESS, count, wait_until
 from tests.providers import Providers, start_providers
-from tests.support import (
-    SUCCESS,
-    RunningRelay,
-    count,
-    random_apns_token,
-    random_fcm_token,
-    random_session_id,
-    wait_until,
-)
+from tests.support import RunningRelay, random_apns_token, random_fcm_token, random_session_id
 
 APS = {
     "alert": {"title": "Session", "body": "You've got a new message"},

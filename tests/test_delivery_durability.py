@@ -13,15 +13,10 @@ from sqlalchemy import func, select
 
 from lsrpc.client import OnionClient
 from storage.schema import deliveries
+from tests.checks import SUCCESS
 from tests.providers import Providers
 from tests.server_process import ServerProcess
-from tests.support import (
-    SUCCESS,
-    RunningRelay,
-    random_apns_token,
-    random_fcm_token,
-    random_session_id,
-)
+from tests.support import RunningRelay, random_apns_token, random_fcm_token, random_session_id
 
 
 def env_for(providers: Providers, **extra: str) -> dict[str, str]:

@@ -32,17 +32,10 @@ from sandbox.apns import ApnsPush
 from sandbox.fcm import FcmPush
 from sandbox.script import Behaviour, Recorder
 from storage.sql import Prepared, Tx
+from tests.checks import SUCCESS, count, wait_until
+from tests.http_calls import http_request
 from tests.providers import Providers
-from tests.support import (
-    SUCCESS,
-    RunningRelay,
-    count,
-    http_request,
-    random_apns_token,
-    random_fcm_token,
-    random_session_id,
-    wait_until,
-)
+from tests.support import RunningRelay, random_apns_token, random_fcm_token, random_session_id
 
 RETRY_LATER_S = 600.0  # a Retry-After that keeps a failed push waiting for the whole test
 Push = ApnsPush | FcmPush

@@ -15,14 +15,8 @@ from sqlalchemy import select
 from lsrpc.client import V2_STYLES
 from storage.records import Provider
 from storage.schema import deliveries, devices, group_members, notifications
-from tests.support import (
-    SUCCESS,
-    RunningRelay,
-    count,
-    random_apns_token,
-    random_fcm_token,
-    random_session_id,
-)
+from tests.checks import SUCCESS, count
+from tests.support import RunningRelay, random_apns_token, random_fcm_token, random_session_id
 
 ENC_TYPE_NAMES = [None, "aes-gcm", "gcm", "xchacha20", "xchacha20-poly1305"]
 

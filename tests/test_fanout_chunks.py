@@ -29,14 +29,8 @@ from storage.schema import deliveries, devices, notifications
 from storage.sql import Tx
 from storage.store import FANOUT_ABANDONED_AFTER_MS, RelayStore
 from storage.writer import BatchWriter
-from tests.support import (
-    SUCCESS,
-    RunningRelay,
-    count,
-    random_apns_token,
-    random_session_id,
-    wait_until,
-)
+from tests.checks import SUCCESS, count, wait_until
+from tests.support import RunningRelay, random_apns_token, random_session_id
 
 
 def data() -> str:

@@ -46,16 +46,11 @@ from sandbox import script
 from sandbox.fcm import FakeFcm
 from storage.records import Provider
 from storage.schema import deliveries
+from tests.checks import SUCCESS
+from tests.http_calls import http_request
 from tests.providers import Providers
 from tests.server_process import ServerProcess, run_server
-from tests.support import (
-    SUCCESS,
-    RunningRelay,
-    http_request,
-    random_apns_token,
-    random_fcm_token,
-    random_session_id,
-)
+from tests.support import RunningRelay, random_apns_token, random_fcm_token, random_session_id
 
 UNAVAILABLE = (503, {"code": 0, "message": "Temporarily unavailable, try again later"})
 WAIT_S = 60.0  # an upper bound for things that take well under a second when all is well

@@ -32,7 +32,8 @@ from sandbox.certs import generate_service_account
 from sandbox.fcm import FakeFcm
 from sandbox.script import Behaviour
 from storage.records import Provider
-from tests.support import random_fcm_token, wait_until
+from tests.checks import wait_until
+from tests.support import random_fcm_token
 
 MODES = ["h2", "http1-tls", "http1-plain"]
 

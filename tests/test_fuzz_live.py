@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lsrpc.client import OnionClient
+from tests.http_calls import http_request
 from tests.strategies import (
     VALID_PARAMS,
     endpoint_calls,
@@ -30,7 +31,7 @@ from tests.strategies import (
     v4_bencoded,
     v4_requests,
 )
-from tests.support import RunningRelay, http_request, random_apns_token, random_session_id
+from tests.support import RunningRelay, random_apns_token, random_session_id
 
 LIVE = settings(
     max_examples=120,

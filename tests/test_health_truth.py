@@ -28,15 +28,10 @@ from stats.healthz import HealthProbe, HealthSettings
 from storage.engine import create_schema, make_engine
 from storage.schema import deliveries
 from storage.write_probe import PROBE_KEY
+from tests.checks import SUCCESS, wait_until
+from tests.http_calls import request
 from tests.providers import Providers
-from tests.support import (
-    SUCCESS,
-    RunningRelay,
-    random_apns_token,
-    random_session_id,
-    request,
-    wait_until,
-)
+from tests.support import RunningRelay, random_apns_token, random_session_id
 
 HEALTH_LOGGER = "stats.healthz"
 

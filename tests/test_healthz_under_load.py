@@ -16,7 +16,9 @@ from typing import Any
 import pytest
 
 from stats.auth import hash_password
-from tests.support import RunningRelay, request, wait_until
+from tests.checks import wait_until
+from tests.http_calls import request
+from tests.support import RunningRelay
 
 USER, PASSWORD = "stats", "right"
 

@@ -9,14 +9,10 @@ from pathlib import Path
 import pytest
 
 from lsrpc.client import OnionClient
+from tests.http_calls import http_request
 from tests.providers import Providers
 from tests.server_process import ServerProcess
-from tests.support import (
-    http_request,
-    random_apns_token,
-    random_fcm_token,
-    random_session_id,
-)
+from tests.support import random_apns_token, random_fcm_token, random_session_id
 
 
 def get(port: int, path: str) -> int:

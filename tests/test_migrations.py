@@ -20,14 +20,9 @@ from server import Relay, StartupError
 from storage.engine import create_schema, make_engine
 from storage.migrations import upgrade
 from storage.schema import SCHEMA_VERSION
+from tests.checks import SUCCESS
 from tests.providers import Providers
-from tests.support import (
-    SUCCESS,
-    RunningRelay,
-    random_apns_token,
-    random_session_id,
-    relay_settings,
-)
+from tests.support import RunningRelay, random_apns_token, random_session_id, relay_settings
 
 FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "schema_v1.json").read_text())
 # Columns holding times. The fixture's rows are months old; they are moved forward together

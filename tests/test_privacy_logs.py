@@ -20,14 +20,9 @@ import pytest
 
 from sandbox import script
 from server import configure_logging
+from tests.checks import wait_until
 from tests.providers import Providers
-from tests.support import (
-    RunningRelay,
-    random_apns_token,
-    random_fcm_token,
-    random_session_id,
-    wait_until,
-)
+from tests.support import RunningRelay, random_apns_token, random_fcm_token, random_session_id
 
 MAX_LEAKS_SHOWN = 5
 MAX_LINE_CHARS = 240

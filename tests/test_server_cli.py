@@ -16,8 +16,9 @@ import pytest
 
 from lsrpc.client import OnionClient
 from sandbox.certs import generate_apns_key
+from tests.checks import SUCCESS
 from tests.server_process import SERVER, ServerProcess, clean_env, run_server
-from tests.support import SUCCESS, random_apns_token, random_session_id
+from tests.support import random_apns_token, random_session_id
 
 
 @pytest.fixture

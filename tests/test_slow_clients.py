@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from tests.support import SUCCESS, RunningRelay, random_apns_token, random_session_id, wait_until
+from tests.checks import SUCCESS, wait_until
+from tests.support import RunningRelay, random_apns_token, random_session_id
 from web.connections import REFUSAL
 
 

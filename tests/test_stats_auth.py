@@ -22,7 +22,7 @@ from stats.auth import (
     parse_basic_authorization,
     parse_password_hash,
 )
-from tests.support import wait_until
+from tests.checks import wait_until
 
 
 def header(user: str, password: str, scheme: str = "Basic") -> str:

@@ -34,8 +34,9 @@ from stats.dashboard import (
 from stats.rollup import MINUTE_MS, minute_floor
 from stats.schema import QUEUE_DEPTH, statistics_minutes
 from storage.engine import create_schema, make_engine
+from tests.http_calls import HttpAnswer, request
 from tests.png_reader import read_png
-from tests.support import HttpAnswer, RunningRelay, ms, request
+from tests.support import RunningRelay, ms
 
 USER, PASSWORD = "stats-reader", "a dashboard password"
 AUTH = {"Authorization": "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()}

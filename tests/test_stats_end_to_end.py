@@ -9,16 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from lsrpc.client import OnionClient
+from tests.checks import SUCCESS
+from tests.http_calls import http_request
 from tests.providers import Providers
 from tests.server_process import ServerProcess
-from tests.support import (
-    SUCCESS,
-    RunningRelay,
-    http_request,
-    random_apns_token,
-    random_fcm_token,
-    random_session_id,
-)
+from tests.support import RunningRelay, random_apns_token, random_fcm_token, random_session_id
 
 AUTH = {"Authorization": "Basic " + base64.b64encode(b"ops:correct horse").decode()}
 ALL_FLAGS = {

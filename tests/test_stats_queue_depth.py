@@ -19,15 +19,9 @@ from stats.schema import QUEUE_DEPTH, statistics_minutes
 from storage.engine import create_schema, make_engine
 from storage.migrations import VERSION_KEY
 from storage.schema import SCHEMA_VERSION, schema_meta
-from tests.support import (
-    SUCCESS,
-    DrivenClock,
-    RunningRelay,
-    ms,
-    random_apns_token,
-    random_session_id,
-    request,
-)
+from tests.checks import SUCCESS
+from tests.http_calls import request
+from tests.support import DrivenClock, RunningRelay, ms, random_apns_token, random_session_id
 
 
 @pytest.fixture

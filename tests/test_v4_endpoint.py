@@ -11,14 +11,8 @@ import pytest
 
 from lsrpc.client import V4_STYLES
 from storage.schema import deliveries, devices, group_members
-from tests.support import (
-    SUCCESS,
-    RunningRelay,
-    count,
-    random_apns_token,
-    random_fcm_token,
-    random_session_id,
-)
+from tests.checks import SUCCESS, count
+from tests.support import RunningRelay, random_apns_token, random_fcm_token, random_session_id
 
 
 def data() -> str:

@@ -29,14 +29,10 @@ from lsrpc.client import OnionClient
 from settings import SettingsError, load_settings
 from startup import load_keys
 from storage.schema import notifications
+from tests.checks import SUCCESS
 from tests.providers import Providers
 from tests.server_process import ROOT, ServerProcess, run_server
-from tests.support import (
-    SUCCESS,
-    random_apns_token,
-    random_fcm_token,
-    random_session_id,
-)
+from tests.support import random_apns_token, random_fcm_token, random_session_id
 
 
 def worker_pids(server: ServerProcess, count: int) -> list[int]:
