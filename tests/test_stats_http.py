@@ -3,23 +3,17 @@ stats blueprints behind Tornado's HTTPServer + WSGIContainer, spoken to with htt
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import http.client
 import itertools
 import json
-import threading
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from flask import Flask
 from sqlalchemy import Engine, insert
-from tornado.httpserver import HTTPServer
-from tornado.netutil import bind_sockets
 from tornado.wsgi import WSGIContainer
 
 from stats.auth import WWW_AUTHENTICATE, StatsAuth, hash_password
@@ -30,6 +24,8 @@ from stats.rollup import MinuteRollup
 from stats.schema import statistics_minutes
 from storage.engine import create_schema, make_engine
 from storage.records import Provider
+from tests.http_calls import HttpAnswer
+from tests.served import Served
 from tests.support import DrivenClock, ms
 
 USER, PASSWORD = "stats-reader", "correct horse battery staple"
@@ -39,34 +35,20 @@ README_REQUEST = (
 )
 
 
-@dataclass
-class Answer:
-    status: int
-    headers: Mapping[str, str]  # names in lower case
-    body: bytes
+class Answer(HttpAnswer):
+    """An answer whose header names are in lower case."""
 
     def json(self) -> Any:
         assert self.headers["content-type"] == "application/json", self.headers
         return json.loads(self.body)
 
 
-class ServedApp:
-    """A Flask app on 127.0.0.1:<ephemeral>, behind Tornado, on its own loop thread."""
+class ServedApp(Served):
+    """A Flask app behind Tornado's WSGIContainer, as the relay serves it."""
 
     def __init__(self, app: Flask) -> None:
-        self.loop = asyncio.new_event_loop()
         self.executor = ThreadPoolExecutor(4, thread_name_prefix="stats-web")
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        container = WSGIContainer(app.wsgi_app, executor=self.executor)
-
-        async def listen() -> HTTPServer:
-            server = HTTPServer(container)
-            server.add_sockets(bind_sockets(0, "127.0.0.1"))
-            return server
-
-        self.server = asyncio.run_coroutine_threadsafe(listen(), self.loop).result(10)
-        self.port = next(iter(self.server._sockets.values())).getsockname()[1]
+        super().__init__(WSGIContainer(app.wsgi_app, executor=self.executor))
 
     def request(
         self,
@@ -75,24 +57,11 @@ class ServedApp:
         body: bytes | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> Answer:
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        try:
-            connection.request(method, path, body=body, headers=dict(headers or {}))
-            response = connection.getresponse()
-            headers = {name.lower(): value for name, value in response.getheaders()}
-            return Answer(response.status, headers, response.read())
-        finally:
-            connection.close()
+        answer = super().request(method, path, body, headers)
+        return Answer(answer.status, answer.headers, answer.body)
 
     def close(self) -> None:
-        async def stop() -> None:
-            self.server.stop()
-            await self.server.close_all_connections()
-
-        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
+        super().close()
         self.executor.shutdown()
 
 
