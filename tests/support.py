@@ -15,11 +15,12 @@ from typing import Any
 from urllib.parse import quote
 
 import psycopg
+import pytest
 from sqlalchemy import Engine
 
 from lsrpc.client import OnionClient, PreparedRequest
 from server import Relay
-from settings import Settings, load_settings
+from settings import Settings, SettingsError, load_settings
 from storage.engine import create_schema, make_engine
 from tests.http_calls import HttpAnswer, http_request
 
@@ -161,6 +162,19 @@ def schema_engine(url: str, pool_size: int = 4) -> Iterator[Engine]:
         yield engine
     finally:
         engine.dispose()
+
+
+def settings_error(directory: Path, config: str | None = None, **environ: str) -> str:
+    """The one-line SettingsError of loading `config` (a config file's text) and `environ`."""
+    config_file = None
+    if config is not None:
+        config_file = directory / "given_config.py"
+        config_file.write_text(config)
+    with pytest.raises(SettingsError) as caught:
+        load_settings(config_file, environ=environ, cwd=directory)
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
 
 
 def postgres_base_url() -> str | None:

@@ -26,13 +26,13 @@ import pytest
 from sqlalchemy import create_engine, select
 
 from lsrpc.client import OnionClient
-from settings import SettingsError, load_settings
+from settings import load_settings
 from startup import load_keys
 from storage.schema import notifications
 from tests.checks import SUCCESS
 from tests.providers import Providers
 from tests.server_process import ROOT, ServerProcess, run_server
-from tests.support import random_apns_token, random_fcm_token, random_session_id
+from tests.support import random_apns_token, random_fcm_token, random_session_id, settings_error
 
 
 def worker_pids(server: ServerProcess, count: int) -> list[int]:
@@ -192,13 +192,7 @@ def test_workers_is_a_number_or_auto(
 def test_a_bad_workers_value_is_named(
     tmp_path: Path, environ: dict[str, str], config: str | None, message: str
 ) -> None:
-    config_file = None
-    if config is not None:
-        config_file = tmp_path / "config.py"
-        config_file.write_text(config)
-    with pytest.raises(SettingsError) as caught:
-        load_settings(config_file, environ=environ, cwd=tmp_path)
-    assert message in str(caught.value)
+    assert message in settings_error(tmp_path, config, **environ)
 
 
 def test_the_workers_option_takes_a_number_or_auto(tmp_path: Path) -> None:
