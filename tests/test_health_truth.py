@@ -41,6 +41,14 @@ def healthz(relay: RunningRelay) -> tuple[int, str]:
     return answer.status, answer.body.decode()
 
 
+def queue_one_push(relay: RunningRelay) -> None:
+    """Register an APNs device, then send its Session ID one notify."""
+    session_id = random_session_id()
+    params = {"token": random_apns_token(), "pubKey": session_id}
+    assert relay.call_v2("register", params) == SUCCESS
+    assert relay.call_v2("notify", {"data": "aGVsbG8=", "send_to": session_id}) == SUCCESS
+
+
 def probe_every_request(relay: RunningRelay) -> None:
     """The relay probes a write at most every 5 s; the tests want a fresh probe each time."""
     health = relay.relay.health
@@ -329,11 +337,7 @@ def test_a_lane_paused_for_a_configuration_error_is_a_503(
     settings = {**providers.settings, "APNS_TEAM_ID": "WRONGTEAM1"}  # APNs: InvalidProviderToken
     relay: RunningRelay = start_relay(sqlite_url, dispatch=True, **settings)
     assert healthz(relay) == (200, "ok\n")
-    session_id = random_session_id()
-    assert relay.call_v2("register", {"token": random_apns_token(), "pubKey": session_id}) == (
-        SUCCESS
-    )
-    assert relay.call_v2("notify", {"data": "aGVsbG8=", "send_to": session_id}) == SUCCESS
+    queue_one_push(relay)
     (apns,) = [lane for lane in relay.relay.dispatcher.lanes if lane.name == "APNs"]
     wait_until(lambda: apns.paused)
     # The lane stays paused for 30 s (config_pause_s): ample time for the next request.
@@ -347,12 +351,7 @@ def test_a_lane_paused_for_a_configuration_error_is_a_503(
 def test_a_queued_push_older_than_the_limit_is_a_503(database_url: str, start_relay: Any) -> None:
     relay: RunningRelay = start_relay(database_url, HEALTH_MAX_QUEUE_AGE=600)
     probe_every_request(relay)
-    session_id = random_session_id()
-    assert relay.call_v2("register", {"token": random_apns_token(), "pubKey": session_id}) == (
-        SUCCESS
-    )
-    # The dispatcher is not started: the push stays queued.
-    assert relay.call_v2("notify", {"data": "aGVsbG8=", "send_to": session_id}) == SUCCESS
+    queue_one_push(relay)  # the dispatcher is not started: the push stays queued
     assert healthz(relay) == (200, "ok\n")
     with relay.relay.engine.begin() as conn:  # as if it had waited an hour
         conn.execute(update(deliveries).values(created_at=deliveries.c.created_at - 3_600_000))
@@ -368,11 +367,7 @@ def test_a_queued_push_older_than_the_limit_is_a_503(database_url: str, start_re
 def test_health_max_queue_age_zero_leaves_the_queue_out(start_relay: Any, sqlite_url: str) -> None:
     relay: RunningRelay = start_relay(sqlite_url, HEALTH_MAX_QUEUE_AGE=0)
     probe_every_request(relay)
-    session_id = random_session_id()
-    assert relay.call_v2("register", {"token": random_apns_token(), "pubKey": session_id}) == (
-        SUCCESS
-    )
-    assert relay.call_v2("notify", {"data": "aGVsbG8=", "send_to": session_id}) == SUCCESS
+    queue_one_push(relay)
     with relay.relay.engine.begin() as conn:
         conn.execute(update(deliveries).values(created_at=deliveries.c.created_at - 86_400_000))
     assert healthz(relay) == (200, "ok\n")
