@@ -7,10 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from flask import Flask
 from sqlalchemy import Engine
+from tornado.web import Application
 
 from sandbox.apns import FakeApns
 from tests.providers import Providers, reset_apns, start_providers
+from tests.served import Served
 from tests.support import (
     POSTGRES_URL_VARIABLE,
     RunningRelay,
@@ -104,6 +107,20 @@ def fake_apns(module_fake_apns: FakeApns) -> Iterator[FakeApns]:
     """The module's fake APNs, reset after each test."""
     yield module_fake_apns
     reset_apns(module_fake_apns)
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[[Application | Flask], Served]]:
+    """Serves a Tornado Application or a Flask app on a port of its own; closed at the end."""
+    started: list[Served] = []
+
+    def start(app: Application | Flask) -> Served:
+        started.append(Served(app))
+        return started[-1]
+
+    yield start
+    for served in started:
+        served.close()
 
 
 @pytest.fixture

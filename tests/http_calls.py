@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import http.client
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from tests.support import RunningRelay
@@ -16,6 +17,12 @@ class HttpAnswer:
     status: int
     headers: Mapping[str, str]
     body: bytes
+
+    def json(self) -> Any:
+        """The body, read as the JSON its Content-Type says it is."""
+        content_type = {name.lower(): value for name, value in self.headers.items()}
+        assert content_type.get("content-type") == "application/json", self.headers
+        return json.loads(self.body)
 
 
 def http_request(

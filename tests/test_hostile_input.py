@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, cast
 
 import pytest
@@ -194,19 +194,6 @@ def test_the_wsgi_side_refuses_whatever_flask_would_route_to_the_onion(
 
 
 # -- a failure nobody foresaw ---------------------------------------------------------------
-
-
-@pytest.fixture
-def serve() -> Iterator[Callable[[Application], Served]]:
-    started: list[Served] = []
-
-    def start(app: Application) -> Served:
-        started.append(Served(app))
-        return started[-1]
-
-    yield start
-    for served in started:
-        served.close()
 
 
 KEYPAIR = ServerKeypair.from_private_bytes(bytes(range(1, 33)))
