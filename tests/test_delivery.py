@@ -169,17 +169,22 @@ def test_dead_tokens_are_pruned(pushing_relay: RunningRelay, providers: Provider
     assert pushing_relay.relay.counters.lifetime()["tokens_pruned"] == 4
 
 
+def push_answered(relay: RunningRelay, providers: Providers, answer: script.Behaviour) -> None:
+    """A new APNs device, a notify for it, and APNs answering `answer`: settled."""
+    alice, token = random_session_id(), random_apns_token()
+    providers.apns.scripts.set(token, answer)
+    register(relay, token, alice)
+    notify(relay, alice, data())
+    providers.apns.pushes.wait_for(1)
+    wait_until(lambda: count(relay, deliveries) == 0)
+
+
 def test_410_does_not_prune_a_token_registered_again_after_it(
     pushing_relay: RunningRelay, providers: Providers
 ) -> None:
-    alice = random_session_id()
-    token = random_apns_token()
-    register(pushing_relay, token, alice)
     # Apple says the token went dead an hour ago; the app registered it again since.
-    providers.apns.scripts.set(token, script.unregistered(int(time.time() * 1000) - 3_600_000))
-    notify(pushing_relay, alice, data())
-    providers.apns.pushes.wait_for(1)
-    wait_until(lambda: count(pushing_relay, deliveries) == 0)
+    an_hour_ago_ms = int(time.time() * 1000) - 3_600_000
+    push_answered(pushing_relay, providers, script.unregistered(an_hour_ago_ms))
     assert count(pushing_relay, devices) == 1
     assert pushing_relay.relay.counters.lifetime()["tokens_pruned"] == 0
 
@@ -212,12 +217,7 @@ def test_configuration_errors_keep_tokens_and_name_the_setting(
 def test_payload_too_large_drops_the_push_and_keeps_the_token(
     pushing_relay: RunningRelay, providers: Providers
 ) -> None:
-    alice, token = random_session_id(), random_apns_token()
-    providers.apns.scripts.set(token, script.payload_too_large())
-    register(pushing_relay, token, alice)
-    notify(pushing_relay, alice, data())
-    providers.apns.pushes.wait_for(1)
-    wait_until(lambda: count(pushing_relay, deliveries) == 0)
+    push_answered(pushing_relay, providers, script.payload_too_large())
     assert count(pushing_relay, devices) == 1
     assert pushing_relay.relay.counters.lifetime()["ios_pn_failed"] == 1
 
