@@ -40,13 +40,19 @@ def notify(relay: RunningRelay, send_to: str, payload: str) -> None:
     assert relay.call_v2("notify", {"data": payload, "send_to": send_to}) == SUCCESS
 
 
+def register_both(relay: RunningRelay, session_id: str) -> tuple[str, str]:
+    """A new APNs device and a new FCM device for `session_id`: their tokens."""
+    apns_token, fcm_token = random_apns_token(), random_fcm_token()
+    register(relay, apns_token, session_id)
+    register(relay, fcm_token, session_id)
+    return apns_token, fcm_token
+
+
 def test_exact_bytes_of_a_one_to_one_notify(
     pushing_relay: RunningRelay, providers: Providers
 ) -> None:
     alice = random_session_id()
-    apns_token, fcm_token = random_apns_token(), random_fcm_token()
-    register(pushing_relay, apns_token, alice)
-    register(pushing_relay, fcm_token, alice)
+    apns_token, fcm_token = register_both(pushing_relay, alice)
     message = data()
     before = int(time.time())
     notify(pushing_relay, alice, message)
@@ -122,9 +128,7 @@ def test_oversized_data_is_pushed_without_it(
     pushing_relay: RunningRelay, providers: Providers
 ) -> None:
     alice = random_session_id()
-    apns_token, fcm_token = random_apns_token(), random_fcm_token()
-    register(pushing_relay, apns_token, alice)
-    register(pushing_relay, fcm_token, alice)
+    register_both(pushing_relay, alice)
     overhead = len(apns_payload("")[0])
     largest_fitting = (4096 - overhead) // 4 * 4  # base64 comes in groups of four
     fitting = "QUJD" * (largest_fitting // 4)
@@ -197,11 +201,9 @@ def test_configuration_errors_keep_tokens_and_name_the_setting(
     a storm of them is the error, tests/test_config_storms.py)."""
     caplog.set_level(logging.WARNING)
     alice = random_session_id()
-    apns_token, fcm_token = random_apns_token(), random_fcm_token()
+    apns_token, fcm_token = register_both(pushing_relay, alice)
     providers.apns.scripts.set(apns_token, script.device_token_not_for_topic())
     providers.fcm.scripts.set(fcm_token, script.sender_id_mismatch())
-    register(pushing_relay, apns_token, alice)
-    register(pushing_relay, fcm_token, alice)
     notify(pushing_relay, alice, data())
     providers.apns.pushes.wait_for(1)
     providers.fcm.pushes.wait_for(1)
@@ -226,11 +228,9 @@ def test_transient_failures_retry_with_the_same_apns_id(
     pushing_relay: RunningRelay, providers: Providers
 ) -> None:
     alice = random_session_id()
-    apns_token, fcm_token = random_apns_token(), random_fcm_token()
+    apns_token, fcm_token = register_both(pushing_relay, alice)
     providers.apns.scripts.fail_times(apns_token, 3, script.server_error())
     providers.fcm.scripts.fail_times(fcm_token, 2, script.unavailable())
-    register(pushing_relay, apns_token, alice)
-    register(pushing_relay, fcm_token, alice)
     notify(pushing_relay, alice, data())
     apns_pushes = providers.apns.pushes.wait_for(4)
     fcm_pushes = providers.fcm.pushes.wait_for(3)
@@ -245,11 +245,9 @@ def test_backoff_honours_retry_after(pushing_relay: RunningRelay, providers: Pro
     tested on virtual time in tests/test_dispatcher.py). Only a lower bound: a loaded machine
     may retry later, never sooner."""
     alice = random_session_id()
-    apns_token, fcm_token = random_apns_token(), random_fcm_token()
+    apns_token, fcm_token = register_both(pushing_relay, alice)
     providers.apns.scripts.fail_times(apns_token, 1, script.too_many_requests(retry_after=2))
     providers.fcm.scripts.fail_times(fcm_token, 1, script.quota_exceeded(retry_after=2))
-    register(pushing_relay, apns_token, alice)
-    register(pushing_relay, fcm_token, alice)
     notify(pushing_relay, alice, data())
     first, second = providers.apns.pushes.wait_for(2, timeout=10)
     assert second.received_at - first.received_at >= 2.0
