@@ -18,6 +18,12 @@ class Providers:
     fcm: FakeFcm
     settings: dict[str, Any]
 
+    def environment(self, **extra: str) -> dict[str, str]:
+        """The settings as a relay process reads them (PN_* variables), with `extra`."""
+        env = {f"PN_{name}": str(value) for name, value in self.settings.items()}
+        env.update(extra)
+        return env
+
 
 def start_providers(directory: Path, *, fcm_tls: bool = True) -> Generator[Providers, None, None]:
     """The fake FCM speaks HTTP/2 over TLS, as Google's does; `fcm_tls=False`: plain http://,

@@ -668,8 +668,7 @@ def test_sqlite_read_only_at_start_is_one_line(small_filesystem: Path, tmp_path:
 
 
 def test_kill_9_under_load_loses_nothing_accepted(tmp_path: Path, providers: Providers) -> None:
-    env = {f"PN_{name}": str(value) for name, value in providers.settings.items()}
-    env.update(PN_DELIVERY_LEASE="2", PN_METRICS_PUBLIC="true")
+    env = providers.environment(PN_DELIVERY_LEASE="2", PN_METRICS_PUBLIC="true")
     server = ServerProcess(tmp_path, **env)
     client = OnionClient(bytes.fromhex(server.public_key))
 

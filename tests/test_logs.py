@@ -97,7 +97,7 @@ def test_one_line_per_start_up_fact_and_no_password(
 
 def test_a_push_to_fcm_logs_no_library_line(tmp_path: Path, providers: Providers) -> None:
     # httpx (under firebase-admin) logged one INFO line per FCM request.
-    env = {f"PN_{name}": str(value) for name, value in providers.settings.items()}
+    env = providers.environment()
     session_id = random_session_id()
     with ServerProcess(tmp_path, **env) as server:
         register(server, token=random_fcm_token(), pubKey=session_id, device="android")

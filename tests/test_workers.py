@@ -136,10 +136,9 @@ def check_delivered(
 
 
 def provider_env(providers: Providers, database_url: str, **extra: str) -> dict[str, str]:
-    env = {f"PN_{name}": str(value) for name, value in providers.settings.items()}
-    env.update(PN_DATABASE_URL=database_url, PN_ACCESS_LOG="true", PN_WEB_THREADS="4")
-    env.update(extra)
-    return env
+    return providers.environment(
+        PN_DATABASE_URL=database_url, PN_ACCESS_LOG="true", PN_WEB_THREADS="4", **extra
+    )
 
 
 @pytest.fixture
