@@ -1,4 +1,17 @@
-"""Shared fixtures: databases (SQLite file, PostgreSQL schema) and a running relay."""
+"""Shared fixtures: databases (SQLite file, PostgreSQL schema), engines, a running relay,
+the sandbox providers and a served web app.
+
+Where the other test helpers live, one concern a module:
+- support.py: a relay on its own loop thread (RunningRelay), its settings, random identities,
+  PostgreSQL schemas, a driven clock, settings_error();
+- checks.py: SUCCESS, count() of rows, wait_until();
+- http_calls.py: one HTTP request on a connection of its own (http_request, request);
+- server_process.py: `python server.py` as a real process (run_server, ServerProcess);
+- served.py: a Tornado server for one Application or Flask app;
+- providers.py: the sandbox APNs and FCM, the relay's APNs sender pointed at one;
+- strategies.py: the hypothesis strategies of the fuzz tests, mutate();
+- scripted_sender.py and lane_harness.py: one dispatcher lane on virtual time.
+"""
 
 from __future__ import annotations
 
