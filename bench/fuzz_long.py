@@ -297,8 +297,8 @@ def run_live(cases: int, workdir: Path, seed: int) -> tuple[int, float, list[str
 
     from handlers.endpoints import ENDPOINTS
     from lsrpc.client import OnionClient
+    from tests import strategies
     from tests import test_fuzz_live as live_tests
-    from tests import test_fuzz_parsers as strategies
 
     relay = RelayProcess(workdir)
     client = OnionClient(relay.public_key)

@@ -13,14 +13,13 @@ from __future__ import annotations
 import base64
 import os
 import threading
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine
 
 from storage.engine import create_schema, make_engine
 from storage.protect import IdentifierProtector
@@ -30,21 +29,12 @@ from storage.schema import deliveries, devices, notifications
 from storage.sql import Tx
 from storage.store import FANOUT_ABANDONED_AFTER_MS, RelayStore
 from storage.writer import BatchWriter
+from tests.checks import SUCCESS, count, wait_until
 from tests.support import RunningRelay, random_apns_token, random_session_id
-
-SUCCESS = (200, {"code": 1, "message": "Success"})
 
 
 def data() -> str:
     return base64.b64encode(os.urandom(60)).decode()
-
-
-def count(engine: Engine, table: Any, *where: Any) -> int:
-    with engine.connect() as conn:
-        query = select(func.count()).select_from(table)
-        if where:
-            query = query.where(*where)
-        return int(conn.execute(query).scalar_one())
 
 
 def seed_group(
@@ -66,15 +56,6 @@ def seed_group(
 
     writer.submit(seed)
     return group, sessions
-
-
-def wait_for(condition: Callable[[], bool], what: str) -> None:
-    """Poll for an event (not a timing assertion: the bound only stops a broken test)."""
-    deadline = time.monotonic() + 60
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"never happened: {what}")
-        time.sleep(0.002)
 
 
 # -- end to end: another client's register is answered between two chunks -----------------
@@ -123,10 +104,10 @@ def test_a_register_is_answered_between_the_chunks_of_a_5000_device_notify(
     gate = relay.relay.writer.submit_async(lambda _tx: release.wait(60))
     with ThreadPoolExecutor(2) as pool:
         notify = pool.submit(relay.call_v4, "notify", {"data": data(), "send_to": group})
-        wait_for(lambda: "enqueue" in trace.submitted, "the notify reaches the writer")
+        wait_until(lambda: "enqueue" in trace.submitted, "the notify reaches the writer")
         token, bob = random_apns_token(), random_session_id()
         register = pool.submit(relay.call_v2, "register", {"token": token, "pubKey": bob})
-        wait_for(lambda: "register" in trace.submitted, "the register reaches the writer")
+        wait_until(lambda: "register" in trace.submitted, "the register reaches the writer")
         release.set()
         assert register.result(60) == SUCCESS
         assert notify.result(60) == (200, {"code": 1, "message": "Success"})

@@ -4,20 +4,15 @@ logged once per kind (issue 12)."""
 
 from __future__ import annotations
 
-import asyncio
-import http.client
 import json
 import logging
 import socket
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, cast
 
 import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
-from tornado.httpserver import HTTPServer
-from tornado.netutil import bind_sockets
 from tornado.web import Application
 from werkzeug.test import Client
 
@@ -30,6 +25,7 @@ from lsrpc.keys import ServerKeypair
 from lsrpc.route import LsrpcHandler
 from lsrpc.v2 import ClientCall
 from storage.schema import devices
+from tests.served import Served
 from tests.support import RunningRelay, random_apns_token, random_session_id
 from web.errorlog import RateLimitedLog
 
@@ -198,55 +194,6 @@ def test_the_wsgi_side_refuses_whatever_flask_would_route_to_the_onion(
 
 
 # -- a failure nobody foresaw ---------------------------------------------------------------
-
-
-class Served:
-    """A Tornado Application on 127.0.0.1:<ephemeral>, on its own loop thread."""
-
-    def __init__(self, app: Application) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-        async def listen() -> HTTPServer:
-            server = HTTPServer(app)
-            server.add_sockets(bind_sockets(0, "127.0.0.1"))
-            return server
-
-        self.server = asyncio.run_coroutine_threadsafe(listen(), self.loop).result(10)
-        self.port = next(iter(self.server._sockets.values())).getsockname()[1]
-
-    def post(self, path: str, body: bytes) -> tuple[int, bytes]:
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        try:
-            connection.request("POST", path, body=body)
-            response = connection.getresponse()
-            return response.status, response.read()
-        finally:
-            connection.close()
-
-    def close(self) -> None:
-        async def stop() -> None:
-            self.server.stop()
-            await self.server.close_all_connections()
-
-        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
-
-
-@pytest.fixture
-def serve() -> Iterator[Callable[[Application], Served]]:
-    started: list[Served] = []
-
-    def start(app: Application) -> Served:
-        started.append(Served(app))
-        return started[-1]
-
-    yield start
-    for served in started:
-        served.close()
 
 
 KEYPAIR = ServerKeypair.from_private_bytes(bytes(range(1, 33)))
