@@ -17,7 +17,7 @@ the branch they handle.
     │   ├── V4FramingError         lsrpc/v4.py: the decrypted v4 request
     │   ├── BencodeError           lsrpc/bencode.py
     │   ├── InvalidParameter       handlers/validation.py: an endpoint's parameter
-    │   └── BadRequest             stats/endpoint.py: the statistics request body
+    │   └── BadRequest             stats/query.py: the statistics request body
     └── StorageError               storage/writer.py: the database refused or failed a write;
         └── WriterClosedError      the message names only the error type
 

@@ -26,15 +26,14 @@ from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 from tornado.web import Application, RequestHandler
 
-from app import AppParts, create_app, create_onion_endpoint, without_onion_routes
+from app import AppParts, create_app, create_onion_core
 from errors import StartupError as StartupError  # noqa: PLC0414 - re-exported
 from handlers.endpoints import HandlerContext
 from handlers.notify_limit import NotifyRateLimit
-from handlers.runner import OutcomeRunner
+from handlers.runner import WriteRunner
 from logsetup import AccessLog, LoggedWSGIContainer, held_until_started
 from logsetup import configure_logging as configure_logging  # noqa: PLC0414 - re-exported
 from lsrpc.paths import V2_PATH, V4_PATH
-from lsrpc.route import GuardedFallbackHandler, LsrpcHandler
 from push.dispatcher import Dispatcher, DispatchSettings, LatencyObserver, ProviderLane
 from push.observed import observed
 from push.outcome import ProviderSender
@@ -56,6 +55,7 @@ from storage.writer import BatchWriter, StorageError
 from supervisor import WorkerContext, run_workers
 from web.connections import CappedHTTPServer, fit_to_file_limit
 from web.errorlog import RateLimitedLog
+from web.onion_routes import GuardedFallbackHandler, LsrpcHandler
 
 log = logging.getLogger("pn_relay")
 
@@ -218,7 +218,7 @@ class Relay:
         parts = AppParts(
             keypair=self.keypair,
             handlers=handlers,
-            runner=OutcomeRunner(self.writer, self.errors),
+            runner=WriteRunner(self.writer, self.errors),
             max_body_bytes=settings.MAX_BODY_BYTES,
             engine=self.engine,
             stats_auth=stats_auth,
@@ -229,7 +229,7 @@ class Relay:
             errors=self.errors,
             queue_stats=self.queue_stats,
         )
-        self.onion = create_onion_endpoint(parts)
+        self.onion = create_onion_core(parts)
         self.health = HealthProbe(
             self.engine,
             self._dispatcher_alive,
@@ -238,7 +238,7 @@ class Relay:
             writer_commits=lambda: self.writer.commits,
             settings=HealthSettings(max_queue_age_s=settings.HEALTH_MAX_QUEUE_AGE),
         )
-        self.app = create_app(parts, self.onion)
+        self.app = create_app(parts)
         self.executor = ThreadPoolExecutor(settings.WEB_THREADS, thread_name_prefix="web")
         self.http: CappedHTTPServer | None = None
         self.port: int | None = None
@@ -273,7 +273,7 @@ class Relay:
         Flask app; aliases of the onion paths reach neither Flask nor a web thread."""
         access = AccessLog(self.settings.ACCESS_LOG)
         wsgi = LoggedWSGIContainer(
-            self.in_flight.wrap_wsgi(without_onion_routes(self.app)),
+            self.in_flight.wrap_wsgi(self.app.wsgi_app),
             executor=self.executor,
             access_log=access,
         )
@@ -286,8 +286,8 @@ class Relay:
         onion_routes = [
             (path, LsrpcHandler, {"answer": self.in_flight.wrap_async(answer), "errors": errors})
             for path, answer in (
-                (V2_PATH, self.onion.answer_v2_async),
-                (V4_PATH, self.onion.answer_v4_async),
+                (V2_PATH, self.onion.answer_v2),
+                (V4_PATH, self.onion.answer_v4),
             )
         ]
         return Application(

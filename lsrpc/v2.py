@@ -10,22 +10,14 @@ client and are ignored.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any
 
 from errors import ClientError
+from lsrpc.call import ClientCall
 
 
 class V2RequestError(ClientError, ValueError):
     """The decrypted plaintext is not a usable v2 request; answered with an encrypted 400."""
-
-
-@dataclass(frozen=True)
-class ClientCall:
-    """An endpoint name and its parameters, whichever onion version carried them."""
-
-    endpoint: str
-    params: dict[str, Any]
 
 
 def parse_params(raw: str | bytes | None) -> dict[str, Any]:

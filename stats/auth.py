@@ -43,8 +43,9 @@ import math
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 from errors import ConfigurationError
 
@@ -57,6 +58,9 @@ DEFAULT_FAILURES_PER_MINUTE = 30
 REALM = "pn-relay statistics"
 WWW_AUTHENTICATE = f'Basic realm="{REALM}"'
 THROTTLED_MESSAGE = "too many failed attempts or password checks at once; try again later"
+
+T = TypeVar("T")
+Answer = Callable[[int, str, Sequence[tuple[str, str]]], T]  # (status, message, headers)
 
 
 class PasswordHashError(ConfigurationError, ValueError):
@@ -222,6 +226,17 @@ class StatsAuth:
         if credentials is None:
             return Verdict.DENIED
         return self.verify(*credentials)
+
+    def refusal(self, authorization: str | None, answer: Answer[T]) -> T | None:
+        """None when an `Authorization` header carries the credentials; else the refusal, as
+        `answer(status, message, headers)` builds it (429 with Retry-After, 401 with
+        WWW-Authenticate): one gate for the statistics endpoint, /stats and /metrics."""
+        verdict = self.verify_header(authorization)
+        if verdict is Verdict.THROTTLED:
+            return answer(429, THROTTLED_MESSAGE, [("Retry-After", str(self.retry_after()))])
+        if verdict is not Verdict.OK:
+            return answer(401, "authentication required", [("WWW-Authenticate", WWW_AUTHENTICATE)])
+        return None
 
     def check_header(self, authorization: str | None) -> bool:
         """True if an `Authorization` header carries the configured credentials."""

@@ -36,6 +36,7 @@ from typing import Protocol
 from sqlalchemy import Engine
 
 from storage.write_probe import WriteProbe
+from web.answers import plain, send
 from web.errorlog import RateLimitedLog
 from web.handlers import PlainErrorsHandler
 
@@ -211,10 +212,7 @@ class HealthHandler(PlainErrorsHandler):
 
     async def get(self) -> None:
         status, reason = await self._probe.check()
-        self.set_status(status)
-        self.set_header("Content-Type", "text/plain; charset=utf-8")
-        self.set_header("Cache-Control", "no-store")
-        self.finish(f"{reason}\n")
+        send(self, plain(status, reason, [("Cache-Control", "no-store")]))
 
     async def head(self) -> None:
         await self.get()  # Tornado sends the headers (and Content-Length) without the body

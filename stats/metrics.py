@@ -61,7 +61,7 @@ from sqlalchemy import Engine, text
 
 from push.outcome import PushOutcome
 from push.outcome import Verdict as PushVerdict
-from stats.auth import THROTTLED_MESSAGE, WWW_AUTHENTICATE, StatsAuth, Verdict
+from stats.auth import StatsAuth
 from stats.counters import (
     COUNTER_NAMES,
     METRIC_EVENTS,
@@ -70,6 +70,7 @@ from stats.counters import (
     refusal_counter,
 )
 from storage.records import Provider
+from web.answers import plain, to_flask
 
 log = logging.getLogger(__name__)
 
@@ -273,8 +274,7 @@ class RelayMetrics:
         )
         self._results = Counter(
             "pn_relay_push_results",
-            "Provider answers by provider, verdict and reason (every attempt, retries"
-            " included).",
+            "Provider answers by provider, verdict and reason (every attempt, retries included).",
             ["provider", "result", "reason"],
             registry=self.registry,
         )
@@ -343,10 +343,6 @@ class RelayMetrics:
         return generate_latest(self.registry)
 
 
-def _plain(status: int, line: str, headers: list[tuple[str, str]] | None = None) -> Response:
-    return Response(line + "\n", status=status, mimetype="text/plain", headers=headers or [])
-
-
 def database_ok(engine: Engine) -> bool:
     try:
         with engine.connect() as conn:
@@ -392,22 +388,16 @@ def create_metrics_blueprint(
     @blueprint.get("/healthz")
     def healthz() -> Response:
         status, reason = health(engine, dispatcher_alive)
-        return _plain(status, reason)
+        return to_flask(plain(status, reason))
 
     if metrics is not None:
 
         @blueprint.get("/metrics")
         def prometheus_metrics() -> Response:
             if auth is not None:
-                verdict = auth.verify_header(request.headers.get("Authorization"))
-                if verdict is Verdict.THROTTLED:
-                    return _plain(
-                        429, THROTTLED_MESSAGE, [("Retry-After", str(auth.retry_after()))]
-                    )
-                if verdict is not Verdict.OK:
-                    return _plain(
-                        401, "authentication required", [("WWW-Authenticate", WWW_AUTHENTICATE)]
-                    )
+                refused = auth.refusal(request.headers.get("Authorization"), plain)
+                if refused is not None:
+                    return to_flask(refused)
             return Response(metrics.render(), status=200, content_type=CONTENT_TYPE_LATEST)
 
     return blueprint

@@ -35,7 +35,9 @@ def random_fcm_token() -> str:
 
 
 @dataclass
-class HttpAnswer:
+class Received:
+    """What a test client got back over the socket (the relay's own is web.answers.HttpAnswer)."""
+
     status: int
     headers: Mapping[str, str]
     body: bytes
@@ -74,12 +76,12 @@ class RunningRelay:
         assert self.relay.port is not None
         return self.relay.port
 
-    def post(self, path: str, body: bytes, headers: Mapping[str, str] | None = None) -> HttpAnswer:
+    def post(self, path: str, body: bytes, headers: Mapping[str, str] | None = None) -> Received:
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
         try:
             connection.request("POST", path, body=body, headers=dict(headers or {}))
             response = connection.getresponse()
-            return HttpAnswer(response.status, dict(response.getheaders()), response.read())
+            return Received(response.status, dict(response.getheaders()), response.read())
         finally:
             connection.close()
 

@@ -26,17 +26,17 @@ from handlers.endpoints import ENDPOINTS, HandlerContext, Pending, handle
 from handlers.reply import Reply
 from handlers.validation import InvalidParameter
 from lsrpc import bencode, v2, v4
-from lsrpc.endpoint import parse_v2, parse_v4
 from lsrpc.framing import FramingError, open_request, parse_outer
 from lsrpc.keys import ServerKeypair
 from lsrpc.paths import ONION_PATHS, canonical_path, is_onion_alias
 from stats.auth import parse_basic_authorization
 from stats.counters import Counters
-from stats.endpoint import BadRequest, parse_query, read_json_object
+from stats.query import BadRequest, parse_query, read_json_object
 from storage.engine import create_schema, make_engine
 from storage.protect import IdentifierProtector
 from storage.store import RelayStore
 from storage.writer import BatchWriter
+from web.onion import parse_v2, parse_v4
 
 FAST = settings(max_examples=200, deadline=None, database=None)
 

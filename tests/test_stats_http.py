@@ -24,8 +24,8 @@ from tornado.wsgi import WSGIContainer
 
 from stats.auth import WWW_AUTHENTICATE, StatsAuth, hash_password
 from stats.counters import COUNTER_NAMES, Counters
-from stats.endpoint import DEFAULT_COUNTERS, create_stats_blueprint
 from stats.metrics import RelayMetrics, create_metrics_blueprint
+from stats.query import DEFAULT_COUNTERS, create_stats_blueprint
 from stats.rollup import MinuteRollup
 from stats.schema import statistics_minutes
 from storage.engine import create_schema, make_engine
