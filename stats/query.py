@@ -14,7 +14,8 @@ Content-Type) means all defaults. The Content-Type is not checked.
 - At most 31 days (44,640 minute rows) per request; a longer range is a 400 that says so
   (ask in pieces; a `start_date` alone more than 31 days ago needs an `end_date`). That
   bounds an answer to about 6 MB; on SQLite with a year of rows a day
-  takes ~10 ms and the full 31 days ~0.3 s (bench/stats_query.py; the plan: tests/test_stats_rollup.py).
+  takes ~10 ms and the full 31 days ~0.3 s (bench/stats_query.py; the query plan that keeps
+  it so: tests/test_stats_rollup.py).
 - Flags, one per counter of `COUNTER_NAMES`: ``1``/``true`` includes that counter in every
   row, ``0``/``false`` leaves it out. By default the three counters of the original README
   (``ios_pn_number``, ``android_pn_number``, ``total_message_number``) are included and the
