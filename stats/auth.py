@@ -37,6 +37,7 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
+import functools
 import hashlib
 import hmac
 import math
@@ -47,7 +48,10 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
+from flask import Response, request
+
 from errors import ConfigurationError
+from web.answers import HttpAnswer, to_flask
 
 ALGORITHM = "pbkdf2_sha256"
 DEFAULT_ITERATIONS = 600_000
@@ -302,3 +306,19 @@ class StatsAuth:
         """Hashed checks running or waiting for a thread of `pool`."""
         with self._lock:
             return self._pending
+
+
+def requires_auth(
+    auth: StatsAuth, answer: Answer[HttpAnswer]
+) -> Callable[[Callable[[], Response]], Callable[[], Response]]:
+    """A Flask view behind `auth`: refused (see `StatsAuth.refusal`) before it runs."""
+
+    def decorate(view: Callable[[], Response]) -> Callable[[], Response]:
+        @functools.wraps(view)
+        def guarded() -> Response:
+            refused = auth.refusal(request.headers.get("Authorization"), answer)
+            return view() if refused is None else to_flask(refused)
+
+        return guarded
+
+    return decorate

@@ -31,7 +31,7 @@ from flask import Blueprint, Response, request
 from sqlalchemy import Engine, Select, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from stats.auth import StatsAuth
+from stats.auth import StatsAuth, requires_auth
 from stats.charts import Series, step_chart
 from stats.rollup import MINUTE_MS, minute_floor
 from stats.schema import QUEUE_DEPTH, statistics_minutes
@@ -293,10 +293,8 @@ def create_dashboard_blueprint(
     blueprint = Blueprint("dashboard", __name__)
 
     @blueprint.get(PATH)
+    @requires_auth(auth, plain)
     def dashboard() -> Response:
-        refused = auth.refusal(request.headers.get("Authorization"), plain)
-        if refused is not None:
-            return to_flask(refused)
         try:
             chosen = parse_range(request.args.get("range"))
         except BadRange as exc:

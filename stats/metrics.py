@@ -46,7 +46,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -61,7 +61,7 @@ from sqlalchemy import Engine, text
 
 from push.outcome import PushOutcome
 from push.outcome import Verdict as PushVerdict
-from stats.auth import StatsAuth
+from stats.auth import StatsAuth, requires_auth
 from stats.counters import (
     COUNTER_NAMES,
     METRIC_EVENTS,
@@ -392,12 +392,11 @@ def create_metrics_blueprint(
 
     if metrics is not None:
 
-        @blueprint.get("/metrics")
         def prometheus_metrics() -> Response:
-            if auth is not None:
-                refused = auth.refusal(request.headers.get("Authorization"), plain)
-                if refused is not None:
-                    return to_flask(refused)
             return Response(metrics.render(), status=200, content_type=CONTENT_TYPE_LATEST)
+
+        if auth is not None:
+            prometheus_metrics = requires_auth(auth, plain)(prometheus_metrics)
+        blueprint.get("/metrics")(prometheus_metrics)
 
     return blueprint

@@ -47,7 +47,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from errors import ClientError
-from stats.auth import StatsAuth
+from stats.auth import StatsAuth, requires_auth
 from stats.counters import COUNTER_NAMES
 from stats.rollup import MINUTE_MS, minute_floor
 from stats.schema import statistics_minutes
@@ -234,10 +234,8 @@ def create_stats_blueprint(
     blueprint = Blueprint("statistics", __name__)
 
     @blueprint.post(PATH)
+    @requires_auth(auth, json_error)
     def get_statistics_data() -> Response:
-        refused = auth.refusal(request.headers.get("Authorization"), json_error)
-        if refused is not None:
-            return to_flask(refused)
         try:
             body = read_json_object(request.get_data(cache=False))
             query = parse_query(
