@@ -1,5 +1,5 @@
 """`create_app(parts) -> Flask`: the WSGI application (statistics, /stats, metrics), and the
-onion core (`create_onion_core`), both built from parts made in server.py."""
+onion core (`create_onion_core`), both built from parts made in relay.py."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from lsrpc.call import ClientCall
 from lsrpc.keys import ServerKeypair
 from stats.auth import StatsAuth
 from stats.dashboard import create_dashboard_blueprint
+from stats.healthz import create_health_blueprint
 from stats.metrics import RelayMetrics, create_metrics_blueprint
 from stats.query import create_stats_blueprint
 from web.answers import plain, to_flask
@@ -70,12 +71,10 @@ def create_app(parts: AppParts) -> Flask:
                 parts.engine, parts.stats_auth, parts.clock_ms, queue_stats=parts.queue_stats
             )
         )
+        app.register_blueprint(create_health_blueprint(parts.engine, parts.dispatcher_alive))
         app.register_blueprint(
             create_metrics_blueprint(
-                parts.engine,
-                parts.metrics,
-                parts.dispatcher_alive,
-                auth=None if parts.metrics_public else parts.stats_auth,
+                parts.metrics, auth=None if parts.metrics_public else parts.stats_auth
             )
         )
     else:
