@@ -81,7 +81,7 @@ def create_app(parts: AppParts) -> Flask:
 
         @app.get("/healthz")
         def healthz() -> Response:
-            return Response("ok\n", mimetype="text/plain")
+            return to_flask(plain(200, "ok"))
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:
