@@ -3,7 +3,7 @@
     python bench/crypto_ceiling.py [--seconds 3] [--json]
 
 Pre-builds notify requests as a service node hands them over (v2, AES-GCM, 256 bytes of data),
-then, on one thread, does for each what the relay's onion endpoint does around the handler:
+then, on one thread, does for each what the relay's onion core does around the handler:
 opens the frame (X25519, key derivation, AES-GCM decryption), parses the v2 request and its
 parameters, renders the success reply, seals it and wraps it in the JSON answer
 (web.onion.seal_v2). One process on one thread is one core: the figure is

@@ -3,6 +3,9 @@
 There is no default password: without a username and a password (or password hash) the
 endpoints answer 401 to everyone.
 
+`requires_auth(auth, answer)` puts a Flask view behind it (the statistics endpoint, /stats,
+/metrics): a refusal is answered before the view runs, in the view's own form of answer.
+
 Stored hash format (stdlib only, the same shape as Django's)::
 
     pbkdf2_sha256$<iterations>$<salt, base64>$<PBKDF2-HMAC-SHA256 of the password, base64>
