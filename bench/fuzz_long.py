@@ -59,17 +59,17 @@ def parser_targets() -> list[tuple[str, Callable[[bytes], None]]]:
     with atheris.instrument_imports(include=["lsrpc", "handlers", "stats", "storage"]):
         from handlers.endpoints import ENDPOINTS, HandlerContext, handle
         from lsrpc import bencode, v2, v4
-        from lsrpc.endpoint import parse_v2, parse_v4
         from lsrpc.framing import FramingError, open_request, parse_outer
         from lsrpc.keys import ServerKeypair
         from lsrpc.paths import is_onion_alias
         from stats.auth import parse_basic_authorization
         from stats.counters import Counters
-        from stats.endpoint import BadRequest, parse_query, read_json_object
+        from stats.query import BadRequest, parse_query, read_json_object
         from storage.engine import create_schema, make_engine
         from storage.protect import IdentifierProtector
         from storage.store import RelayStore
         from storage.writer import BatchWriter
+        from web.onion import parse_v2, parse_v4
 
     keypair = ServerKeypair.from_private_bytes(bytes(range(1, 33)))
     directory = Path(tempfile.mkdtemp(prefix="fuzz-parsers-"))

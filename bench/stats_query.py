@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from stats.auth import StatsAuth
 from stats.counters import COUNTER_NAMES
-from stats.endpoint import (
+from stats.query import (
     DEFAULT_COUNTERS,
     StatsQuery,
     create_stats_blueprint,

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class HttpAnswer:
+class Received:
     status: int
     headers: Mapping[str, str]
     body: bytes
@@ -33,19 +33,19 @@ def http_request(
     body: bytes | None = None,
     headers: Mapping[str, str] | None = None,
     timeout: float = 30,
-) -> HttpAnswer:
+) -> Received:
     """One request on a connection of its own to 127.0.0.1:`port`; header names as sent."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         connection.request(method, path, body=body, headers=dict(headers or {}))
         response = connection.getresponse()
-        return HttpAnswer(response.status, dict(response.getheaders()), response.read())
+        return Received(response.status, dict(response.getheaders()), response.read())
     finally:
         connection.close()
 
 
-def request(relay: RunningRelay, method: str, path: str, headers: dict[str, str]) -> HttpAnswer:
+def request(relay: RunningRelay, method: str, path: str, headers: dict[str, str]) -> Received:
     """A request to a running relay, its answer's header names in lower case."""
     answer = http_request(relay.port, method, path, headers=headers, timeout=60)
     lowered = {name.lower(): value for name, value in answer.headers.items()}
-    return HttpAnswer(answer.status, lowered, answer.body)
+    return Received(answer.status, lowered, answer.body)

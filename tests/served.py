@@ -15,7 +15,7 @@ from tornado.netutil import bind_sockets
 from tornado.web import Application
 from tornado.wsgi import WSGIContainer
 
-from tests.http_calls import HttpAnswer, http_request
+from tests.http_calls import Received, http_request
 
 
 class Served:
@@ -45,11 +45,11 @@ class Served:
         path: str,
         body: bytes | None = None,
         headers: Mapping[str, str] | None = None,
-    ) -> HttpAnswer:
+    ) -> Received:
         """The answer, its header names in lower case."""
         answer = http_request(self.port, method, path, body=body, headers=headers)
         lowered = {name.lower(): value for name, value in answer.headers.items()}
-        return HttpAnswer(answer.status, lowered, answer.body)
+        return Received(answer.status, lowered, answer.body)
 
     def post(self, path: str, body: bytes) -> tuple[int, bytes]:
         answer = http_request(self.port, "POST", path, body=body)

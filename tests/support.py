@@ -21,7 +21,7 @@ from relay import Relay
 from settings import Settings, SettingsError, load_settings
 from storage.engine import create_schema, make_engine
 from storage.scratch_schema import scratch_schema
-from tests.http_calls import HttpAnswer, http_request
+from tests.http_calls import Received, http_request
 
 POSTGRES_URL_VARIABLE = "RELAY_TEST_POSTGRES_URL"
 
@@ -90,7 +90,7 @@ class RunningRelay:
         assert self.relay.port is not None
         return self.relay.port
 
-    def post(self, path: str, body: bytes, headers: Mapping[str, str] | None = None) -> HttpAnswer:
+    def post(self, path: str, body: bytes, headers: Mapping[str, str] | None = None) -> Received:
         return http_request(self.port, "POST", path, body=body, headers=headers)
 
     def send_v2(self, request: PreparedRequest) -> tuple[int, dict[str, Any]]:

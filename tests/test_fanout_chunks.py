@@ -24,7 +24,7 @@ from sqlalchemy import Engine
 from storage.engine import create_schema, make_engine
 from storage.protect import IdentifierProtector
 from storage.queue import Claim, DeliveryQueue
-from storage.records import Continuation, NotifyOutcome, Provider
+from storage.records import Continuation, Enqueued, Provider
 from storage.schema import deliveries, devices, notifications
 from storage.sql import Tx
 from storage.store import FANOUT_ABANDONED_AFTER_MS, RelayStore
@@ -180,7 +180,7 @@ def test_a_crash_between_chunks_pushes_nothing_and_the_retry_is_written_afresh(
     # claimed with the last chunk), so every device gets it, once.
     retry = world.store.enqueue_notification_op(group, payload, dedup_window_ms=600_000)
     outcome = world.run_to_end(retry)
-    assert outcome == NotifyOutcome(deliveries=1200, via_group=True, duplicate=False)
+    assert outcome == Enqueued(deliveries=1200, via_group=True, duplicate=False)
     assert world.claimable() == 1200
     again = world.store.enqueue_notification_op(group, payload, dedup_window_ms=600_000)
     assert world.run_to_end(again).duplicate
@@ -216,7 +216,7 @@ def test_an_unregister_between_chunks_cannot_orphan_the_rest_of_the_fanout(
     assert count(world.engine, deliveries) == 0
     assert count(world.engine, notifications) == 1  # kept: its fan-out is not finished
     outcome = world.run_to_end(first.operation)
-    assert isinstance(outcome, NotifyOutcome)
+    assert isinstance(outcome, Enqueued)
     # The second chunk was written for registrations gone since: dropped unsent at claim time,
     # and the notification with them.
     claim = world.run(world.queue.claim_op(Provider.APNS, 100, world.clock[0], 60_000))

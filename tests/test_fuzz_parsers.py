@@ -25,14 +25,13 @@ from handlers.endpoints import HandlerContext, Pending, handle
 from handlers.reply import Reply
 from handlers.validation import InvalidParameter
 from lsrpc import v2, v4
-from lsrpc.endpoint import parse_v2, parse_v4
+from lsrpc.call import ClientCall
 from lsrpc.framing import FramingError, open_request, parse_outer
 from lsrpc.keys import ServerKeypair
 from lsrpc.paths import ONION_PATHS, canonical_path, is_onion_alias
-from lsrpc.v2 import ClientCall
 from stats.auth import parse_basic_authorization
 from stats.counters import Counters
-from stats.endpoint import BadRequest, parse_query, read_json_object
+from stats.query import BadRequest, parse_query, read_json_object
 from storage.engine import create_schema, make_engine
 from storage.protect import IdentifierProtector
 from storage.store import RelayStore
@@ -49,6 +48,7 @@ from tests.strategies import (
     v4_bencoded,
     v4_requests,
 )
+from web.onion import parse_v2, parse_v4
 
 FAST = settings(max_examples=200, deadline=None, database=None)
 

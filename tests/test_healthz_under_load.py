@@ -17,7 +17,7 @@ import pytest
 
 from stats.auth import hash_password
 from tests.checks import wait_until
-from tests.http_calls import HttpAnswer, request
+from tests.http_calls import Received, request
 from tests.support import RunningRelay
 
 USER, PASSWORD = "stats", "right"
@@ -30,7 +30,7 @@ def random_credentials() -> dict[str, str]:
 
 def submit_with_random_credentials(
     clients: ThreadPoolExecutor, relay: RunningRelay, method: str, path: str, count: int
-) -> list[Future[HttpAnswer]]:
+) -> list[Future[Received]]:
     """`count` requests at once, each with a wrong user name and password of its own."""
     return [
         clients.submit(request, relay, method, path, random_credentials()) for _ in range(count)

@@ -16,14 +16,14 @@ from sqlalchemy import Engine, insert
 
 from stats.auth import WWW_AUTHENTICATE, StatsAuth, hash_password
 from stats.counters import COUNTER_NAMES, Counters
-from stats.endpoint import DEFAULT_COUNTERS, create_stats_blueprint
 from stats.healthz import create_health_blueprint
 from stats.metrics import RelayMetrics, create_metrics_blueprint
+from stats.query import DEFAULT_COUNTERS, create_stats_blueprint
 from stats.rollup import MinuteRollup
 from stats.schema import statistics_minutes
 from storage.engine import create_schema, make_engine
 from storage.records import Provider
-from tests.http_calls import HttpAnswer
+from tests.http_calls import Received
 from tests.served import Served
 from tests.support import DrivenClock, ms
 
@@ -90,19 +90,19 @@ def stats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
 
 def post(
     served: Served, body: object | bytes | None, headers: Mapping[str, str] = AUTH
-) -> HttpAnswer:
+) -> Received:
     raw = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
     return served.request("POST", "/get_statistics_data", raw, {**JSON, **headers})
 
 
-def data(answer: HttpAnswer) -> list[dict[str, Any]]:
+def data(answer: Received) -> list[dict[str, Any]]:
     assert answer.status == 200, answer.body
     parsed = answer.json()
     assert parsed["code"] == 0
     return list(parsed["data"])
 
 
-def bad(answer: HttpAnswer, fragment: str) -> None:
+def bad(answer: Received, fragment: str) -> None:
     assert answer.status == 400, (answer.status, answer.body)
     parsed = answer.json()
     assert parsed["code"] == 1
@@ -311,7 +311,7 @@ def test_the_database_failing_is_a_503_not_a_500(
 # -- authentication --------------------------------------------------------------------------
 
 
-def unauthorized(answer: HttpAnswer) -> None:
+def unauthorized(answer: Received) -> None:
     assert answer.status == 401, (answer.status, answer.body)
     assert (
         answer.headers["www-authenticate"]
