@@ -130,7 +130,7 @@ def notify(ctx: HandlerContext, params: Params) -> Outcome:
         send_to,
         data,
         dedup_window_ms=ctx.dedup_window_ms,
-        admit=limit.admit if limit is not None else None,
+        admission=limit,
     )
 
     def finish(outcome: NotifyOutcome) -> Reply:
