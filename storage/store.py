@@ -49,7 +49,7 @@ from storage.protect import IdentifierProtector
 from storage.queue import finished_notification_delete
 from storage.records import Continuation, Membership, NotifyOutcome, Provider, Registered
 from storage.schema import deliveries, devices, group_members, notifications, notify_dedup
-from storage.sql import Prepared, Tx
+from storage.sql import PipelinedOperation, Prepared, Sent, Tx
 from storage.writer import BatchWriter, StorageError
 
 Clock = Callable[[], int]
@@ -534,37 +534,33 @@ class RelayStore:
             dedup_window_ms=dedup_window_ms,
             ticket=_Ticket(admission, target_hash),
         )
-        at_once = self._sql.notify_at_once
+        if self._sql.notify_at_once is not None:
+            return _NotifyAtOnce(self, self._sql.notify_at_once, notify)
 
         def enqueue(tx: Tx) -> NotifyOutcome | Continuation:
-            if at_once is not None:
-                outcome = self._enqueue_at_once(tx, at_once, notify)
-                if outcome is not None:
-                    return outcome
             return self._enqueue_in_steps(tx, notify)
 
         return enqueue
 
-    def _enqueue_at_once(
-        self, tx: Tx, statement: Prepared, notify: _Notify
-    ) -> NotifyOutcome | None:
-        """The whole notify in one statement; None if it has more recipients than a chunk
-        (nothing written: the chunked path does it)."""
-        ticket = notify.ticket
-        admitted = ticket.take()
+    def _at_once_params(self, notify: _Notify, admitted: bool) -> dict[str, Any]:
         now = self._now()
-        ((recipients, via, live, queued),) = tx.all(
-            statement,
-            {
-                "target": notify.target_hash,
-                "key_hash": notify.dedup_key,
-                "now": now,
-                "expires_at": now + notify.dedup_window_ms,
-                "chunk": self.fanout_chunk,
-                "admitted": admitted,
-                "data": notify.data,
-            },
-        )
+        return {
+            "target": notify.target_hash,
+            "key_hash": notify.dedup_key,
+            "now": now,
+            "expires_at": now + notify.dedup_window_ms,
+            "chunk": self.fanout_chunk,
+            "admitted": admitted,
+            "data": notify.data,
+        }
+
+    def _at_once_outcome(
+        self, notify: _Notify, admitted: bool, found: tuple[Any, ...]
+    ) -> NotifyOutcome | None:
+        """What NOTIFY_AT_ONCE's answer means; None if it had more recipients than a chunk
+        (it wrote nothing: the chunked path does it)."""
+        recipients, via, live, queued = found
+        ticket = notify.ticket
         via_group = bool(via)
         if queued:
             return NotifyOutcome(int(recipients), via_group=via_group, duplicate=False)
@@ -748,3 +744,26 @@ class _Ticket:
         if self._admission is not None and self._answer:
             self._admission.refund(self._recipient)
             self._answer = None
+
+
+class _NotifyAtOnce(PipelinedOperation[NotifyOutcome | Continuation]):
+    """PostgreSQL's notify operation: NOTIFY_AT_ONCE, sent in the writer's pipeline."""
+
+    def __init__(self, store: RelayStore, statement: Prepared, notify: _Notify) -> None:
+        self._store = store
+        self._statement = statement
+        self._notify = notify
+        self.__name__ = "enqueue"  # as SQLite's operation is called (logs, traces)
+
+    def send(self, tx: Tx) -> tuple[bool, Sent]:
+        admitted = self._notify.ticket.take()
+        params = self._store._at_once_params(self._notify, admitted)
+        return admitted, tx.send(self._statement, params)
+
+    def receive(self, tx: Tx, sent: tuple[bool, Sent]) -> NotifyOutcome | Continuation:
+        admitted, answer = sent
+        (found,) = answer.rows()
+        outcome = self._store._at_once_outcome(self._notify, admitted, found)
+        if outcome is None:
+            return self._store._enqueue_in_steps(tx, self._notify)
+        return outcome
