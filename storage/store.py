@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import (
@@ -99,7 +99,7 @@ DELIVERY_COLUMNS = (
 # and one delivery per device, stamped with the generation read in the same snapshot. It
 # answers what it found and did; more than `chunk` recipients writes nothing (the caller
 # takes the chunked path). SQLite has no data-modifying CTEs: it runs the same steps one
-# statement each (in-process, ~15 µs apiece), see `RelayStore._enqueue_in_steps`.
+# statement each (in-process, ~15 µs apiece), see `RelayStore.enqueue_in_steps`.
 NOTIFY_AT_ONCE = """
 WITH recipients AS (
     SELECT d.id, d.generation, d.provider, 0 AS via_group
@@ -342,34 +342,31 @@ class FanOutLost(StorageError):
     """A chunked fan-out's notification was swept as abandoned before its last chunk."""
 
 
+@dataclass(eq=False)
 class RelayStore:
-    def __init__(
-        self,
-        engine: Engine,
-        writer: BatchWriter,
-        protector: IdentifierProtector,
-        clock_ms: Clock,
-        *,
-        max_devices: int = NO_LIMIT,
-        max_members: int = NO_LIMIT,
-        fanout_chunk: int = 500,
-    ) -> None:
-        self.engine = engine
-        self._writer = writer
-        self._protect = protector
-        self._now = clock_ms
-        self._sql = Statements(engine)
-        self.max_devices = max_devices
-        self.max_members = max_members
-        self.fanout_chunk = max(1, fanout_chunk)
+    """The relay's write operations, for `writer`; limits as in the module's docstring."""
+
+    engine: Engine
+    writer: BatchWriter
+    protector: IdentifierProtector
+    clock_ms: Clock
+    _: KW_ONLY
+    max_devices: int = NO_LIMIT
+    max_members: int = NO_LIMIT
+    fanout_chunk: int = 500
+    _sql: Statements = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.fanout_chunk = max(1, self.fanout_chunk)
+        self._sql = Statements(self.engine)
 
     # -- registrations -------------------------------------------------------------------
 
     def _device_row(self, token: str, session_id: str, provider: Provider) -> dict[str, Any]:
         return {
-            "token_hash": self._protect.token_hash(token),
-            "token_sealed": self._protect.seal_token(token),
-            "session_hash": self._protect.identity(session_id),
+            "token_hash": self.protector.token_hash(token),
+            "token_sealed": self.protector.seal_token(token),
+            "session_hash": self.protector.identity(session_id),
             "provider": int(provider),
             "generation": 1,
         }
@@ -383,7 +380,7 @@ class RelayStore:
         """Register; returns how many older devices of the Session ID it replaced."""
         sql = self._sql
         ((device_id, generation),) = tx.all(
-            sql.upsert_device, {**row, "registered_at": self._now()}
+            sql.upsert_device, {**row, "registered_at": self.clock_ms()}
         )
         stale = tx.all(
             sql.drop_stale_deliveries, {"device_id": device_id, "generation": generation}
@@ -434,7 +431,7 @@ class RelayStore:
         """
         row = self._device_row(token, session_id, provider)
         session_hash = row["session_hash"]
-        wanted = sorted({self._protect.identity(key) for key in group_keys})
+        wanted = sorted({self.protector.identity(key) for key in group_keys})
         members = [
             {"group_hash": group_hash, "session_hash": session_hash} for group_hash in wanted
         ]
@@ -460,7 +457,7 @@ class RelayStore:
 
     def unregister_op(self, token: str) -> Callable[[Tx], bool]:
         """Forget the token and what was queued for it; True if it was registered."""
-        params = {"token_hash": self._protect.token_hash(token)}
+        params = {"token_hash": self.protector.token_hash(token)}
         sql = self._sql
 
         def unregister(tx: Tx) -> bool:
@@ -474,8 +471,8 @@ class RelayStore:
 
     def _membership(self, group_key: str, session_id: str) -> dict[str, bytes]:
         return {
-            "group_hash": self._protect.identity(group_key),
-            "session_hash": self._protect.identity(session_id),
+            "group_hash": self.protector.identity(group_key),
+            "session_hash": self.protector.identity(session_id),
         }
 
     def _group_full(self, tx: Tx, group_hash: bytes) -> bool:
@@ -526,11 +523,11 @@ class RelayStore:
         the operation returns a `Continuation`, and each next one writes another chunk (see
         the module's docstring).
         """
-        target_hash = self._protect.identity(send_to)
+        target_hash = self.protector.identity(send_to)
         notify = _Notify(
             target_hash=target_hash,
             data=data,
-            dedup_key=self._protect.dedup_key(send_to, data) if dedup_window_ms > 0 else None,
+            dedup_key=self.protector.dedup_key(send_to, data) if dedup_window_ms > 0 else None,
             dedup_window_ms=dedup_window_ms,
             ticket=_Ticket(admission, target_hash),
         )
@@ -538,12 +535,12 @@ class RelayStore:
             return _NotifyAtOnce(self, self._sql.notify_at_once, notify)
 
         def enqueue(tx: Tx) -> NotifyOutcome | Continuation:
-            return self._enqueue_in_steps(tx, notify)
+            return self.enqueue_in_steps(tx, notify)
 
         return enqueue
 
-    def _at_once_params(self, notify: _Notify, admitted: bool) -> dict[str, Any]:
-        now = self._now()
+    def at_once_params(self, notify: _Notify, admitted: bool) -> dict[str, Any]:
+        now = self.clock_ms()
         return {
             "target": notify.target_hash,
             "key_hash": notify.dedup_key,
@@ -554,7 +551,7 @@ class RelayStore:
             "data": notify.data,
         }
 
-    def _at_once_outcome(
+    def at_once_outcome(
         self, notify: _Notify, admitted: bool, found: tuple[Any, ...]
     ) -> NotifyOutcome | None:
         """What NOTIFY_AT_ONCE's answer means; None if it had more recipients than a chunk
@@ -577,7 +574,7 @@ class RelayStore:
         ticket.give_back()  # another process took the same notify since our snapshot
         return NotifyOutcome(deliveries=0, via_group=via_group, duplicate=True)
 
-    def _enqueue_in_steps(self, tx: Tx, notify: _Notify) -> NotifyOutcome | Continuation:
+    def enqueue_in_steps(self, tx: Tx, notify: _Notify) -> NotifyOutcome | Continuation:
         """The notify a statement at a time: SQLite's path, and any fan-out of more than one
         chunk."""
         sql = self._sql
@@ -589,7 +586,7 @@ class RelayStore:
             ticket.give_back()
             return NotifyOutcome(deliveries=0, via_group=False, duplicate=False)
         via_group = any(via for *_, via in rows)
-        now = self._now()
+        now = self.clock_ms()
         duplicate = NotifyOutcome(deliveries=0, via_group=via_group, duplicate=True)
         if dedup_key is not None and tx.scalar(sql.dedup_live, {"key_hash": dedup_key, "now": now}):
             ticket.give_back()
@@ -671,7 +668,7 @@ class RelayStore:
             if end.dedup_key is not None:
                 # An identical notify may have been written meanwhile (a client's retry while
                 # this one was still being written): both are pushed, at least once each.
-                self._claim_dedup(tx, end.dedup_key, self._now(), end.dedup_window_ms)
+                self._claim_dedup(tx, end.dedup_key, self.clock_ms(), end.dedup_window_ms)
             tx.execute(sql.mark_ready, key)
             return end.outcome
 
@@ -684,7 +681,7 @@ class RelayStore:
 
         def purge_abandoned(tx: Tx) -> bool:
             found = tx.scalar(
-                sql.abandoned_fanout, {"before": self._now() - FANOUT_ABANDONED_AFTER_MS}
+                sql.abandoned_fanout, {"before": self.clock_ms() - FANOUT_ABANDONED_AFTER_MS}
             )
             if found is None:
                 return False
@@ -698,7 +695,7 @@ class RelayStore:
 
     def purge_expired_dedup_op(self) -> Callable[[Tx], int]:
         """Forget dedup fingerprints whose window has passed (run periodically)."""
-        return lambda tx: tx.execute(self._sql.purge_dedup, {"now": self._now()})
+        return lambda tx: tx.execute(self._sql.purge_dedup, {"now": self.clock_ms()})
 
 
 @dataclass(frozen=True)
@@ -757,13 +754,13 @@ class _NotifyAtOnce(PipelinedOperation[NotifyOutcome | Continuation]):
 
     def send(self, tx: Tx) -> tuple[bool, Sent]:
         admitted = self._notify.ticket.take()
-        params = self._store._at_once_params(self._notify, admitted)
+        params = self._store.at_once_params(self._notify, admitted)
         return admitted, tx.send(self._statement, params)
 
     def receive(self, tx: Tx, sent: tuple[bool, Sent]) -> NotifyOutcome | Continuation:
         admitted, answer = sent
         (found,) = answer.rows()
-        outcome = self._store._at_once_outcome(self._notify, admitted, found)
+        outcome = self._store.at_once_outcome(self._notify, admitted, found)
         if outcome is None:
-            return self._store._enqueue_in_steps(tx, self._notify)
+            return self._store.enqueue_in_steps(tx, self._notify)
         return outcome

@@ -141,7 +141,7 @@ def test_a_device_moved_between_chunks_is_not_pushed(world: World) -> None:
     with world.engine.connect() as conn:
         written = set(conn.execute(select(deliveries.c.device_id)).scalars())
         ids = {bytes(h): i for h, i in conn.execute(select(devices.c.token_hash, devices.c.id))}
-    by_token = {token: ids[world.store._protect.token_hash(token)] for token in tokens}
+    by_token = {token: ids[world.store.protector.token_hash(token)] for token in tokens}
     moved = next(token for token in tokens if by_token[token] not in written)
     world.run(world.store.register_op(moved, random_session_id(), Provider.APNS))
     assert world.run_to_end(first.operation) == NotifyOutcome(20, via_group=True, duplicate=False)
@@ -158,7 +158,7 @@ def test_a_device_moved_by_a_concurrent_transaction_is_not_pushed(
     commits after our read): the delivery names the old generation and is dropped unsent."""
     token, alice = random_apns_token(), random_session_id()
     world.run(world.store.register_op(token, alice, Provider.APNS))
-    token_hash = world.store._protect.token_hash(token)
+    token_hash = world.store.protector.token_hash(token)
     with world.engine.connect() as other:
         other.execute(
             update(devices)
