@@ -608,11 +608,7 @@ def group_case(bench: Bench, fakes: FakesProcess | None) -> None:
     sizes = bench.sizes
     group_notifies = max(1, round(sizes.group_seconds))  # one a second
     registers = round(sizes.register_rate * sizes.group_seconds)
-    # Room for the large group: the default MAX_GROUP_MEMBERS (200) would refuse it.
-    settings = {
-        **(fakes.settings if fakes is not None else {}),
-        "MAX_GROUP_MEMBERS": str(sizes.group_members),
-    }
+    settings = fakes.settings if fakes is not None else {}
     with RelayProcess(bench.data_dir("group"), settings) as relay:
         key = setup_group(relay.client(), "apns", members=sizes.group_members)
         register_argv = [
