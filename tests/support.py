@@ -11,13 +11,11 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
-
-import psycopg
 
 from lsrpc.client import OnionClient, PreparedRequest
-from server import Relay
+from relay import Relay
 from settings import Settings, load_settings
+from storage.scratch_schema import scratch_schema
 
 POSTGRES_URL_VARIABLE = "RELAY_TEST_POSTGRES_URL"
 
@@ -149,13 +147,5 @@ def postgres_base_url() -> str | None:
 
 def postgres_schema_url(base: str) -> Iterator[str]:
     """A fresh schema per test, so tests never see each other's rows."""
-    schema = "t_" + secrets.token_hex(6)
-    plain = base.replace("postgresql+psycopg://", "postgresql://")
-    with psycopg.connect(plain, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-    separator = "&" if "?" in base else "?"
-    try:
-        yield f"{base}{separator}options={quote(f'-csearch_path={schema}')}"
-    finally:
-        with psycopg.connect(plain, autocommit=True) as conn:
-            conn.execute(f"DROP SCHEMA {schema} CASCADE")
+    with scratch_schema(base, prefix="t_") as url:
+        yield url
