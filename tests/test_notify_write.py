@@ -31,10 +31,12 @@ def frozen_limit(burst: int) -> NotifyRateLimit:
     return NotifyRateLimit(per_minute=60, burst=burst, clock=lambda: 0.0)
 
 
-def registered(world: World, members: int = 1) -> list[str]:
-    sessions = [random_session_id() for _ in range(members)]
-    for session in sessions:
-        world.run(world.store.register_op(random_apns_token(), session, Provider.APNS))
+def registered(world: World, members: int = 1, tokens: list[str] | None = None) -> list[str]:
+    """Session IDs with a device each (`tokens`, or new ones)."""
+    tokens = tokens or [random_apns_token() for _ in range(members)]
+    sessions = [random_session_id() for _ in tokens]
+    for token, session in zip(tokens, sessions, strict=True):
+        world.run(world.store.register_op(token, session, Provider.APNS))
     return sessions
 
 
@@ -131,11 +133,7 @@ def test_a_device_moved_between_chunks_is_not_pushed(world: World) -> None:
     changed hands meanwhile gets a delivery for its old generation, dropped at claim time."""
     world.store.fanout_chunk = 10
     tokens = [random_apns_token() for _ in range(20)]
-    group = random_session_id()
-    for token in tokens:
-        session = random_session_id()
-        world.run(world.store.register_op(token, session, Provider.APNS))
-        world.run(world.store.subscribe_op(group, session))
+    group = group_of(world, registered(world, tokens=tokens))
     first = world.run(world.store.enqueue_notification_op(group, data(), dedup_window_ms=0))
     assert isinstance(first, Continuation)
     with world.engine.connect() as conn:
