@@ -149,7 +149,7 @@ def notify(ctx: HandlerContext, params: Params) -> HandlerResult:
         send_to,
         data,
         dedup_window_ms=ctx.dedup_window_ms,
-        admit=limit.admit if limit is not None else None,
+        admission=limit,
     )
 
     def finish(enqueued: Enqueued) -> Reply:

@@ -70,6 +70,14 @@ class NotifyRateLimit:
             bucket[0] -= 1.0
             return True
 
+    def refund(self, recipient: bytes) -> None:
+        """Give back the notify `admit` just took for `recipient`: it turned out to queue
+        nothing (a duplicate, or nobody to push to), which costs the recipient nothing."""
+        with self._lock:
+            bucket = self._buckets.get(recipient)
+            if bucket is not None:
+                bucket[0] = min(float(self.burst), bucket[0] + 1.0)
+
     def _forget_idle(self, now: float) -> None:
         buckets = self._buckets
         while buckets:

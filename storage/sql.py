@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Dialect
 from sqlalchemy.sql import Executable
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -41,11 +43,32 @@ class Prepared:
         return tuple(merged[name] for name in self.positional_names)
 
 
-class Tx:
-    """One transaction of the writer, as seen by an operation."""
+class Sent:
+    """A statement sent ahead (psycopg pipeline mode): its rows are read once they arrive."""
 
     def __init__(self, cursor: Any) -> None:
         self._cursor = cursor
+
+    def rows(self) -> list[tuple[Any, ...]]:
+        try:
+            return list(self._cursor.fetchall())
+        finally:
+            self._cursor.close()
+
+
+class Tx:
+    """One transaction of the writer, as seen by an operation."""
+
+    def __init__(self, cursor: Any, connection: Any = None) -> None:
+        self._cursor = cursor
+        self._connection = connection
+
+    def send(self, statement: Prepared, values: Mapping[str, Any]) -> Sent:
+        """Run a statement on a cursor of its own, its rows read later (`Sent.rows`): inside
+        the writer's pipeline, the statements of several operations go in one round trip."""
+        cursor = self._connection.cursor() if self._connection is not None else self._cursor
+        cursor.execute(statement.sql, statement.bind(values))
+        return Sent(cursor)
 
     def execute(self, statement: Prepared, values: Mapping[str, Any]) -> int:
         """Run a statement; return the number of rows it changed."""
@@ -65,3 +88,19 @@ class Tx:
         self._cursor.execute(statement.sql, statement.bind(values))
         row = self._cursor.fetchone()
         return None if row is None else row[0]
+
+
+class PipelinedOperation(Generic[T]):
+    """An operation in two halves: `send` sends its first statement (`Tx.send`) and returns
+    what `receive` needs; `receive` reads the answer and finishes (it may run more
+    statements). The writer sends a run of such operations back to back in one round trip
+    (psycopg pipeline mode) before receiving any; anywhere else it is one call, in order."""
+
+    def send(self, tx: Tx) -> Any:
+        raise NotImplementedError
+
+    def receive(self, tx: Tx, sent: Any) -> T:
+        raise NotImplementedError
+
+    def __call__(self, tx: Tx) -> T:
+        return self.receive(tx, self.send(tx))

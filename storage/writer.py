@@ -27,7 +27,7 @@ from sqlalchemy import Engine
 from sqlalchemy.pool import PoolProxiedConnection
 
 from errors import PnRelayError
-from storage.sql import Tx
+from storage.sql import PipelinedOperation, Tx
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,8 @@ class BatchWriter:
         self._engine = engine
         self._max_batch = max_batch
         self._begin_sql = "BEGIN IMMEDIATE" if engine.dialect.name == "sqlite" else None
+        # psycopg's pipeline mode: a run of pipelined operations (notifies) in one round trip.
+        self._pipelines = engine.dialect.name == "postgresql"
         dbapi = engine.dialect.loaded_dbapi
         self._dbapi_error: type[BaseException] = dbapi.Error
         self._connection_errors: tuple[type[BaseException], ...] = (
@@ -203,8 +205,8 @@ class BatchWriter:
         try:
             if self._begin_sql:
                 cursor.execute(self._begin_sql)
-            tx = Tx(cursor)
-            results = [operation(tx) for operation in operations]
+            tx = Tx(cursor, connection)
+            results = self._run_operations(tx, connection, operations)
             connection.commit()
             self.commits += 1  # only this thread writes it
             return results
@@ -221,6 +223,32 @@ class BatchWriter:
         finally:
             with contextlib.suppress(self._dbapi_error):
                 cursor.close()
+
+    def _run_operations(
+        self, tx: Tx, connection: PoolProxiedConnection, operations: list[Operation]
+    ) -> list[Any]:
+        """Run `operations` in order; on PostgreSQL, each run of consecutive pipelined ones
+        sends all its first statements in one round trip, then receives them in order."""
+        results: list[Any] = []
+        start = 0
+        while start < len(operations):
+            stop = start
+            if self._pipelines:
+                while stop < len(operations) and isinstance(
+                    operations[stop], PipelinedOperation
+                ):
+                    stop += 1
+            if stop - start < 2:
+                results.append(operations[start](tx))
+                start += 1
+                continue
+            run: list[PipelinedOperation[Any]] = operations[start:stop]  # type: ignore[assignment]
+            with connection.driver_connection.pipeline():  # type: ignore[union-attr]
+                sent = [operation.send(tx) for operation in run]
+            for operation, each in zip(run, sent, strict=True):
+                results.append(operation.receive(tx, each))
+            start = stop
+        return results
 
     def _discard_connection(self) -> None:
         if self._connection is not None:

@@ -363,7 +363,7 @@ def test_made_up_tokens_cannot_pause_everyone(
     assert world.count(devices) >= 10  # every real registration kept
     with world.engine.connect() as conn:
         kept = {
-            world.store._protect.open_token(sealed)
+            world.store.protector.open_token(sealed)
             for (sealed,) in conn.execute(select(devices.c.token_sealed))
         }
     assert set(real) <= kept
