@@ -48,10 +48,12 @@ from typing import Any
 from hpack import NeverIndexedHeaderTuple
 
 from push.apns_auth import ProviderTokens, load_signing_key
+from push.config_checks import DeliveryConfigError, host_port, readable
 from push.exchange import Exchange
 from push.httppool import ConnectionPool, Endpoint
 from push.outcome import ACCEPTED, ProviderSender, Push, PushOutcome, Verdict
 from push.payloads import apns_payload
+from settings import Settings
 from storage.records import Provider
 
 PRODUCTION_HOST = "api.push.apple.com"
@@ -62,6 +64,27 @@ TOPIC_HINT = "APNS_TOPIC (the app's bundle id)"
 DEAD_TOKEN_REASONS = {"BadDeviceToken", "Unregistered", "ExpiredToken"}
 TOPIC_REASONS = {"DeviceTokenNotForTopic", "TopicDisallowed", "BadTopic", "MissingTopic"}
 PATH_PREFIX = b"/3/device/"
+# Answers that mean "not our token" or "our configuration is wrong", told apart by how many
+# say the same (push/dispatcher.py), and the settings to check when it is the configuration.
+SUSPECT_REASONS = {
+    "BadDeviceToken": (
+        "APNS_SANDBOX (False for App Store and TestFlight builds, True for development builds)"
+        " and APNS_TOPIC"
+    ),
+    "DeviceTokenNotForTopic": "APNS_TOPIC (the app's bundle id) and APNS_SANDBOX",
+}
+TOKEN_LENGTHS = range(64, 201, 2)  # 32-byte tokens today; Apple says they may grow
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+def is_device_token(token: str) -> bool:
+    """A token APNs could accept: hex, of one of `TOKEN_LENGTHS` (compared ignoring case)."""
+    return len(token) in TOKEN_LENGTHS and _HEX.issuperset(token)
+
+
+def has_token_shape(token: str) -> bool:
+    """An APNs token as they are today (64 hex characters), for a client naming no device."""
+    return len(token) == 64 and _HEX.issuperset(token)
 
 
 @dataclass(frozen=True)
@@ -312,3 +335,63 @@ class APNsSender(ProviderSender):
 def describe(config: APNsConfig) -> str:
     auth = "certificate" if config.cert_file else "token (.p8)"
     return f"{config.host}:{config.port}, {auth} auth, topic {config.topic}"
+
+
+def config_from_settings(settings: Settings) -> APNsConfig | None:
+    """The sender's config, None without credentials (APNs off); DeliveryConfigError when
+    the credentials are inconsistent or a file they name is not what it should be."""
+    if settings.APNS_KEY_FILE is None and settings.APNS_CERT_FILE is None:
+        return None
+    if settings.APNS_KEY_FILE is not None and settings.APNS_CERT_FILE is not None:
+        raise DeliveryConfigError("APNS_KEY_FILE and APNS_CERT_FILE: set one, not both")
+    if settings.APNS_KEY_FILE is not None:
+        readable(settings.APNS_KEY_FILE, "APNS_KEY_FILE")
+        if not settings.APNS_KEY_ID or not settings.APNS_TEAM_ID:
+            raise DeliveryConfigError("APNS_KEY_FILE needs APNS_KEY_ID and APNS_TEAM_ID too")
+    if settings.APNS_CERT_FILE is not None:
+        readable(settings.APNS_CERT_FILE, "APNS_CERT_FILE")
+    if settings.APNS_CA_FILE is not None:
+        readable(settings.APNS_CA_FILE, "APNS_CA_FILE")
+    if settings.APNS_ENDPOINT:
+        host, port = host_port(settings.APNS_ENDPOINT, "APNS_ENDPOINT")
+    else:
+        host, port = (SANDBOX_HOST if settings.APNS_SANDBOX else PRODUCTION_HOST), 443
+    config = APNsConfig(
+        topic=settings.APNS_TOPIC,
+        host=host,
+        port=port,
+        key_file=settings.APNS_KEY_FILE,
+        key_id=settings.APNS_KEY_ID or None,
+        team_id=settings.APNS_TEAM_ID or None,
+        cert_file=settings.APNS_CERT_FILE,
+        ca_file=settings.APNS_CA_FILE,
+        max_connections=settings.APNS_CONNECTIONS,
+        request_timeout_s=settings.APNS_REQUEST_TIMEOUT,
+    )
+    _check_files(config)
+    return config
+
+
+def _check_files(config: APNsConfig) -> None:
+    """Read the files APNs will use now, not at the first push: a wrong one stops the start."""
+    try:
+        provider_tokens(config)
+    except (ValueError, OSError):
+        raise DeliveryConfigError(
+            f"APNS_KEY_FILE: {config.key_file} is not an APNs signing key"
+            " (the .p8 file from Apple: an EC P-256 private key in PEM)"
+        ) from None
+    if config.ca_file is not None:
+        try:
+            ssl.create_default_context(cafile=str(config.ca_file))
+        except (ValueError, OSError):
+            raise DeliveryConfigError(
+                f"APNS_CA_FILE: {config.ca_file} holds no PEM certificate to trust"
+            ) from None
+    if config.cert_file is not None:
+        try:
+            ssl_context(config)
+        except (ValueError, OSError):
+            raise DeliveryConfigError(
+                f"APNS_CERT_FILE: {config.cert_file} is not a PEM certificate with its private key"
+            ) from None

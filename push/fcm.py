@@ -29,23 +29,42 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+from firebase_admin import credentials
+
+from push.config_checks import DeliveryConfigError, http_url, readable
 from push.exchange import Exchange
 from push.fcm_auth import AccessTokens
 from push.httppool import ConnectionPool, Endpoint
 from push.outcome import ACCEPTED, ProviderSender, Push, PushOutcome, Verdict
 from push.payloads import fcm_body
+from settings import Settings
 from storage.records import Provider
 
 CREDENTIAL_HINT = "FCM_SERVICE_ACCOUNT_FILE and FCM_PROJECT_ID"
 DEFAULT_ENDPOINT = "https://fcm.googleapis.com"
 FCM_ERROR_TYPE = "type.googleapis.com/google.firebase.fcm.v1.FcmError"
 THIRD_PARTY_AUTH_CODES = frozenset({"THIRD_PARTY_AUTH_ERROR", "APNS_AUTH_ERROR"})
+# The answer that means "not our token" or "our configuration is wrong", told apart by how many
+# say the same (push/dispatcher.py), and the settings to check when it is the configuration.
+SUSPECT_REASONS = {
+    "SENDER_ID_MISMATCH": (
+        "FCM_SERVICE_ACCOUNT_FILE (a service account of the app's own Firebase project)"
+        " and FCM_PROJECT_ID"
+    ),
+}
+_PRINTABLE_ASCII = re.compile(r"[\x21-\x7e]{1,4096}")
+
+
+def is_device_token(token: str) -> bool:
+    """A token FCM could accept: 1 to 4096 printable ASCII characters, kept verbatim."""
+    return _PRINTABLE_ASCII.fullmatch(token) is not None
 
 # firebase-admin's reading of a Google API error (firebase_admin/_utils.py): the JSON
 # `error.status` if any, else the HTTP status's canonical code; unknown words are UNKNOWN.
@@ -328,3 +347,39 @@ def describe(config: FCMConfig) -> str:
     endpoint = config.endpoint or DEFAULT_ENDPOINT
     trust = f", trusting {config.ca_file.name}" if config.ca_file else ""
     return f"{endpoint}{trust}, service account {config.service_account_file.name}"
+
+
+def config_from_settings(settings: Settings) -> FCMConfig | None:
+    """The sender's config, None without a service account (FCM off); DeliveryConfigError
+    when the file or the endpoint is not what it should be."""
+    path = settings.FCM_SERVICE_ACCOUNT_FILE
+    if path is None:
+        return None
+    readable(path, "FCM_SERVICE_ACCOUNT_FILE")
+    try:
+        account = json.loads(path.read_text())
+    except (UnicodeDecodeError, ValueError):
+        raise DeliveryConfigError(f"FCM_SERVICE_ACCOUNT_FILE: {path} is not JSON") from None
+    if not isinstance(account, dict) or account.get("type") != "service_account":
+        raise DeliveryConfigError(
+            f"FCM_SERVICE_ACCOUNT_FILE: {path} is not a Google service account key"
+        )
+    if not settings.FCM_PROJECT_ID and not account.get("project_id"):
+        raise DeliveryConfigError("FCM_PROJECT_ID: the service account names no project")
+    try:
+        credentials.Certificate(str(path))
+    except ValueError:
+        raise DeliveryConfigError(
+            f"FCM_SERVICE_ACCOUNT_FILE: {path} is not a usable service account key"
+        ) from None
+    endpoint = settings.FCM_ENDPOINT.rstrip("/") or None
+    if endpoint is not None:
+        http_url(endpoint, "FCM_ENDPOINT")
+    if settings.FCM_CA_FILE is not None:
+        readable(settings.FCM_CA_FILE, "FCM_CA_FILE")
+    return FCMConfig(
+        service_account_file=path,
+        project_id=settings.FCM_PROJECT_ID or None,
+        endpoint=endpoint,
+        ca_file=settings.FCM_CA_FILE,
+    )
