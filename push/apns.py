@@ -37,7 +37,6 @@ drives the fake with it.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import ssl
@@ -48,10 +47,11 @@ from typing import Any
 from hpack import NeverIndexedHeaderTuple
 
 from push.apns_auth import ProviderTokens, load_signing_key
+from push.batch import PooledSender
 from push.config_checks import DeliveryConfigError, host_port, readable
 from push.exchange import Exchange
 from push.httppool import ConnectionPool, Endpoint
-from push.outcome import ACCEPTED, ProviderSender, Push, PushOutcome, Verdict
+from push.outcome import ACCEPTED, Push, PushOutcome, Verdict
 from push.payloads import apns_payload
 from settings import Settings
 from storage.records import Provider
@@ -203,27 +203,25 @@ _PUSH_TYPE = (b"apns-push-type", b"alert")
 _PRIORITY = (b"apns-priority", b"10")
 
 
-class APNsSender(ProviderSender):
+class APNsSender(PooledSender[APNsConfig]):
     provider = Provider.APNS
     name = "APNs"
+    credential_hint = CREDENTIAL_HINT
 
     def __init__(
         self, config: APNsConfig, *, max_in_flight: int = 250, batch_size: int = 50
     ) -> None:
-        self.config = config
-        self.max_in_flight = max_in_flight
-        self.batch_size = batch_size
-        self.pool: ConnectionPool | None = None
+        super().__init__(config, max_in_flight=max_in_flight, batch_size=batch_size)
         self.tokens: ProviderTokens | None = None
         self._host = (b"host", config.host.encode("idna"))
         self._topic = (b"apns-topic", config.topic.encode())
         self._authorization: tuple[bytes, bytes] | None = None
 
-    def _build(self) -> ConnectionPool:
+    def _connect(self) -> ConnectionPool:
         config = self.config
         context = ssl_context(config)
         self.tokens = provider_tokens(config)
-        self.pool = ConnectionPool(
+        return ConnectionPool(
             Endpoint(host=config.host, port=config.port, path="/3/device/", ssl_context=context),
             max_h2_connections=config.max_connections,
             max_streams=config.max_streams,
@@ -231,7 +229,12 @@ class APNsSender(ProviderSender):
             http2_only=True,
             name="APNs",
         )
-        return self.pool
+
+    def _payload(self, push: Push) -> tuple[bytes, bool]:
+        return apns_payload(push.data)
+
+    def _batch(self, pushes: list[Push]) -> _APNsBatch:
+        return _APNsBatch(self, pushes)
 
     def _authorization_field(self) -> tuple[bytes, bytes] | None:
         if self.tokens is None:
@@ -260,76 +263,39 @@ class APNsSender(ProviderSender):
             headers.append(authorization)
         return headers
 
-    async def send(self, pushes: list[Push]) -> list[PushOutcome]:
-        pool = self.pool
-        if pool is None:
-            try:
-                pool = self._build()
-            except (ValueError, OSError) as exc:  # settings checked them; a file changed since
-                outcome = PushOutcome(
-                    Verdict.CONFIG_ERROR, reason=type(exc).__name__, hint=CREDENTIAL_HINT
-                )
-                return [outcome] * len(pushes)
-        loop = asyncio.get_running_loop()
-        config = self.config
-        deadline = loop.time() + config.send_timeout_s
-        count = len(pushes)
-        bodies: list[bytes] = []
-        trimmed: list[bool] = []
-        for push in pushes:
-            body, cut = apns_payload(push.data)
-            bodies.append(body)
-            trimmed.append(cut)
-        outcomes: list[PushOutcome | None] = [None] * count
-        resent = [False] * count  # sent once more after APNs refused it unprocessed
-        todo = list(range(count))
-        while todo:
-            authorization = self._authorization_field()
-            exchanges = [
-                Exchange(
-                    bodies[i],
-                    "",
-                    i,
-                    headers=self._headers(pushes[i], authorization),
-                    response_headers={},
-                )
-                for i in todo
-            ]
-            await pool.run(exchanges, min(deadline, loop.time() + config.request_timeout_s))
-            todo = []
-            for exchange in exchanges:
-                index = exchange.index
-                if not exchange.failure:
-                    answered = read_answer(exchange)
-                    outcomes[index] = classify(answered, answered.retry_after)
-                    if (
-                        answered.description == EXPIRED_JWT_REASON
-                        and self.tokens is not None
-                        and authorization is not None
-                        and self.tokens.renew(authorization[1])
-                    ):
-                        log.warning("APNs said our provider token expired: signing a new one")
-                elif exchange.refused and not resent[index]:
-                    resent[index] = True
-                    todo.append(index)
-                elif exchange.failure == "timeout":
-                    outcomes[index] = PushOutcome.transient("timeout")
-                else:
-                    outcomes[index] = PushOutcome.transient(f"transport: {exchange.failure}")
-            if todo and loop.time() >= deadline:
-                for index in todo:
-                    outcomes[index] = PushOutcome.transient("timeout")
-                break
-        result: list[PushOutcome] = []
-        for answer, cut in zip(outcomes, trimmed, strict=True):
-            assert answer is not None
-            result.append(answer.with_trimmed() if cut else answer)
-        return result
-
     async def close(self) -> None:
-        pool, self.pool, self.tokens = self.pool, None, None
-        if pool is not None:
-            await pool.close()
+        self.tokens = None
+        await super().close()
+
+
+class _APNsBatch:
+    """One `send`: each round signs with the current JWT; an ExpiredProviderToken answer
+    renews it (the push itself is transient: the dispatcher tries it again)."""
+
+    def __init__(self, sender: APNsSender, pushes: list[Push]) -> None:
+        self.sender = sender
+        self.pushes = pushes
+        self.authorization: tuple[bytes, bytes] | None = None
+
+    async def authorize(self, deadline: float) -> PushOutcome | None:
+        self.authorization = self.sender._authorization_field()
+        return None
+
+    def exchange(self, index: int, body: bytes) -> Exchange:
+        headers = self.sender._headers(self.pushes[index], self.authorization)
+        return Exchange(body, "", index, headers=headers, response_headers={})
+
+    def judge(self, exchange: Exchange) -> PushOutcome:
+        answered = read_answer(exchange)
+        tokens, authorization = self.sender.tokens, self.authorization
+        if (
+            answered.description == EXPIRED_JWT_REASON
+            and tokens is not None
+            and authorization is not None
+            and tokens.renew(authorization[1])
+        ):
+            log.warning("APNs said our provider token expired: signing a new one")
+        return classify(answered, answered.retry_after)
 
 
 def describe(config: APNsConfig) -> str:

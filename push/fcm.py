@@ -38,11 +38,12 @@ from urllib.parse import quote, urlsplit
 
 from firebase_admin import credentials
 
+from push.batch import PooledSender
 from push.config_checks import DeliveryConfigError, http_url, readable
 from push.exchange import Exchange
 from push.fcm_auth import AccessTokens
 from push.httppool import ConnectionPool, Endpoint
-from push.outcome import ACCEPTED, ProviderSender, Push, PushOutcome, Verdict
+from push.outcome import ACCEPTED, Push, PushOutcome, Verdict
 from push.payloads import fcm_body
 from settings import Settings
 from storage.records import Provider
@@ -220,20 +221,18 @@ def endpoint_for(config: FCMConfig, project_id: str) -> Endpoint:
     return Endpoint(host=url.hostname, port=port, path=path, ssl_context=context)
 
 
-class FCMSender(ProviderSender):
+class FCMSender(PooledSender[FCMConfig]):
     provider = Provider.FCM
     name = "FCM"
+    credential_hint = CREDENTIAL_HINT
 
     def __init__(
         self, config: FCMConfig, *, max_in_flight: int = 250, batch_size: int = 50
     ) -> None:
-        self.config = config
-        self.max_in_flight = max_in_flight
-        self.batch_size = batch_size
+        super().__init__(config, max_in_flight=max_in_flight, batch_size=batch_size)
         self.tokens: AccessTokens | None = None
-        self.pool: ConnectionPool | None = None
 
-    def _build(self) -> tuple[AccessTokens, ConnectionPool]:
+    def _connect(self) -> ConnectionPool:
         config = self.config
         tokens = AccessTokens(
             config.service_account_file, timeout_s=config.token_timeout_s, ca_file=config.ca_file
@@ -242,7 +241,8 @@ class FCMSender(ProviderSender):
         if not project_id:
             tokens.close()
             raise ValueError("no project id")
-        pool = ConnectionPool(
+        self.tokens = tokens
+        return ConnectionPool(
             endpoint_for(config, project_id),
             max_h2_connections=config.max_connections,
             max_streams=config.max_streams,
@@ -250,97 +250,50 @@ class FCMSender(ProviderSender):
             connect_timeout_s=config.connect_timeout_s,
             name="FCM",
         )
-        self.tokens, self.pool = tokens, pool
-        return tokens, pool
 
-    async def send(self, pushes: list[Push]) -> list[PushOutcome]:
-        tokens, pool = self.tokens, self.pool
-        if tokens is None or pool is None:
-            try:
-                tokens, pool = self._build()
-            except (ValueError, OSError) as exc:  # settings checked it; the file changed since
-                outcome = PushOutcome(
-                    Verdict.CONFIG_ERROR, reason=type(exc).__name__, hint=CREDENTIAL_HINT
-                )
-                return [outcome] * len(pushes)
-        loop = asyncio.get_running_loop()
-        config = self.config
-        deadline = loop.time() + config.send_timeout_s
-        count = len(pushes)
-        bodies: list[bytes] = []
-        trimmed: list[bool] = []
-        for push in pushes:
-            body, cut = fcm_body(push.token, push.data)
-            bodies.append(body)
-            trimmed.append(cut)
-        outcomes: list[PushOutcome | None] = [None] * count
-        resent = [False] * count  # sent once more after the server refused it unprocessed
-        reauthorised = [False] * count  # sent once more with a new token after a 401
-        todo = list(range(count))
-        while todo:
-            try:
-                async with asyncio.timeout_at(min(deadline, loop.time() + config.token_timeout_s)):
-                    authorization = await tokens.header()
-            except Exception as exc:  # noqa: BLE001 - any failure to get a token
-                outcome = classify_token_error(exc)
-                for index in todo:
-                    outcomes[index] = outcome
-                break
-            exchanges = await self._round(pool, todo, bodies, authorization, deadline)
-            todo = []
-            for exchange in exchanges:
-                index = exchange.index
-                if exchange.failure:
-                    if exchange.refused and not resent[index]:
-                        resent[index] = True
-                        todo.append(index)
-                    else:
-                        outcomes[index] = PushOutcome.transient(
-                            "timeout"
-                            if exchange.failure == "timeout"
-                            else f"transport: {exchange.failure}"
-                        )
-                elif _needs_new_token(exchange) and not reauthorised[index]:
-                    reauthorised[index] = True
-                    tokens.invalidate(authorization)
-                    todo.append(index)
-                else:
-                    outcomes[index] = classify(
-                        exchange.status, bytes(exchange.response), exchange.retry_after
-                    )
-            if todo and loop.time() >= deadline:
-                for index in todo:
-                    outcomes[index] = PushOutcome.transient("timeout")
-                break
-        result: list[PushOutcome] = []
-        for answer, cut in zip(outcomes, trimmed, strict=True):
-            assert answer is not None
-            result.append(answer.with_trimmed() if cut else answer)
-        return result
+    def _payload(self, push: Push) -> tuple[bytes, bool]:
+        return fcm_body(push.token, push.data)
 
-    async def _round(
-        self,
-        pool: ConnectionPool,
-        indexes: list[int],
-        bodies: list[bytes],
-        authorization: str,
-        deadline: float,
-    ) -> list[Exchange]:
-        """Send these bodies at once; returns their exchanges, each answered or failed."""
-        timeout_at = min(
-            deadline, asyncio.get_running_loop().time() + self.config.request_timeout_s
-        )
-        exchanges = [Exchange(bodies[i], authorization, i) for i in indexes]
-        await pool.run(exchanges, timeout_at)
-        return exchanges
+    def _batch(self, pushes: list[Push]) -> _FCMBatch:
+        assert self.tokens is not None  # built with the pool
+        return _FCMBatch(self.tokens, len(pushes), self.config.token_timeout_s)
 
     async def close(self) -> None:
-        pool, tokens = self.pool, self.tokens
-        self.pool = self.tokens = None
-        if pool is not None:
-            await pool.close()
+        tokens, self.tokens = self.tokens, None
+        await super().close()
         if tokens is not None:
             tokens.close()
+
+
+class _FCMBatch:
+    """One `send`: each round gets an access token first (a failure is every push's outcome);
+    a 401 for that token invalidates it and sends the push once more, with a new one."""
+
+    def __init__(self, tokens: AccessTokens, count: int, token_timeout_s: float) -> None:
+        self.tokens = tokens
+        self.token_timeout_s = token_timeout_s
+        self.authorization = ""
+        self.reauthorised = [False] * count  # sent once more with a new token after a 401
+
+    async def authorize(self, deadline: float) -> PushOutcome | None:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout_at(min(deadline, loop.time() + self.token_timeout_s)):
+                self.authorization = await self.tokens.header()
+        except Exception as exc:  # noqa: BLE001 - any failure to get a token
+            return classify_token_error(exc)
+        return None
+
+    def exchange(self, index: int, body: bytes) -> Exchange:
+        return Exchange(body, self.authorization, index)
+
+    def judge(self, exchange: Exchange) -> PushOutcome | None:
+        index = exchange.index
+        if _needs_new_token(exchange) and not self.reauthorised[index]:
+            self.reauthorised[index] = True
+            self.tokens.invalidate(self.authorization)
+            return None
+        return classify(exchange.status, bytes(exchange.response), exchange.retry_after)
 
 
 def describe(config: FCMConfig) -> str:
