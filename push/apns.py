@@ -50,7 +50,7 @@ from push.apns_auth import ProviderTokens, load_signing_key
 from push.batch import PooledSender
 from push.config_checks import DeliveryConfigError, host_port, readable
 from push.exchange import Exchange
-from push.httppool import ConnectionPool, Endpoint
+from push.httppool import ConnectionPool, Endpoint, PoolLimits
 from push.outcome import ACCEPTED, Push, PushOutcome, Verdict
 from push.payloads import apns_payload
 from settings import Settings
@@ -223,10 +223,12 @@ class APNsSender(PooledSender[APNsConfig]):
         self.tokens = provider_tokens(config)
         return ConnectionPool(
             Endpoint(host=config.host, port=config.port, path="/3/device/", ssl_context=context),
-            max_h2_connections=config.max_connections,
-            max_streams=config.max_streams,
-            connect_timeout_s=config.connect_timeout_s,
-            http2_only=True,
+            PoolLimits(
+                max_h2_connections=config.max_connections,
+                max_streams=config.max_streams,
+                connect_timeout_s=config.connect_timeout_s,
+                http2_only=True,
+            ),
             name="APNs",
         )
 

@@ -42,7 +42,7 @@ from push.batch import PooledSender
 from push.config_checks import DeliveryConfigError, http_url, readable
 from push.exchange import Exchange
 from push.fcm_auth import AccessTokens
-from push.httppool import ConnectionPool, Endpoint
+from push.httppool import ConnectionPool, Endpoint, PoolLimits
 from push.outcome import ACCEPTED, Push, PushOutcome, Verdict
 from push.payloads import fcm_body
 from settings import Settings
@@ -226,11 +226,7 @@ class FCMSender(PooledSender[FCMConfig]):
     name = "FCM"
     credential_hint = CREDENTIAL_HINT
 
-    def __init__(
-        self, config: FCMConfig, *, max_in_flight: int = 250, batch_size: int = 50
-    ) -> None:
-        super().__init__(config, max_in_flight=max_in_flight, batch_size=batch_size)
-        self.tokens: AccessTokens | None = None
+    tokens: AccessTokens | None = None  # with the pool
 
     def _connect(self) -> ConnectionPool:
         config = self.config
@@ -244,10 +240,12 @@ class FCMSender(PooledSender[FCMConfig]):
         self.tokens = tokens
         return ConnectionPool(
             endpoint_for(config, project_id),
-            max_h2_connections=config.max_connections,
-            max_streams=config.max_streams,
-            max_h1_connections=config.http1_connections,
-            connect_timeout_s=config.connect_timeout_s,
+            PoolLimits(
+                max_h2_connections=config.max_connections,
+                max_streams=config.max_streams,
+                max_h1_connections=config.http1_connections,
+                connect_timeout_s=config.connect_timeout_s,
+            ),
             name="FCM",
         )
 
