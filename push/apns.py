@@ -30,9 +30,12 @@ push). Now:
   for a stream included), and the whole `send` (`send_timeout_s`, well below DELIVERY_LEASE's
   60 s default); a request given up is reset (RST_STREAM CANCEL) and its stream released.
 
+The batch loop (rounds, the resend of refused requests, the deadline) is push/batch.py's,
+shared with FCM; this module says how a request is built and an answer judged.
+
 tests/test_apns_flow_control.py drives it against the fake APNs granting only 65,535 bytes;
 tests/test_apns_sender.py checks the wire (headers, JWT, answers); tests/test_sandbox_apns.py
-drives the fake with it.
+drives the fake with it; tests/test_provider_adapters.py its connections, JWT and cert auth.
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ against ~3,800 now (and ~70 us of the sender's CPU per push: bench/sender_bench.
   else that fails before an answer is transient: the dispatcher retries it later.
 - Every step is bounded: connecting (TCP, TLS, HTTP/2 SETTINGS), the token, each request,
   and the whole `send` (`send_timeout_s`, well below DELIVERY_LEASE's 60 s default).
+- The batch loop (rounds, resends, the deadline) is push/batch.py's, shared with APNs.
 """
 
 from __future__ import annotations
