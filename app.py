@@ -1,4 +1,4 @@
-"""`create_app(parts) -> Flask`: the WSGI application, built from parts made in server.py."""
+"""`create_app(parts) -> Flask`: the WSGI application, built from parts made in relay.py."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from lsrpc.v2 import ClientCall
 from stats.auth import StatsAuth
 from stats.dashboard import create_dashboard_blueprint
 from stats.endpoint import create_stats_blueprint
+from stats.healthz import create_health_blueprint
 from stats.metrics import RelayMetrics, create_metrics_blueprint
 from web.errorlog import RateLimitedLog
 
@@ -76,12 +77,10 @@ def create_app(parts: AppParts, onion: OnionEndpoint | None = None) -> Flask:
                 parts.engine, parts.stats_auth, parts.clock_ms, queue_stats=parts.queue_stats
             )
         )
+        app.register_blueprint(create_health_blueprint(parts.engine, parts.dispatcher_alive))
         app.register_blueprint(
             create_metrics_blueprint(
-                parts.engine,
-                parts.metrics,
-                parts.dispatcher_alive,
-                auth=None if parts.metrics_public else parts.stats_auth,
+                parts.metrics, auth=None if parts.metrics_public else parts.stats_auth
             )
         )
     else:

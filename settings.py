@@ -1,6 +1,7 @@
 """Typed settings: defaults, then `config.py` (or `--config FILE`), then `PN_<NAME>` variables.
 
-Every setting is declared once in `Settings` with its type and default; `config.example.py`
+Every setting is declared once in `Settings` with its type, its default and, where it has
+them, the range or the words its value must be (`setting`); `config.example.py`
 documents each (a test checks it). A mistake stops the start with one line naming the
 setting as the operator wrote it (`PN_PORT` from the environment, `PORT` from the file) and
 what is wrong. What config.py may hold besides settings is in `read_config_file`.
@@ -15,37 +16,51 @@ import re
 import runpy
 import types
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from errors import ConfigurationError
 
 ENV_PREFIX = "PN_"
+T = TypeVar("T")
 
 
 class SettingsError(ConfigurationError):
     """One line saying which setting is wrong and why."""
 
 
+def setting(
+    default: T, *, within: tuple[float, float] | None = None, one_of: tuple[str, ...] = ()
+) -> T:
+    """A setting's default, with the range (`within`, both ends allowed) or the words
+    (`one_of`) its value must be, checked whenever one is read (`_check`)."""
+    rules: dict[str, Any] = {}
+    if within is not None:
+        rules["within"] = within
+    if one_of:
+        rules["one_of"] = one_of
+    return field(default=default, metadata=rules)
+
+
 @dataclass(frozen=True)
 class Settings:
     HOST: str = "127.0.0.1"
-    PORT: int = 3000
+    PORT: int = setting(3000, within=(0, 65535))
     REUSE_PORT: bool = False
     DATA_DIR: Path = Path("./data")
     DATABASE_URL: str = ""
     KEY_FILE: Path | None = None
     IDENTITY_KEY_FILE: Path | None = None
     TOKEN_KEY_FILE: Path | None = None
-    MAX_BODY_BYTES: int = 65536
-    MAX_DATA_BYTES: int = 8192
-    WEB_THREADS: int = 16
-    DB_POOL_SIZE: int = 0
-    WRITE_BATCH_MAX: int = 256
-    DEDUP_WINDOW: float = 600.0
-    SQLITE_SYNCHRONOUS: str = "FULL"
-    LOG_LEVEL: str = "INFO"
+    MAX_BODY_BYTES: int = setting(65536, within=(1024, 64 * 1024 * 1024))
+    MAX_DATA_BYTES: int = setting(8192, within=(1, 1024 * 1024))
+    WEB_THREADS: int = setting(16, within=(1, 1024))
+    DB_POOL_SIZE: int = setting(0, within=(0, 1024))
+    WRITE_BATCH_MAX: int = setting(256, within=(1, 100_000))
+    DEDUP_WINDOW: float = setting(600.0, within=(0, 7 * 24 * 3600))
+    SQLITE_SYNCHRONOUS: str = setting("FULL", one_of=("FULL", "NORMAL"))
+    LOG_LEVEL: str = setting("INFO", one_of=("DEBUG", "INFO", "WARNING", "ERROR"))
     # -- delivery ----------------------------------------------------------------------
     APNS_TOPIC: str = "com.loki-project.loki-messenger"
     APNS_KEY_FILE: Path | None = None
@@ -55,46 +70,47 @@ class Settings:
     APNS_SANDBOX: bool = False
     APNS_ENDPOINT: str = ""
     APNS_CA_FILE: Path | None = None
-    APNS_CONNECTIONS: int = 4
-    APNS_MAX_IN_FLIGHT: int = 250
+    APNS_CONNECTIONS: int = setting(4, within=(1, 100))
+    APNS_MAX_IN_FLIGHT: int = setting(250, within=(1, 100_000))
     FCM_SERVICE_ACCOUNT_FILE: Path | None = None
     FCM_PROJECT_ID: str = ""
     FCM_ENDPOINT: str = ""
-    FCM_MAX_IN_FLIGHT: int = 250
-    PUSH_MAX_AGE: float = 3600.0
-    PUSH_RETRY_BASE: float = 1.0
-    DELIVERY_LEASE: float = 60.0
+    FCM_MAX_IN_FLIGHT: int = setting(250, within=(1, 100_000))
+    PUSH_MAX_AGE: float = setting(3600.0, within=(1, 28 * 24 * 3600))
+    PUSH_RETRY_BASE: float = setting(1.0, within=(0.01, 3600))
+    DELIVERY_LEASE: float = setting(60.0, within=(1, 3600))
     # -- statistics and metrics --------------------------------------------------------
     STATS_USERNAME: str = ""
     STATS_PASSWORD: str = ""
     STATS_PASSWORD_HASH: str = ""
-    STATS_RETENTION_DAYS: int = 400
+    STATS_RETENTION_DAYS: int = setting(400, within=(0, 36500))
     METRICS_ENABLED: bool = True
     METRICS_PUBLIC: bool = False
     # -- harden: slow clients and statistics authentication (docs/security.md) ---------
-    BODY_TIMEOUT: float = 30.0
-    IDLE_CONNECTION_TIMEOUT: float = 60.0
-    MAX_CONNECTIONS: int = 4096
-    STATS_AUTH_THREADS: int = 2
-    STATS_AUTH_MAX_PENDING: int = 8
-    STATS_AUTH_FAILURES_PER_MINUTE: int = 30
+    BODY_TIMEOUT: float = setting(30.0, within=(0.1, 3600))
+    IDLE_CONNECTION_TIMEOUT: float = setting(60.0, within=(0.1, 24 * 3600))
+    MAX_CONNECTIONS: int = setting(4096, within=(1, 1_000_000))
+    STATS_AUTH_THREADS: int = setting(2, within=(1, 64))
+    STATS_AUTH_MAX_PENDING: int = setting(8, within=(1, 1024))
+    STATS_AUTH_FAILURES_PER_MINUTE: int = setting(30, within=(1, 100_000))
     # -- fcm-h2
     FCM_CA_FILE: Path | None = None
     # -- config-keys -------------------------------------------------------------------
-    LOG_FORMAT: str = "text"
+    LOG_FORMAT: str = setting("text", one_of=("text", "json"))
     ACCESS_LOG: bool = False
     # -- dash: health that tells the truth (issue 11) ------------------------------------
-    HEALTH_MAX_QUEUE_AGE: float = 1800.0
+    HEALTH_MAX_QUEUE_AGE: float = setting(1800.0, within=(0, 28 * 24 * 3600))
     # -- abuse: limits that need no IP address (issue 12; docs/security.md) -------------
-    MAX_DEVICES_PER_SESSION: int = 20
-    MAX_GROUP_MEMBERS: int = 200
-    NOTIFY_PER_MINUTE: int = 120
-    NOTIFY_BURST: int = 60
-    FANOUT_CHUNK: int = 500
+    MAX_DEVICES_PER_SESSION: int = setting(20, within=(1, 100_000))
+    MAX_GROUP_MEMBERS: int = setting(200, within=(1, 1_000_000))
+    NOTIFY_PER_MINUTE: int = setting(120, within=(1, 1_000_000))
+    NOTIFY_BURST: int = setting(60, within=(1, 1_000_000))
+    FANOUT_CHUNK: int = setting(500, within=(10, 100_000))
     # -- workers (issue 10) ------------------------------------------------------------
-    WORKERS: int = 1  # "auto" in config.py, PN_WORKERS or --workers: the usable CPUs
+    # "auto" in config.py, PN_WORKERS or --workers: the usable CPUs
+    WORKERS: int = setting(1, within=(1, 256))
     # -- faults: provider timeouts (docs/security.md, "Fault tests") -------------------
-    APNS_REQUEST_TIMEOUT: float = 15.0
+    APNS_REQUEST_TIMEOUT: float = setting(15.0, within=(0.1, 600))
 
     # -- derived paths ------------------------------------------------------------------
     @property
@@ -120,46 +136,7 @@ class Settings:
         return self.DB_POOL_SIZE or self.WEB_THREADS + 4
 
 
-_LIMITS: dict[str, tuple[float, float]] = {
-    "PORT": (0, 65535),
-    "MAX_BODY_BYTES": (1024, 64 * 1024 * 1024),
-    "MAX_DATA_BYTES": (1, 1024 * 1024),
-    "WEB_THREADS": (1, 1024),
-    "DB_POOL_SIZE": (0, 1024),
-    "WRITE_BATCH_MAX": (1, 100_000),
-    "DEDUP_WINDOW": (0, 7 * 24 * 3600),
-    "APNS_CONNECTIONS": (1, 100),
-    "APNS_MAX_IN_FLIGHT": (1, 100_000),
-    "FCM_MAX_IN_FLIGHT": (1, 100_000),
-    "PUSH_MAX_AGE": (1, 28 * 24 * 3600),
-    "PUSH_RETRY_BASE": (0.01, 3600),
-    "DELIVERY_LEASE": (1, 3600),
-    "STATS_RETENTION_DAYS": (0, 36500),
-    # -- harden
-    "BODY_TIMEOUT": (0.1, 3600),
-    "IDLE_CONNECTION_TIMEOUT": (0.1, 24 * 3600),
-    "MAX_CONNECTIONS": (1, 1_000_000),
-    "STATS_AUTH_THREADS": (1, 64),
-    "STATS_AUTH_MAX_PENDING": (1, 1024),
-    "STATS_AUTH_FAILURES_PER_MINUTE": (1, 100_000),
-    # -- dash
-    "HEALTH_MAX_QUEUE_AGE": (0, 28 * 24 * 3600),
-    # -- abuse
-    "MAX_DEVICES_PER_SESSION": (1, 100_000),
-    "MAX_GROUP_MEMBERS": (1, 1_000_000),
-    "NOTIFY_PER_MINUTE": (1, 1_000_000),
-    "NOTIFY_BURST": (1, 1_000_000),
-    "FANOUT_CHUNK": (10, 100_000),
-    # -- workers
-    "WORKERS": (1, 256),
-    # -- faults
-    "APNS_REQUEST_TIMEOUT": (0.1, 600),
-}
-_CHOICES: dict[str, tuple[str, ...]] = {
-    "LOG_LEVEL": ("DEBUG", "INFO", "WARNING", "ERROR"),
-    "SQLITE_SYNCHRONOUS": ("FULL", "NORMAL"),
-    "LOG_FORMAT": ("text", "json"),
-}
+_RULES: Mapping[str, Mapping[str, Any]] = {f.name: f.metadata for f in fields(Settings)}
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 _KIND_WORDS = {
@@ -283,14 +260,15 @@ def _convert_python(label: str, kind: str, value: Any) -> Any:
 
 
 def _check(label: str, name: str, value: Any, written: str) -> None:
-    if name in _LIMITS:
-        low, high = _LIMITS[name]
+    rules = _RULES[name]
+    if "within" in rules:
+        low, high = rules["within"]
         if not low <= value <= high:
             raise SettingsError(
                 f"{label}: {written} is outside {_number_text(low)}..{_number_text(high)}"
             )
-    if name in _CHOICES and value not in _CHOICES[name]:
-        raise SettingsError(f"{label}: {value!r} is not one of {', '.join(_CHOICES[name])}")
+    if "one_of" in rules and value not in rules["one_of"]:
+        raise SettingsError(f"{label}: {value!r} is not one of {', '.join(rules['one_of'])}")
 
 
 def _imported_names(source: str) -> set[str]:

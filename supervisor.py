@@ -10,7 +10,7 @@ badly under Tornado: every worker's epoll wakes for a connection and the first o
 accepts all that are waiting, so a burst of keep-alive connections lands on one process
 (bench/workers.py measures both).
 
-Each worker is a whole relay (server.Relay): it takes requests, runs the dispatcher lanes and
+Each worker is a whole relay (relay.Relay): it takes requests, runs the dispatcher lanes and
 the statistics jobs, on the one database they share. Leases make delivery safe across
 processes (storage/queue.py), the daily statistics retention runs in one process by its job
 lease, the minute roll-up adds each process's counts, and on SQLite the writers take turns

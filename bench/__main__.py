@@ -608,7 +608,9 @@ def group_case(bench: Bench, fakes: FakesProcess | None) -> None:
     sizes = bench.sizes
     group_notifies = max(1, round(sizes.group_seconds))  # one a second
     registers = round(sizes.register_rate * sizes.group_seconds)
-    settings = fakes.settings if fakes is not None else {}
+    settings = dict(fakes.settings) if fakes is not None else {}
+    # The abuse limit (MAX_GROUP_MEMBERS, 200 by default) would refuse the bench's group.
+    settings["MAX_GROUP_MEMBERS"] = str(max(sizes.group_members, 200))
     with RelayProcess(bench.data_dir("group"), settings) as relay:
         key = setup_group(relay.client(), "apns", members=sizes.group_members)
         register_argv = [

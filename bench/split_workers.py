@@ -11,14 +11,14 @@ LISTEN/NOTIFY).
 from __future__ import annotations
 
 import asyncio
-import functools
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import relay
 import server
 import supervisor
 from errors import StartupError
@@ -26,6 +26,11 @@ from push.dispatcher import DispatchSettings
 from settings import LoadedSettings, SettingsError
 
 DELIVERY_POLL_S = 0.02
+
+
+@dataclass(frozen=True)
+class PolledDispatchSettings(DispatchSettings):
+    idle_poll_s: float = DELIVERY_POLL_S
 
 
 def run_workers_split(
@@ -39,16 +44,15 @@ def run_workers_split(
             sock.close()
         settings = worker_settings
         if worker.index == 1:  # intake: no dispatcher
-            original_start = server.Relay.start
+            original_start = relay.Relay.start
 
-            async def start_without_dispatch(self: server.Relay, **kwargs: Any) -> None:
+            async def start_without_dispatch(self: relay.Relay, **kwargs: Any) -> None:
                 await original_start(self, **{**kwargs, "dispatch": False})
 
-            server.Relay.start = start_without_dispatch  # type: ignore[method-assign]
+            relay.Relay.start = start_without_dispatch  # type: ignore[method-assign]
         else:  # delivery: a port nobody sends to, and a queue polled often
             settings = replace(worker_settings, PORT=0, REUSE_PORT=False)
-            polled = functools.partial(DispatchSettings, idle_poll_s=DELIVERY_POLL_S)
-            setattr(server, "DispatchSettings", polled)  # noqa: B010
+            setattr(relay, "DispatchSettings", PolledDispatchSettings)  # noqa: B010
         own = replace(loaded, settings=settings)
         listen = worker.listen if worker.index == 1 else (lambda: bind(settings))
         try:

@@ -17,6 +17,7 @@ from handlers import validation
 from handlers.notify_limit import NotifyRateLimit
 from handlers.reply import Reply
 from handlers.validation import DataTooLarge, InvalidParameter
+from settings import Settings
 from stats.counters import Counters
 from storage.records import Continuation, Membership, NotifyOutcome, Registered
 from storage.sql import Tx
@@ -36,6 +37,24 @@ class HandlerContext:
     dedup_window_ms: int
     on_queued: Callable[[], None]
     notify_limit: NotifyRateLimit | None = None
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        store: RelayStore,
+        counters: Counters,
+        on_queued: Callable[[], None],
+    ) -> HandlerContext:
+        """The handlers' limits from the settings: the dedup window in ms, the notify rate."""
+        return cls(
+            store,
+            counters,
+            max_data_bytes=settings.MAX_DATA_BYTES,
+            dedup_window_ms=int(settings.DEDUP_WINDOW * 1000),
+            on_queued=on_queued,
+            notify_limit=NotifyRateLimit(settings.NOTIFY_PER_MINUTE, settings.NOTIFY_BURST),
+        )
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,7 @@ from typing import Any, Protocol
 from push.answer_window import Answer, AnswerWindow, WindowCounts
 from push.outcome import ProviderSender, Push, PushOutcome, Verdict
 from push.providers import PROVIDERS, provider_info
+from settings import Settings
 from stats.counters import Counters
 from storage.clock import RelayClock
 from storage.protect import IdentifierProtector, SealedTokenError
@@ -75,6 +76,9 @@ SUSPECT_REASONS: dict[str, str] = {
     reason: hint for info in PROVIDERS for reason, hint in info.suspect_reasons.items()
 }
 SUSPECT_VERDICTS = (Verdict.DEAD_TOKEN, Verdict.CONFIG_ERROR)
+# A configuration error is not mended within one retry's delay (someone has to edit a
+# setting): the first pause is this many PUSH_RETRY_BASEs (at least 30 s), doubling from there.
+CONFIG_PAUSE_RETRIES = 30
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,16 @@ class DispatchSettings:
     storm_window_s: float = 60.0
     storm_min_answers: int = 20
     storm_max_accepted_share: float = 0.1
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DispatchSettings:
+        """The lanes' timing from the operator's settings (seconds there, ms for leases)."""
+        return cls(
+            lease_ms=int(settings.DELIVERY_LEASE * 1000),
+            max_age_ms=int(settings.PUSH_MAX_AGE * 1000),
+            backoff_base_s=settings.PUSH_RETRY_BASE,
+            config_pause_s=max(settings.PUSH_RETRY_BASE, 1.0) * CONFIG_PAUSE_RETRIES,
+        )
 
 
 LatencyObserver = Callable[[Provider, float], None]

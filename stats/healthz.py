@@ -21,6 +21,9 @@ readonly database"), and so does the log: one line when the verdict changes (unh
 why; healthy again), never one per probe. The message is about the probe's own row, which
 holds no identifier. A connection failure's message (it may name the database's host) goes to
 the log only: /healthz is often reachable from outside.
+
+The bare WSGI app (`app.create_app` alone, without the relay's Tornado server) answers
+/healthz from `create_health_blueprint`: the database answers a read, the dispatcher runs.
 """
 
 from __future__ import annotations
@@ -30,11 +33,13 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Protocol
 
-from sqlalchemy import Engine
+from flask import Blueprint, Response
+from sqlalchemy import Engine, text
 
+from settings import Settings
 from storage.write_probe import WriteProbe
 from web.errorlog import RateLimitedLog
 from web.handlers import PlainErrorsHandler
@@ -61,6 +66,10 @@ class HealthSettings:
     write_timeout_s: float = 1.0
     answer_within_s: float = 3.0
 
+    @classmethod
+    def from_settings(cls, settings: Settings) -> HealthSettings:
+        return cls(max_queue_age_s=settings.HEALTH_MAX_QUEUE_AGE)
+
 
 @dataclass(frozen=True)
 class Reason:
@@ -82,30 +91,26 @@ class DatabaseVerdict:
     at: float  # monotonic seconds
 
 
+@dataclass(eq=False)
 class HealthProbe:
-    def __init__(
-        self,
-        engine: Engine,
-        dispatcher_alive: Callable[[], bool] | None = None,
-        *,
-        lanes: Callable[[], Iterable[Lane]] | None = None,
-        queue_age: Callable[[], float] | None = None,
-        writer_commits: Callable[[], int] | None = None,
-        settings: HealthSettings = HealthSettings(),
-        monotonic: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._dispatcher_alive = dispatcher_alive
-        self._lanes = lanes
-        self._queue_age = queue_age
-        self._writer_commits = writer_commits
-        self.settings = settings
-        self._monotonic = monotonic
-        self._write_probe = WriteProbe(engine, timeout_s=settings.write_timeout_s)
+    """What /healthz checks (module docstring); each source None: not checked."""
+
+    engine: Engine
+    dispatcher_alive: Callable[[], bool] | None = None
+    _: KW_ONLY
+    lanes: Callable[[], Iterable[Lane]] | None = None
+    queue_age: Callable[[], float] | None = None
+    writer_commits: Callable[[], int] | None = None
+    settings: HealthSettings = HealthSettings()
+    monotonic: Callable[[], float] = time.monotonic
+    probes: int = field(default=0, init=False)  # write probes run so far
+
+    def __post_init__(self) -> None:
+        self._write_probe = WriteProbe(self.engine, timeout_s=self.settings.write_timeout_s)
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="healthz")
         self._running: asyncio.Future[DatabaseVerdict] | None = None
         self._cached: DatabaseVerdict | None = None
         self._last_reasons: tuple[Reason, ...] = ()
-        self.probes = 0  # write probes run so far
 
     async def check(self) -> tuple[int, str]:
         """(200, "ok") or (503, "reason; reason"): on the IOLoop."""
@@ -123,15 +128,10 @@ class HealthProbe:
 
     def _loop_reasons(self) -> list[Reason]:
         reasons: list[Reason] = []
-        if self._dispatcher_alive is not None:
-            try:
-                alive = bool(self._dispatcher_alive())
-            except Exception as exc:  # noqa: BLE001 - any failure means: not healthy
-                log.warning("health check: dispatcher check failed (%s)", type(exc).__name__)
-                return [Reason("dispatcher check failed")]
-            if not alive:
-                return [Reason("dispatcher not running")]
-        for lane in self._lanes() if self._lanes is not None else ():
+        dispatcher = dispatcher_reason(self.dispatcher_alive)
+        if dispatcher is not None:
+            return [dispatcher]
+        for lane in self.lanes() if self.lanes is not None else ():
             if lane.paused:
                 reasons.append(
                     Reason(
@@ -146,7 +146,7 @@ class HealthProbe:
     async def _database_reasons(self) -> tuple[Reason, ...]:
         cached = self._cached
         interval = self.settings.write_probe_interval_s
-        if cached is not None and self._monotonic() - cached.at < interval:
+        if cached is not None and self.monotonic() - cached.at < interval:
             return cached.reasons
         if self._running is None or self._running.done():
             self._running = asyncio.wrap_future(self._executor.submit(self._probe))
@@ -172,9 +172,9 @@ class HealthProbe:
         elif not check.ok and not (check.locked and self._commits() != commits_before):
             reasons.append(Reason(f"database refuses writes: {check.message}"))
         limit = self.settings.max_queue_age_s
-        if check.reachable and limit > 0 and self._queue_age is not None:
+        if check.reachable and limit > 0 and self.queue_age is not None:
             try:
-                age = self._queue_age()
+                age = self.queue_age()
             except Exception as exc:  # noqa: BLE001 - the write verdict above says enough
                 log.debug("health check: queue age unreadable (%s)", type(exc).__name__)
             else:
@@ -185,10 +185,10 @@ class HealthProbe:
                             " (HEALTH_MAX_QUEUE_AGE)"
                         )
                     )
-        return DatabaseVerdict(tuple(reasons), self._monotonic())
+        return DatabaseVerdict(tuple(reasons), self.monotonic())
 
     def _commits(self) -> int:
-        return self._writer_commits() if self._writer_commits is not None else 0
+        return self.writer_commits() if self.writer_commits is not None else 0
 
     def _log_change(self, reasons: tuple[Reason, ...]) -> None:
         if reasons == self._last_reasons:
@@ -198,6 +198,45 @@ class HealthProbe:
             log.warning("health: unhealthy: %s", "; ".join(reason.logged for reason in reasons))
         else:
             log.info("health: ok again")
+
+
+def dispatcher_reason(dispatcher_alive: Callable[[], bool] | None) -> Reason | None:
+    """Why the dispatcher makes health fail, or None (`dispatcher_alive` None: no dispatcher)."""
+    if dispatcher_alive is None:
+        return None
+    try:
+        alive = bool(dispatcher_alive())
+    except Exception as exc:  # noqa: BLE001 - any failure means: not healthy
+        log.warning("health check: dispatcher check failed (%s)", type(exc).__name__)
+        return Reason("dispatcher check failed")
+    return None if alive else Reason("dispatcher not running")
+
+
+def database_reachable(engine: Engine) -> bool:
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception as exc:  # noqa: BLE001 - any failure means: not healthy
+        log.warning("health check: database unreachable (%s)", type(exc).__name__)
+        return False
+    return True
+
+
+def create_health_blueprint(
+    engine: Engine, dispatcher_alive: Callable[[], bool] | None = None
+) -> Blueprint:
+    """`GET /healthz` of the bare WSGI app (app.create_app alone): the database answers a read,
+    and the dispatcher runs. A running relay answers /healthz with `HealthHandler` instead."""
+    blueprint = Blueprint("health", __name__)
+
+    @blueprint.get(PATH)
+    def healthz() -> Response:
+        reason = None if database_reachable(engine) else Reason("database unreachable")
+        reason = reason or dispatcher_reason(dispatcher_alive)
+        status, line = (200, "ok") if reason is None else (503, reason.text)
+        return Response(line + "\n", status=status, mimetype="text/plain")
+
+    return blueprint
 
 
 class HealthHandler(PlainErrorsHandler):

@@ -1,4 +1,4 @@
-"""Prometheus metrics (`GET /metrics`) and the health check (`GET /healthz`).
+"""Prometheus metrics (`GET /metrics`); the health check is stats/healthz.py.
 
 Everything lives in one `CollectorRegistry` per `RelayMetrics` (never prometheus_client's
 global registry), so two apps in one process (tests) never share or collide. Metrics are
@@ -48,7 +48,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from flask import Blueprint, Response, request
 from prometheus_client import (
@@ -61,7 +61,6 @@ from prometheus_client import (
 )
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import Engine, text
 
 from push.outcome import PushOutcome
 from push.outcome import Verdict as PushVerdict
@@ -82,6 +81,16 @@ ProviderKey = str | Provider
 InFlightPushes = Callable[[], Iterable[tuple[ProviderKey, int]]]
 # (provider, paused) pairs, e.g. `[(lane.provider, lane.paused) for lane in lanes]`
 PausedLanes = Callable[[], Iterable[tuple[ProviderKey, bool]]]
+
+
+class Lane(Protocol):
+    """What the gauges read of a push/dispatcher.py ProviderLane."""
+
+    provider: Provider
+    in_flight: int
+
+    @property
+    def paused(self) -> bool: ...
 
 
 class ProviderLabels:
@@ -266,16 +275,15 @@ class RelayMetrics:
         self._in_flight_lock = threading.Lock()
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(_CountersCollector(counters, labels))
-        self.registry.register(
-            _CallbackCollector(
-                labels,
-                queue_stats,
-                requests_in_flight,
-                pushes_in_flight or self._own_in_flight,
-                lanes_paused,
-                database_errors,
-            )
+        self._gauges = _CallbackCollector(
+            labels,
+            queue_stats,
+            requests_in_flight,
+            pushes_in_flight or self._own_in_flight,
+            lanes_paused,
+            database_errors,
         )
+        self.registry.register(self._gauges)
         self._results = Counter(
             "pn_relay_push_results",
             "Provider answers by provider, verdict and reason (every attempt, retries"
@@ -297,6 +305,13 @@ class RelayMetrics:
             self._latency.labels(provider)
         if process_metrics:
             ProcessCollector(registry=self.registry)
+
+    def read_lanes(self, lanes: Sequence[Lane]) -> None:
+        """Read the pushes in flight and the pauses from the dispatcher's `lanes` at scrape
+        time. The lanes report to these metrics (the hooks below), so the relay builds the
+        metrics first and hands them the lanes once the dispatcher is built."""
+        self._gauges._pushes_in_flight = lambda: [(lane.provider, lane.in_flight) for lane in lanes]
+        self._gauges._lanes_paused = lambda: [(lane.provider, lane.paused) for lane in lanes]
 
     # -- hooks for push/ -------------------------------------------------------------------
     def observe_push_latency(self, provider: ProviderKey, seconds: float) -> None:
@@ -352,52 +367,15 @@ def _plain(status: int, line: str, headers: list[tuple[str, str]] | None = None)
     return Response(line + "\n", status=status, mimetype="text/plain", headers=headers or [])
 
 
-def database_ok(engine: Engine) -> bool:
-    try:
-        with engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
-    except Exception as exc:  # noqa: BLE001 - any failure means: not healthy
-        log.warning("health check: database unreachable (%s)", type(exc).__name__)
-        return False
-    return True
-
-
-def health(engine: Engine, dispatcher_alive: Callable[[], bool] | None) -> tuple[int, str]:
-    """(200, "ok") or (503, "<one-line reason>")."""
-    if not database_ok(engine):
-        return 503, "database unreachable"
-    if dispatcher_alive is not None:
-        try:
-            alive = bool(dispatcher_alive())
-        except Exception as exc:  # noqa: BLE001 - any failure means: not healthy
-            log.warning("health check: dispatcher check failed (%s)", type(exc).__name__)
-            return 503, "dispatcher check failed"
-        if not alive:
-            return 503, "dispatcher not running"
-    return 200, "ok"
-
-
 def create_metrics_blueprint(
-    engine: Engine,
-    metrics: RelayMetrics | None,
-    dispatcher_alive: Callable[[], bool] | None = None,
-    *,
-    auth: StatsAuth | None = None,
+    metrics: RelayMetrics | None, *, auth: StatsAuth | None = None
 ) -> Blueprint:
-    """`GET /healthz` always; `GET /metrics` when `metrics` is given.
+    """`GET /metrics` when `metrics` is given (health: stats/healthz.py).
 
     With `auth`, /metrics asks for the same Basic credentials as the statistics endpoint (its
-    numbers are the same traffic figures); /healthz is open and says only ok or why not. (A
-    running relay serves /healthz on the IOLoop instead, which also probes a write, the provider
-    lanes and the queue's age: stats/healthz.py. This one is the bare WSGI app's.)
-    `dispatcher_alive` None means there is no dispatcher to check.
+    numbers are the same traffic figures).
     """
     blueprint = Blueprint("metrics", __name__)
-
-    @blueprint.get("/healthz")
-    def healthz() -> Response:
-        status, reason = health(engine, dispatcher_alive)
-        return _plain(status, reason)
 
     if metrics is not None:
 

@@ -1,11 +1,13 @@
 """Per-minute roll-up of the process's counters into `statistics_minutes`, and its retention.
 
+Both are jobs of the relay's one scheduler (jobs.py: when they fire, and in which process).
+
 Which minute a flush writes to
 ------------------------------
 The roll-up job fires at second 0 of every UTC minute. A firing at the top of minute M (say
 12:34:00) swaps the counters and writes them to the row of the minute that has just ended,
-M-1 (12:33:00-12:34:00): `MinuteRollup.ended_minute()`. A firing that APScheduler runs late
-(up to `misfire_grace_time`) still writes to the minute before the one it runs in; whatever was
+M-1 (12:33:00-12:34:00): `MinuteRollup.ended_minute()`. A firing that the scheduler runs late
+(up to its misfire grace) still writes to the minute before the one it runs in; whatever was
 counted in those extra seconds goes to that row too, so totals stay exact and only the
 attribution moves by seconds. On shutdown `flush_on_shutdown()` writes the last, partial
 minute to the row of the minute it is in (`current_minute()`).
@@ -47,8 +49,23 @@ the claim's own transaction; the others find the lease held and skip. The same s
 work on PostgreSQL (the second UPDATE waits for the first's row lock and then no longer
 matches) and on SQLite (`BEGIN IMMEDIATE` serialises writers).
 
+Written beside the writer, not through it
+-----------------------------------------
+Every request's write goes through the one BatchWriter (storage/writer.py); these two jobs
+are the deliberate exception (ARCHITECTURE.md, "Writes beside the writer"). Each runs in a
+worker thread, on a pooled connection of the engine, in a transaction of its own:
+
+- they write only tables no request touches (`statistics_minutes`, `job_leases`), so there is
+  no order with request writes to keep, and no client waits for their commit;
+- the retention's lease claim waits, on PostgreSQL, for another process's row lock until that
+  process commits its delete: inside the writer, every request write of this process would
+  wait with it;
+- a retention delete (a day of rows) or a roll-up carrying gap-filled minutes would hold the
+  commit of the request batch it landed in; beside the writer it waits at most for the lock
+  (on SQLite, `BEGIN IMMEDIATE` under the engine's busy timeout), once a minute.
+
 Times are integer milliseconds since the Unix epoch, UTC (the house convention); `clock` is a
-`Callable[[], int]` returning that, e.g. `server.now_ms`.
+`Callable[[], int]` returning that, e.g. `relay.wall_ms`.
 """
 
 from __future__ import annotations
@@ -61,10 +78,9 @@ import socket
 import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from apscheduler.triggers.cron import CronTrigger
 from sqlalchemy import Connection, Engine, delete, func, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.dml import Insert
@@ -80,10 +96,6 @@ MINUTE_MS = 60_000
 DAY_MS = 86_400_000
 DEFAULT_RETENTION_DAYS = 400
 RETENTION_LEASE = "statistics_retention"
-ROLLUP_JOB_ID = "stats-minute-rollup"
-RETENTION_JOB_ID = "stats-retention"
-ROLLUP_MISFIRE_GRACE_SECONDS = 50
-RETENTION_MISFIRE_GRACE_SECONDS = 3600
 
 
 def minute_floor(ms: int) -> int:
@@ -119,35 +131,29 @@ def additive_upsert(engine: Engine) -> Insert:
     )
 
 
+@dataclass(eq=False)
 class MinuteRollup:
     """Adds this process's counters into the database's per-minute rows."""
 
-    def __init__(
-        self,
-        engine: Engine,
-        counters: Counters,
-        clock: Clock,
-        *,
-        executor: Executor | None = None,
-        max_gap_fill: int = 1440,
-        queue_depth: Callable[[], int] | None = None,
-    ) -> None:
-        self._engine = engine
-        self._queue_depth = queue_depth
-        self._counters = counters
-        self._clock = clock
-        self._executor = executor
-        self._max_gap_fill = max_gap_fill
-        self._upsert = additive_upsert(engine)
+    engine: Engine
+    counters: Counters
+    clock: Clock
+    _: KW_ONLY
+    executor: Executor | None = None
+    max_gap_fill: int = 1440
+    queue_depth: Callable[[], int] | None = None
+    failures: int = field(default=0, init=False)
+
+    def __post_init__(self) -> None:
+        self._upsert = additive_upsert(self.engine)
         self._lock = threading.Lock()
         # The minute before the one we started in: the first write fills from our first minute.
-        self._last_written = minute_floor(clock()) - MINUTE_MS
+        self._last_written = minute_floor(self.clock()) - MINUTE_MS
         self._pending: set[asyncio.Future[bool]] = set()
-        self.failures = 0
 
     # -- which minute ---------------------------------------------------------------------
     def current_minute(self) -> int:
-        return minute_floor(self._clock())
+        return minute_floor(self.clock())
 
     def ended_minute(self) -> int:
         """The minute that has just ended: what a firing at the top of a minute writes to."""
@@ -157,7 +163,7 @@ class MinuteRollup:
     def flush(self, minute_start: int) -> None:
         """Swap the counters and add them to `minute_start`'s row (restored if that fails)."""
         _check_minute(minute_start)
-        self.write(minute_start, self._counters.swap())
+        self.write(minute_start, self.counters.swap())
 
     def flush_on_shutdown(self) -> None:
         """Write the last, partial minute (the one the clock is in now)."""
@@ -183,10 +189,10 @@ class MinuteRollup:
                 }
             )
             try:
-                with self._engine.begin() as conn:
+                with self.engine.begin() as conn:
                     conn.execute(self._upsert, rows)
             except Exception as exc:  # noqa: BLE001 - whatever failed, keep the counts
-                self._counters.restore(dict(counts))
+                self.counters.restore(dict(counts))
                 self.failures += 1
                 log.warning(
                     "statistics for %s not written (%s); kept for the next minute",
@@ -198,25 +204,25 @@ class MinuteRollup:
             return True
 
     def _sample_queue_depth(self) -> int | None:
-        if self._queue_depth is None:
+        if self.queue_depth is None:
             return None
         try:
-            return int(self._queue_depth())
+            return int(self.queue_depth())
         except Exception as exc:  # noqa: BLE001 - the counts still go out; the sample is NULL
             log.warning("queue depth not sampled for the statistics (%s)", type(exc).__name__)
             return None
 
     def _gap_minutes(self, minute_start: int) -> range:
-        first = max(self._last_written + MINUTE_MS, minute_start - self._max_gap_fill * MINUTE_MS)
+        first = max(self._last_written + MINUTE_MS, minute_start - self.max_gap_fill * MINUTE_MS)
         return range(first, minute_start, MINUTE_MS)
 
     # -- on the event loop --------------------------------------------------------------------
     async def tick(self) -> None:
         """The scheduled job: swap on the loop, write from a worker thread."""
         minute = self.ended_minute()
-        counts = self._counters.swap()
+        counts = self.counters.swap()
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._executor, self.write, minute, counts)
+        future = loop.run_in_executor(self.executor, self.write, minute, counts)
         self._pending.add(future)
         future.add_done_callback(self._pending.discard)
         # Shielded: if the scheduler cancels this job (shutdown), the write still happens
@@ -231,7 +237,7 @@ class MinuteRollup:
     async def flush_on_shutdown_async(self) -> None:
         """`drain`, then `flush_on_shutdown` in the worker executor."""
         await self.drain()
-        await asyncio.get_running_loop().run_in_executor(self._executor, self.flush_on_shutdown)
+        await asyncio.get_running_loop().run_in_executor(self.executor, self.flush_on_shutdown)
 
 
 def _check_minute(minute_start: int) -> None:
@@ -264,38 +270,32 @@ def claim_lease(conn: Connection, name: str, holder: str, now_ms: int, lease_ms:
     return claimed.rowcount == 1
 
 
+@dataclass(eq=False)
 class RetentionJob:
     """Deletes statistics rows older than `retention_days`, in one process per period."""
 
-    def __init__(
-        self,
-        engine: Engine,
-        clock: Clock,
-        retention_days: int = DEFAULT_RETENTION_DAYS,
-        *,
-        holder: str | None = None,
-        lease_ms: int = 20 * 3_600_000,
-        executor: Executor | None = None,
-    ) -> None:
-        if retention_days < 1:
+    engine: Engine
+    clock: Clock
+    retention_days: int = DEFAULT_RETENTION_DAYS
+    _: KW_ONLY
+    holder: str = field(default_factory=process_holder)
+    lease_ms: int = 20 * 3_600_000
+    executor: Executor | None = None
+
+    def __post_init__(self) -> None:
+        if self.retention_days < 1:
             raise ValueError("retention_days must be at least 1 (0 means: build no RetentionJob)")
-        self._engine = engine
-        self._clock = clock
-        self.retention_days = retention_days
-        self._holder = holder or process_holder()
-        self._lease_ms = lease_ms
-        self._executor = executor
 
     def cutoff(self) -> int:
         """Rows whose minute starts before this (ms) are deleted."""
-        return minute_floor(self._clock()) - self.retention_days * DAY_MS
+        return minute_floor(self.clock()) - self.retention_days * DAY_MS
 
     def run(self) -> int | None:
         """Delete old rows; the number deleted, or None if another process holds the lease."""
-        now = self._clock()
+        now = self.clock()
         cutoff = minute_floor(now) - self.retention_days * DAY_MS
-        with self._engine.begin() as conn:
-            if not claim_lease(conn, RETENTION_LEASE, self._holder, now, self._lease_ms):
+        with self.engine.begin() as conn:
+            if not claim_lease(conn, RETENTION_LEASE, self.holder, now, self.lease_ms):
                 return None
             result = conn.execute(
                 delete(statistics_minutes).where(statistics_minutes.c.minute_start < cutoff)
@@ -308,98 +308,6 @@ class RetentionJob:
         """The scheduled job: run in a worker thread; a failure is logged, never raised."""
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self._executor, self.run)
+            await loop.run_in_executor(self.executor, self.run)
         except Exception as exc:  # noqa: BLE001 - logged; the next day tries again
             log.warning("statistics retention failed (%s); next run tomorrow", type(exc).__name__)
-
-
-def rollup_trigger() -> CronTrigger:
-    return CronTrigger(second=0, timezone=datetime.UTC)
-
-
-def retention_trigger() -> CronTrigger:
-    return CronTrigger(hour=3, minute=17, second=0, timezone=datetime.UTC)
-
-
-def build_scheduler(
-    rollup: MinuteRollup,
-    retention: RetentionJob | None = None,
-    *,
-    loop: asyncio.AbstractEventLoop | None = None,
-    minute_trigger: Any = None,
-    daily_trigger: Any = None,
-) -> AsyncIOScheduler:
-    """An (unstarted) AsyncIOScheduler with the roll-up job and, if given, the retention job.
-
-    The roll-up fires at second 0 of every UTC minute (`CronTrigger(second=0, timezone=UTC)`),
-    coalescing missed firings into one, with `misfire_grace_time` 50 s; the retention job at
-    03:17:00 UTC daily. Tests may pass other triggers. `loop` defaults to the running loop at
-    `start()`.
-    """
-    scheduler = AsyncIOScheduler(event_loop=loop, timezone=datetime.UTC)
-    scheduler.add_job(
-        rollup.tick,
-        minute_trigger or rollup_trigger(),
-        id=ROLLUP_JOB_ID,
-        name="statistics minute roll-up",
-        misfire_grace_time=ROLLUP_MISFIRE_GRACE_SECONDS,
-        coalesce=True,
-        max_instances=1,
-    )
-    if retention is not None:
-        scheduler.add_job(
-            retention.tick,
-            daily_trigger or retention_trigger(),
-            id=RETENTION_JOB_ID,
-            name="statistics retention",
-            misfire_grace_time=RETENTION_MISFIRE_GRACE_SECONDS,
-            coalesce=True,
-            max_instances=1,
-        )
-    return scheduler
-
-
-class StatsJobs:
-    """The scheduler and its jobs, started and stopped on the server's running loop."""
-
-    def __init__(
-        self,
-        rollup: MinuteRollup,
-        retention: RetentionJob | None = None,
-        *,
-        minute_trigger: Any = None,
-        daily_trigger: Any = None,
-    ) -> None:
-        self.rollup = rollup
-        self.retention = retention
-        self._minute_trigger = minute_trigger
-        self._daily_trigger = daily_trigger
-        self.scheduler: AsyncIOScheduler | None = None
-
-    def start(self) -> None:
-        """Start the jobs; call from a coroutine on the loop that should run them."""
-        loop = asyncio.get_running_loop()
-        self.scheduler = build_scheduler(
-            self.rollup,
-            self.retention,
-            loop=loop,
-            minute_trigger=self._minute_trigger,
-            daily_trigger=self._daily_trigger,
-        )
-        self.scheduler.start()
-
-    async def stop(self) -> None:
-        """Stop the jobs, wait for a write in progress, then write the last partial minute.
-
-        Call after the HTTP server (and anything else that counts) has stopped, and before
-        the engine is disposed.
-        """
-        scheduler, self.scheduler = self.scheduler, None
-        if scheduler is not None and scheduler.running:
-            # Let a firing in progress finish first: shutting down cancels running jobs
-            # (its write would still happen, but APScheduler logs the cancellation).
-            await self.rollup.drain()
-            await asyncio.sleep(0)
-            scheduler.shutdown(wait=False)
-            await asyncio.sleep(0)  # AsyncIOScheduler shuts down in a loop callback
-        await self.rollup.flush_on_shutdown_async()

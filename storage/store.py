@@ -17,7 +17,7 @@ no request waits behind more than one chunk. Until it is ready, none of its deli
 claimed (storage/queue.py), so a crash between chunks pushes nothing at all: the client, never
 answered, sends the notify again, and it is written afresh (the dedup window was not claimed).
 The unready leftovers are deleted, a chunk at a time, by `purge_abandoned_fanouts_op`
-(run at start and periodically by server.py).
+(run at start and periodically by jobs.py).
 """
 
 from __future__ import annotations

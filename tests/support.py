@@ -16,7 +16,7 @@ from urllib.parse import quote
 import psycopg
 
 from lsrpc.client import OnionClient, PreparedRequest
-from server import Relay
+from relay import Relay
 from settings import Settings, load_settings
 
 POSTGRES_URL_VARIABLE = "RELAY_TEST_POSTGRES_URL"

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import create_engine, delete, select
 
 from lsrpc.keys import fingerprint
-from server import Relay
+from relay import Relay
 from startup import StartupError
 from startup.fingerprints import ROW_KEYS
 from storage.schema import schema_meta

@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, create_engine, text
 
-from server import Relay, StartupError
+from errors import StartupError
+from relay import Relay
 from storage.engine import create_schema, make_engine
 from storage.migrations import upgrade
 from storage.schema import SCHEMA_VERSION

@@ -25,6 +25,7 @@ from tornado.wsgi import WSGIContainer
 from stats.auth import WWW_AUTHENTICATE, StatsAuth, hash_password
 from stats.counters import COUNTER_NAMES, Counters
 from stats.endpoint import DEFAULT_COUNTERS, create_stats_blueprint
+from stats.healthz import create_health_blueprint
 from stats.metrics import RelayMetrics, create_metrics_blueprint
 from stats.rollup import MinuteRollup
 from stats.schema import statistics_minutes
@@ -464,7 +465,8 @@ def metrics_app(
     auth: StatsAuth | None = None,
 ) -> Flask:
     app = Flask("metrics_test")
-    app.register_blueprint(create_metrics_blueprint(engine, metrics, alive, auth=auth))
+    app.register_blueprint(create_health_blueprint(engine, alive))
+    app.register_blueprint(create_metrics_blueprint(metrics, auth=auth))
     return app
 
 

@@ -127,7 +127,7 @@ def test_a_queued_push_reaches_the_minute_row_and_the_page(
     )
     # The dispatcher is not started: the push stays queued.
     assert relay.call_v2("notify", {"data": "aGVsbG8=", "send_to": session_id}) == SUCCESS
-    relay.call(relay.relay.stats_jobs.rollup.tick())  # the minute's scheduled job, run now
+    relay.call(relay.relay.jobs.rollup.tick())  # the minute's scheduled job, run now
     assert 1 in queue_depths(relay.relay.engine).values()
 
     auth = {"Authorization": "Basic " + base64.b64encode(b"ops:queue depth").decode()}

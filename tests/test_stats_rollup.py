@@ -16,18 +16,9 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import Engine, func, insert, inspect, select, text
 
+from jobs import RETENTION_JOB_ID, ROLLUP_JOB_ID, RelayJobs
 from stats.counters import COUNTER_NAMES, Counters
-from stats.rollup import (
-    DAY_MS,
-    RETENTION_JOB_ID,
-    ROLLUP_JOB_ID,
-    MinuteRollup,
-    RetentionJob,
-    StatsJobs,
-    build_scheduler,
-    claim_lease,
-    minute_floor,
-)
+from stats.rollup import DAY_MS, MinuteRollup, RetentionJob, claim_lease, minute_floor
 from stats.schema import create_stats_schema, job_leases, statistics_minutes
 from storage.engine import create_schema, make_engine
 
@@ -193,7 +184,7 @@ def test_tick_swaps_on_the_loop_and_writes_the_ended_minute(sqlite_engine: Engin
 def test_scheduler_jobs_are_configured_as_documented(sqlite_engine: Engine) -> None:
     clock = DrivenClock("2021-05-04T03:40:30")
     rollup = MinuteRollup(sqlite_engine, Counters(), clock)
-    scheduler = build_scheduler(rollup, RetentionJob(sqlite_engine, clock))
+    scheduler = RelayJobs(rollup, RetentionJob(sqlite_engine, clock)).build_scheduler()
     job = scheduler.get_job(ROLLUP_JOB_ID)
     assert isinstance(job.trigger, CronTrigger)
     assert str(job.trigger) == "cron[second='0']"
@@ -211,7 +202,7 @@ def test_the_scheduler_fires_the_job_and_stop_flushes_the_last_minute(
     clock = DrivenClock("2021-05-04T03:40:10")
     counters = Counters()
     rollup = MinuteRollup(engine, counters, clock)
-    jobs = StatsJobs(rollup, minute_trigger=IntervalTrigger(seconds=0.05))
+    jobs = RelayJobs(rollup, triggers={ROLLUP_JOB_ID: IntervalTrigger(seconds=0.05)})
 
     async def run() -> None:
         jobs.start()
