@@ -17,7 +17,7 @@ the branch they handle.
     │   ├── V4FramingError         lsrpc/v4.py: the decrypted v4 request
     │   ├── BencodeError           lsrpc/bencode.py
     │   ├── InvalidParameter       handlers/validation.py: an endpoint's parameter
-    │   └── BadRequest             stats/endpoint.py: the statistics request body
+    │   └── BadRequest             stats/query.py: the statistics request body
     └── StorageError               storage/writer.py: the database refused or failed a write;
         └── WriterClosedError      the message names only the error type
 
@@ -44,3 +44,13 @@ class ConfigurationError(StartupError):
 
 class ClientError(PnRelayError):
     """A malformed request; the message may be returned to the client."""
+
+
+def unreadable(exc: OSError, expected: str) -> str:
+    """Why a file an operator named could not be read, in their words: "no such file", "is a
+    directory, not <expected>", or "cannot read it: <the system's reason>"."""
+    if isinstance(exc, FileNotFoundError):
+        return "no such file"
+    if isinstance(exc, IsADirectoryError):
+        return f"is a directory, not {expected}"
+    return f"cannot read it: {exc.strerror}"

@@ -37,15 +37,13 @@ from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 from tornado.web import Application, RequestHandler
 
-from app import AppParts, create_app, create_onion_endpoint, without_onion_routes
+from app import AppParts, create_app, create_onion_core
 from errors import StartupError
 from handlers.endpoints import HandlerContext
-from handlers.runner import OutcomeRunner
+from handlers.runner import WriteRunner
 from jobs import Housekeeping, Intervals, RelayJobs
 from logsetup import AccessLog, LoggedWSGIContainer
-from lsrpc.endpoint import OnionEndpoint
 from lsrpc.paths import V2_PATH, V4_PATH
-from lsrpc.route import GuardedFallbackHandler, LsrpcHandler
 from push.dispatcher import Dispatcher, DispatchSettings, ProviderLane
 from push.observed import observed
 from push.outcome import ProviderSender
@@ -66,6 +64,8 @@ from storage.store import RelayStore
 from storage.writer import BatchWriter
 from web.connections import CappedHTTPServer, fit_to_file_limit
 from web.errorlog import RateLimitedLog
+from web.onion import OnionCore
+from web.onion_routes import GuardedFallbackHandler, LsrpcHandler
 
 log = logging.getLogger("pn_relay")
 
@@ -248,8 +248,8 @@ class Relay:
             intervals=Intervals.from_settings(settings),
         )
 
-    def _apps(self) -> tuple[OnionEndpoint, Flask]:
-        """The onion endpoint (served on the IOLoop) and the Flask app (everything else)."""
+    def _apps(self) -> tuple[OnionCore, Flask]:
+        """The onion core (served on the IOLoop) and the Flask app (everything else)."""
         settings = self.settings
         handlers = HandlerContext.from_settings(
             settings, self.store, self.counters, on_queued=self.dispatcher.wake
@@ -257,7 +257,7 @@ class Relay:
         parts = AppParts(
             keypair=self.keypair,
             handlers=handlers,
-            runner=OutcomeRunner(self.writer, self.errors),
+            runner=WriteRunner(self.writer, self.errors),
             max_body_bytes=settings.MAX_BODY_BYTES,
             engine=self.engine,
             stats_auth=self.stats_auth,
@@ -268,8 +268,7 @@ class Relay:
             errors=self.errors,
             queue_stats=self.queue_stats,
         )
-        onion = create_onion_endpoint(parts)
-        return onion, create_app(parts, onion)
+        return create_onion_core(parts), create_app(parts)
 
     # -- what /healthz and /metrics read -----------------------------------------------------
 
@@ -304,7 +303,7 @@ class Relay:
         Flask app; aliases of the onion paths reach neither Flask nor a web thread."""
         access = AccessLog(self.settings.ACCESS_LOG)
         wsgi = LoggedWSGIContainer(
-            self.in_flight.wrap_wsgi(without_onion_routes(self.app)),
+            self.in_flight.wrap_wsgi(self.app.wsgi_app),
             executor=self.executor,
             access_log=access,
         )
@@ -317,8 +316,8 @@ class Relay:
         onion_routes = [
             (path, LsrpcHandler, {"answer": self.in_flight.wrap_async(answer), "errors": errors})
             for path, answer in (
-                (V2_PATH, self.onion.answer_v2_async),
-                (V4_PATH, self.onion.answer_v4_async),
+                (V2_PATH, self.onion.answer_v2),
+                (V4_PATH, self.onion.answer_v4),
             )
         ]
         return Application(

@@ -3,10 +3,10 @@
     python bench/crypto_ceiling.py [--seconds 3] [--json]
 
 Pre-builds notify requests as a service node hands them over (v2, AES-GCM, 256 bytes of data),
-then, on one thread, does for each what the relay's onion endpoint does around the handler:
+then, on one thread, does for each what the relay's onion core does around the handler:
 opens the frame (X25519, key derivation, AES-GCM decryption), parses the v2 request and its
 parameters, renders the success reply, seals it and wraps it in the JSON answer
-(lsrpc.endpoint.OnionEndpoint._seal_v2). One process on one thread is one core: the figure is
+(web.onion.seal_v2). One process on one thread is one core: the figure is
 the ceiling for one relay process, whatever else it does.
 """
 
@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from handlers.reply import Reply
 from lsrpc.client import OnionClient
-from lsrpc.endpoint import OnionEndpoint, parse_v2
 from lsrpc.framing import open_request
 from lsrpc.keys import ServerKeypair
+from web.onion import parse_v2, seal_v2
 
 PREBUILT = 2000
 
@@ -53,7 +53,7 @@ def measure(seconds: float) -> dict[str, float]:
             call = parse_v2(opened.plaintext)
             if call.endpoint != "notify":
                 raise SystemExit("the request did not open as a notify")
-            OnionEndpoint._seal_v2(opened, reply)
+            seal_v2(opened, reply)
         done += len(bodies)
     elapsed = time.perf_counter() - started
     cpu = time.process_time() - cpu_started

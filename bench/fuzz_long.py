@@ -32,7 +32,6 @@ import contextlib
 import http.client
 import importlib
 import json
-import os
 import re
 import subprocess
 import sys
@@ -44,17 +43,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-ENDPOINT_NAMES = [
-    "register",
-    "register_legacy_groups_only",
-    "unregister",
-    "subscribe_closed_group",
-    "unsubscribe_closed_group",
-    "notify",
-]
 USER, PASSWORD = "stats", "fuzz-password"
 PARSER_TARGETS = 10  # the length of parser_targets(): a seed's first byte picks one
 LIVE_CHUNK = 10_000  # hypothesis examples per run: its memory of what it tried stays small
@@ -67,19 +57,19 @@ def parser_targets() -> list[tuple[str, Callable[[bytes], None]]]:
     """(name, run) pairs; each `run` lets only its parser's own error type through."""
     atheris: Any = importlib.import_module("atheris")
     with atheris.instrument_imports(include=["lsrpc", "handlers", "stats", "storage"]):
-        from handlers.endpoints import HandlerContext, handle
+        from handlers.endpoints import ENDPOINTS, HandlerContext, handle
         from lsrpc import bencode, v2, v4
-        from lsrpc.endpoint import parse_v2, parse_v4
         from lsrpc.framing import FramingError, open_request, parse_outer
         from lsrpc.keys import ServerKeypair
         from lsrpc.paths import is_onion_alias
         from stats.auth import parse_basic_authorization
         from stats.counters import Counters
-        from stats.endpoint import BadRequest, parse_query, read_json_object
+        from stats.query import BadRequest, parse_query, read_json_object
         from storage.engine import create_schema, make_engine
         from storage.protect import IdentifierProtector
         from storage.store import RelayStore
         from storage.writer import BatchWriter
+        from web.onion import parse_v2, parse_v4
 
     keypair = ServerKeypair.from_private_bytes(bytes(range(1, 33)))
     directory = Path(tempfile.mkdtemp(prefix="fuzz-parsers-"))
@@ -88,6 +78,7 @@ def parser_targets() -> list[tuple[str, Callable[[bytes], None]]]:
     protector = IdentifierProtector(bytes(32), bytes(range(32)))
     store = RelayStore(engine, BatchWriter(engine), protector, lambda: 0)
     context = HandlerContext(store, Counters(), 8192, 600_000, lambda: None)
+    endpoint_names = list(ENDPOINTS)  # a seed's second byte picks one (seed_corpus)
 
     def quietly(run: Callable[[bytes], object], *allowed: type[BaseException]) -> Any:
         def target(data: bytes) -> None:
@@ -99,7 +90,7 @@ def parser_targets() -> list[tuple[str, Callable[[bytes], None]]]:
     def endpoint_call(data: bytes) -> None:
         if not data:
             return
-        endpoint = ENDPOINT_NAMES[data[0] % len(ENDPOINT_NAMES)]
+        endpoint = endpoint_names[data[0] % len(endpoint_names)]
         try:
             params = json.loads(data[1:])
         except (ValueError, RecursionError):
@@ -131,6 +122,7 @@ def parser_targets() -> list[tuple[str, Callable[[bytes], None]]]:
 
 def seed_corpus(directory: Path) -> None:
     """Valid inputs for each target (its index as the first byte), to mutate from."""
+    from handlers.endpoints import ENDPOINTS
     from lsrpc.client import V2_STYLES, V4_STYLES, OnionClient, v2_plaintext, v4_plaintext
     from lsrpc.framing import build_outer
     from lsrpc.keys import ServerKeypair
@@ -161,7 +153,7 @@ def seed_corpus(directory: Path) -> None:
             (3, json.dumps(values).encode()),
             (4, v4_plaintext(endpoint, values, v4_style)),
             (5, v4_plaintext(endpoint, values, v4_style)),
-            (6, bytes([ENDPOINT_NAMES.index(endpoint)]) + json.dumps(values).encode()),
+            (6, bytes([list(ENDPOINTS).index(endpoint)]) + json.dumps(values).encode()),
         ]
     seeds += [
         (7, b'{"start_date":"2021-05-04 03:40:00","end_date":"2021-05-05","ios_pn_number":1}'),
@@ -238,32 +230,18 @@ def run_parsers(runs: int, workdir: Path, seed: int) -> tuple[int, float, list[s
 
 class RelayProcess:
     def __init__(self, workdir: Path) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PN_")}
-        env.update(
-            PN_STATS_USERNAME=USER,
-            PN_STATS_PASSWORD=PASSWORD,
-            PN_STATS_AUTH_FAILURES_PER_MINUTE="100000",
-            PN_LOG_LEVEL="INFO",
-        )
-        self.process = subprocess.Popen(
-            [sys.executable, str(ROOT / "server.py"), "--port", "0"],
-            cwd=workdir,
-            env=env,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        # (imported here: the atheris worker must import the relay's modules first, instrumented)
+        from bench.procs import start_relay_on_pipe
+
+        settings = {
+            "PN_STATS_USERNAME": USER,
+            "PN_STATS_PASSWORD": PASSWORD,
+            "PN_STATS_AUTH_FAILURES_PER_MINUTE": "100000",
+        }
+        self.process, self.port, key = start_relay_on_pipe(workdir, settings)
+        self.public_key = bytes.fromhex(key)
         self.errors: list[str] = []
         self.lines = 0
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            found = re.search(
-                r"listening on http://127.0.0.1:(\d+) \(server public key (\w+)\)", line
-            )
-            if found:
-                self.port, self.public_key = int(found.group(1)), bytes.fromhex(found.group(2))
-                break
-        else:
-            sys.exit("the relay did not start")
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         self._local = threading.local()
@@ -317,9 +295,10 @@ def run_live(cases: int, workdir: Path, seed: int) -> tuple[int, float, list[str
     from hypothesis import seed as hypothesis_seed
     from hypothesis import strategies as st
 
+    from handlers.endpoints import ENDPOINTS
     from lsrpc.client import OnionClient
+    from tests import strategies
     from tests import test_fuzz_live as live_tests
-    from tests import test_fuzz_parsers as strategies
 
     relay = RelayProcess(workdir)
     client = OnionClient(relay.public_key)
@@ -391,7 +370,7 @@ def run_live(cases: int, workdir: Path, seed: int) -> tuple[int, float, list[str
     versions = st.sampled_from(["v2", "v4"])
     bodies = strategies.json_like.map(lambda t: b"\0\0\0\0" + t) | st.binary(max_size=400)
     v4_plaintexts = strategies.v4_requests | strategies.v4_bencoded | st.binary(max_size=200)
-    endpoint_names = st.sampled_from(ENDPOINT_NAMES) | st.text(max_size=20)
+    endpoint_names = st.sampled_from(list(ENDPOINTS)) | st.text(max_size=20)
     auth_paths = st.sampled_from(["/get_statistics_data", "/metrics"])
     case = st.one_of(
         st.tuples(st.just(raw), bodies, onion_paths),

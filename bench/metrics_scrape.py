@@ -16,7 +16,6 @@ import asyncio
 import os
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -28,7 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.load import blast, build_requests  # noqa: E402
-from bench.sync_modes import free_port, wait_listening  # noqa: E402
+from bench.procs import RelayProcess  # noqa: E402
 from lsrpc.client import OnionClient  # noqa: E402
 
 FAR_FUTURE_MS = 4_102_444_800_000  # 2100-01-01
@@ -88,44 +87,25 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--registers", type=int, default=3000)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="pn-bench-") as data:
-        port = free_port()
-        env = {
-            **os.environ,
-            "PN_DATA_DIR": data,
-            "PN_PORT": str(port),
-            "PN_METRICS_PUBLIC": "true",
-            "PN_LOG_LEVEL": "WARNING",
-        }
-        run = [sys.executable, str(REPO / "server.py")]
-        pubkey = subprocess.run(
-            [*run, "--print-pubkey"], env=env, check=True, capture_output=True, text=True
-        ).stdout.strip()
-        relay = subprocess.Popen(run, env=env, cwd=data)  # creates the schema
-        wait_listening(port)
-        relay.terminate()
-        relay.wait(30)
+    with tempfile.TemporaryDirectory(prefix="pn-bench-") as directory:
+        data = Path(directory)
+        settings = {"METRICS_PUBLIC": "true"}
+        RelayProcess(data, settings).stop()  # creates the schema
         print(f"queueing {args.rows:,} deliveries ...", file=sys.stderr)
-        fill(Path(data) / "pn-relay.sqlite3", args.rows)
-        relay = subprocess.Popen(run, env=env, cwd=data)
-        try:
-            wait_listening(port)
-            alone = asyncio.run(registers(port, pubkey, args.registers))
+        fill(data / "pn-relay.sqlite3", args.rows)
+        with RelayProcess(data, settings) as relay:
+            alone = asyncio.run(registers(relay.port, relay.pubkey, args.registers))
             stop = threading.Event()
             scrapes: list[float] = []
             scraper = threading.Thread(
-                target=scrape_forever,
-                args=(f"http://127.0.0.1:{port}/metrics", stop, scrapes),
+                target=scrape_forever, args=(f"{relay.url}/metrics", stop, scrapes)
             )
             scraper.start()
             try:
-                beside = asyncio.run(registers(port, pubkey, args.registers))
+                beside = asyncio.run(registers(relay.port, relay.pubkey, args.registers))
             finally:
                 stop.set()
                 scraper.join()
-        finally:
-            relay.terminate()
-            relay.wait(30)
     print(f"queue depth {args.rows:,}; {args.registers} registers, 4 connections")
     print(f"registers alone:              {summary(alone)}")
     print(f"registers while /metrics is scraped back to back ({len(scrapes)} scrapes,"

@@ -1,16 +1,22 @@
-"""The processes `python -m bench` starts, and what /proc says about them.
+"""The processes the benchmarks start, and what /proc says about them.
 
-- RelayProcess: `python server.py` on a DATA_DIR of its own, configured by PN_* variables only.
+- RelayProcess: `python server.py` on a DATA_DIR of its own, configured by PN_* variables only
+  (`python -m bench`, sync_modes.py, metrics_scrape.py, workers.py).
+- start_relay_on_pipe: `python server.py --port 0` with its log on a pipe, for the scripts that
+  read the log as it comes (push_bench.py, soak.py, fuzz_long.py).
 - FakesProcess: `python -m bench.fakes` (the sandbox's fake APNs and FCM, quiet).
 - Loader: a load generator (bench/load.py, bench/push_load.py) that builds its requests,
   says "ready", and starts its clock on "go", so the relay's CPU time is read just around
   the timed window; its result is one JSON line.
+- RelayClient: blocking onion calls to a running relay.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -18,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from threading import local
 from types import TracebackType
 from typing import IO, Any, Self
 
@@ -25,10 +32,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.fakes import CONTROL_PREFIX  # noqa: E402
-from bench.push_bench import RelayClient  # noqa: E402
-from bench.sync_modes import cpu_seconds  # noqa: E402
+from lsrpc.client import OnionClient  # noqa: E402
+from sandbox.__main__ import settings_lines  # noqa: E402
+from sandbox.apns import FakeApns  # noqa: E402
+from sandbox.fcm import FakeFcm  # noqa: E402
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+SERVER = str(ROOT / "server.py")
+LISTENING = re.compile(r"listening on http://127.0.0.1:(\d+) \(server public key (\w+)\)")
 
 
 class BenchError(Exception):
@@ -40,6 +51,15 @@ class BenchError(Exception):
 
 def _stat_fields(pid: int) -> list[str]:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of one process; 0 once it is gone."""
+    try:
+        fields = _stat_fields(pid)
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 def descendants(pid: int) -> list[int]:
@@ -71,12 +91,7 @@ def tree_cpu_seconds(pid: int) -> float:
         total += (int(fields[13]) + int(fields[14])) / CLOCK_TICKS  # cutime + cstime
     except OSError:
         pass
-    for member in [pid, *descendants(pid)]:
-        try:
-            total += cpu_seconds(member)
-        except OSError:
-            continue
-    return total
+    return total + sum(cpu_seconds(member) for member in [pid, *descendants(pid)])
 
 
 def tree_waited_seconds(pid: int) -> float:
@@ -112,6 +127,25 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+# A benchmark measures speed, not the abuse limits (tests/test_abuse_limits.py does): a
+# bench notifies one group hundreds of times a minute and builds groups of 1,000 members,
+# which NOTIFY_PER_MINUTE / NOTIFY_BURST (60) and MAX_GROUP_MEMBERS (200) would refuse.
+BENCH_LIMITS = {
+    "PN_NOTIFY_PER_MINUTE": "1000000",
+    "PN_NOTIFY_BURST": "1000000",
+    "PN_MAX_GROUP_MEMBERS": "1000000",
+}
+
+
+def relay_env(settings: dict[str, str]) -> dict[str, str]:
+    """This process's environment without its PN_* variables, plus the abuse limits lifted
+    (BENCH_LIMITS) and `settings` (full names), which may set them again."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PN_")}
+    env.update(BENCH_LIMITS)
+    env.update(settings)
+    return env
+
+
 def _tail(path: Path, lines: int = 15) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -133,71 +167,13 @@ def _stop(process: subprocess.Popen[Any], timeout: float = 60.0) -> None:
 # -- the relay --
 
 
-class RelayProcess:
-    """`python server.py` with PN_DATA_DIR=`data_dir`, a free port and `settings` (PN_* names
-    without the prefix); `workers` > 1 passes --workers (only when server.py has it)."""
+class _Child:
+    """A process this one started: its CPU, and stopped (SIGTERM) on leaving a `with`."""
 
-    def __init__(
-        self, data_dir: Path, settings: dict[str, str] | None = None, *, workers: int = 1
-    ) -> None:
-        self.data_dir = data_dir
-        self.port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PN_")}
-        env.update(
-            {
-                "PN_DATA_DIR": str(data_dir),
-                "PN_PORT": str(self.port),
-                "PN_LOG_LEVEL": "WARNING",
-                **{f"PN_{name}": value for name, value in (settings or {}).items()},
-            }
-        )
-        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.pubkey = subprocess.run(
-            [sys.executable, str(ROOT / "server.py"), "--print-pubkey"],
-            env=env,
-            cwd=data_dir,
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-        self.log = data_dir / "relay.log"
-        command = [sys.executable, str(ROOT / "server.py")]
-        if workers > 1:
-            command += ["--workers", str(workers)]
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(command, env=env, cwd=data_dir, stdout=log, stderr=log)
-        self._wait_listening()
-
-    def _wait_listening(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise BenchError(f"the relay exited at start:\n{_tail(self.log)}")
-            with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            time.sleep(0.05)
-        raise BenchError(f"the relay did not listen on {self.port} within {timeout:.0f} s")
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def client(self) -> RelayClient:
-        return RelayClient(self.port, self.pubkey)
+    process: subprocess.Popen[Any]
 
     def cpu_seconds(self) -> float:
         return tree_cpu_seconds(self.process.pid)
-
-    def waited_seconds(self) -> float:
-        return tree_waited_seconds(self.process.pid)
-
-    def memory_kb(self, field: str) -> int:
-        """VmRSS / VmHWM summed over the relay's processes (one, unless --workers)."""
-        return sum(status_kb(pid, field) for pid in [self.process.pid, *self.pids()])
-
-    def pids(self) -> list[int]:
-        return descendants(self.process.pid)
 
     def stop(self) -> None:
         _stop(self.process)
@@ -211,10 +187,117 @@ class RelayProcess:
         self.stop()
 
 
+def server_output(*args: str, env: dict[str, str] | None = None, cwd: Path = ROOT) -> str:
+    """What `python server.py ARGS` prints on stdout (e.g. --print-pubkey, --help)."""
+    command = [sys.executable, SERVER, *args]
+    output = subprocess.check_output(command, env=env, cwd=cwd, text=True, stderr=subprocess.PIPE)
+    return str(output)
+
+
+class RelayProcess(_Child):
+    """`python server.py` with PN_DATA_DIR=`data_dir`, a free port and `settings` (PN_* names
+    without the prefix); `workers` > 1 passes --workers (only when server.py has it)."""
+
+    def __init__(
+        self, data_dir: Path, settings: dict[str, str] | None = None, *, workers: int = 1
+    ) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        env = relay_env(
+            {
+                "PN_DATA_DIR": str(data_dir),
+                "PN_PORT": str(self.port),
+                "PN_LOG_LEVEL": "WARNING",
+                **{f"PN_{name}": value for name, value in (settings or {}).items()},
+            }
+        )
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.pubkey = server_output("--print-pubkey", env=env, cwd=data_dir).strip()
+        self.log = data_dir / "relay.log"
+        command = [sys.executable, SERVER]
+        if workers > 1:
+            command += ["--workers", str(workers)]
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(command, env=env, cwd=data_dir, stdout=log, stderr=log)
+        self._wait_listening()
+
+    def _wait_listening(self, timeout: float = 60.0) -> None:
+        """Until the relay answers HTTP: its socket is bound before the rest is built (the
+        database schema among it), so a connection alone does not say it has started."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise BenchError(f"the relay exited at start:\n{_tail(self.log)}")
+            connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+            try:
+                connection.request("GET", "/healthz")
+                connection.getresponse().read()
+                return
+            except (OSError, http.client.HTTPException):
+                time.sleep(0.05)
+            finally:
+                connection.close()
+        self.stop()
+        raise BenchError(f"the relay did not answer on {self.port} within {timeout:.0f} s")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def client(self) -> RelayClient:
+        return RelayClient(self.port, self.pubkey)
+
+    def waited_seconds(self) -> float:
+        return tree_waited_seconds(self.process.pid)
+
+    def memory_kb(self, field: str) -> int:
+        """VmRSS / VmHWM summed over the relay's processes (one, unless --workers)."""
+        return sum(status_kb(pid, field) for pid in [self.process.pid, *self.pids()])
+
+    def pids(self) -> list[int]:
+        return descendants(self.process.pid)
+
+
+def start_relay_on_pipe(
+    workdir: Path, settings: dict[str, str]
+) -> tuple[subprocess.Popen[str], int, str]:
+    """`python server.py --port 0` in `workdir` with `settings` (full PN_* names) at log level
+    INFO unless they say otherwise, its log on a pipe: the process, and the port and public key
+    (hex) from its "listening" line. The caller reads the rest of the log (stderr) from then
+    on, or the relay stalls once the pipe is full."""
+    process = subprocess.Popen(
+        [sys.executable, SERVER, "--port", "0"],
+        cwd=workdir,
+        env=relay_env({"PN_LOG_LEVEL": "INFO", **settings}),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stderr is not None
+    seen: list[str] = []
+    for line in process.stderr:
+        found = LISTENING.search(line)
+        if found:
+            return process, int(found.group(1)), found.group(2)
+        seen = [*seen[-14:], line]
+    process.wait(30)
+    raise BenchError(f"the relay did not start:\n{''.join(seen)}")
+
+
 # -- the fakes --
 
 
-class FakesProcess:
+def setting_pairs(lines: list[str]) -> list[tuple[str, str]]:
+    """NAME=VALUE lines as (NAME, VALUE)."""
+    return [(name, value) for name, _, value in (line.partition("=") for line in lines)]
+
+
+def fake_settings(apns: FakeApns, fcm: FakeFcm, service_account: Path) -> dict[str, str]:
+    """The PN_* settings (full names) that point a relay at fakes running in this process:
+    the lines `python -m sandbox` prints."""
+    return dict(setting_pairs(settings_lines(apns, fcm, service_account)))
+
+
+class FakesProcess(_Child):
     """`python -m bench.fakes`: the settings that point a relay at it, and its control port."""
 
     def __init__(self, directory: Path) -> None:
@@ -227,31 +310,17 @@ class FakesProcess:
                 stderr=log,
                 text=True,
             )
-        self.settings: dict[str, str] = {}
+        lines: list[str] = []
         assert self.process.stdout is not None
         for line in self.process.stdout:
             if line.startswith(CONTROL_PREFIX):
                 self.control_port = int(line[len(CONTROL_PREFIX) :])
+                pairs = setting_pairs(lines)
+                self.settings = {name.removeprefix("PN_"): value for name, value in pairs}
                 break
-            name, _, value = line.strip().partition("=")
-            if name.startswith("PN_"):
-                self.settings[name[3:]] = value
+            lines.append(line.strip())
         else:
             raise BenchError(f"the fakes did not start:\n{_tail(self.log)}")
-
-    def cpu_seconds(self) -> float:
-        return tree_cpu_seconds(self.process.pid)
-
-    def stop(self) -> None:
-        _stop(self.process)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
 
 # -- load generators --
@@ -326,3 +395,26 @@ def load_argv(relay: RelayProcess, endpoint: str, requests: int, concurrency: in
         "--json",
         "--wait-go",
     ]
+
+
+# -- talking to a relay --
+
+
+class RelayClient:
+    """Blocking onion calls to a running relay (one keep-alive connection per thread)."""
+
+    def __init__(self, port: int, public_key_hex: str) -> None:
+        self.port = port
+        self.client = OnionClient(bytes.fromhex(public_key_hex))
+        self._local = local()
+
+    def call(self, endpoint: str, params: dict[str, Any]) -> None:
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = self._local.connection = http.client.HTTPConnection("127.0.0.1", self.port)
+        request = self.client.v2(endpoint, params)
+        connection.request("POST", "/loki/v2/lsrpc", body=request.body)
+        response = connection.getresponse()
+        status, body = request.open_v2_reply(response.read())
+        if status != 200 or body.get("code") != 1:
+            raise RuntimeError(f"{endpoint} failed: {status} {body}")

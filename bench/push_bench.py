@@ -18,12 +18,9 @@ from __future__ import annotations
 
 import argparse
 import base64
-import http.client
 import os
-import re
 import secrets
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -33,57 +30,19 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lsrpc.client import OnionClient  # noqa: E402
-from sandbox.apns import FakeApns  # noqa: E402
-from sandbox.fcm import FakeFcm  # noqa: E402
-
-
-class RelayClient:
-    """Blocking onion calls to a running relay (one keep-alive connection per thread)."""
-
-    def __init__(self, port: int, public_key_hex: str) -> None:
-        self.port = port
-        self.client = OnionClient(bytes.fromhex(public_key_hex))
-        self._local = threading.local()
-
-    def call(self, endpoint: str, params: dict[str, Any]) -> None:
-        connection = getattr(self._local, "connection", None)
-        if connection is None:
-            connection = self._local.connection = http.client.HTTPConnection("127.0.0.1", self.port)
-        request = self.client.v2(endpoint, params)
-        connection.request("POST", "/loki/v2/lsrpc", body=request.body)
-        response = connection.getresponse()
-        status, body = request.open_v2_reply(response.read())
-        if status != 200 or body.get("code") != 1:
-            raise RuntimeError(f"{endpoint} failed: {status} {body}")
+from bench.procs import RelayClient, fake_settings, setting_pairs, start_relay_on_pipe
+from sandbox.apns import FakeApns
+from sandbox.fcm import FakeFcm
 
 
 class Relay(RelayClient):
     """`server.py` in its own process, its port and key read from its "listening" line."""
 
     def __init__(self, workdir: Path, env: dict[str, str]) -> None:
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith("PN_")}
-        full_env.update(env)
-        self.process = subprocess.Popen(
-            [sys.executable, str(ROOT / "server.py"), "--port", "0"],
-            cwd=workdir,
-            env=full_env,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            found = re.search(
-                r"listening on http://127.0.0.1:(\d+) \(server public key (\w+)\)", line
-            )
-            if found:
-                super().__init__(int(found.group(1)), found.group(2))
-                break
-        else:
-            sys.exit("the relay did not start")
+        self.process, port, key = start_relay_on_pipe(workdir, env)
+        super().__init__(port, key)
         threading.Thread(
             target=lambda: [None for _ in self.process.stderr or []], daemon=True
         ).start()
@@ -244,18 +203,8 @@ def main() -> None:
         fcm = FakeFcm.create(workdir / "fcm", use_tls=not args.fcm_plain)
         fcm.start()
         account = fcm.write_service_account(workdir / "sa.json")
-        env = {
-            "PN_APNS_KEY_FILE": str(apns.apns_key.key_file),
-            "PN_APNS_KEY_ID": apns.key_id,
-            "PN_APNS_TEAM_ID": apns.team_id,
-            "PN_APNS_ENDPOINT": apns.endpoint,
-            "PN_APNS_CA_FILE": str(apns.tls.ca_file),
-            "PN_FCM_SERVICE_ACCOUNT_FILE": str(account.file),
-            "PN_FCM_ENDPOINT": fcm.base_url,
-            **({"PN_FCM_CA_FILE": str(fcm.tls.ca_file)} if fcm.tls else {}),
-            "PN_LOG_LEVEL": "INFO",  # the "listening" line tells the port
-        }
-        env.update(("PN_" + item.partition("=")[0], item.partition("=")[2]) for item in args.set)
+        env = fake_settings(apns, fcm, account.file)
+        env.update(("PN_" + name, value) for name, value in setting_pairs(args.set))
         relay = Relay(workdir, env)
         try:
             for provider in ("apns", "fcm") if args.provider == "both" else (args.provider,):

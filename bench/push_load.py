@@ -18,8 +18,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.fakes import RemoteFake
+from bench.procs import RelayClient
 from bench.push_bench import (
-    RelayClient,
     setup_group,
     setup_recipients,
     timed_latency,

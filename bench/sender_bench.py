@@ -30,6 +30,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.procs import cpu_seconds  # noqa: E402
 from push.apns import APNsConfig, APNsSender  # noqa: E402
 from push.fcm import FCMConfig, FCMSender  # noqa: E402
 from push.outcome import ProviderSender, Push, Verdict  # noqa: E402
@@ -56,11 +57,6 @@ def serve(directory: Path, fcm_tls: bool) -> None:
     }
     print(json.dumps(info), flush=True)
     sys.stdin.read()
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def sender_for(provider: str, info: dict[str, Any], in_flight: int) -> ProviderSender:

@@ -38,25 +38,25 @@ import itertools
 import os
 import random
 import re
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lsrpc.client import V2_STYLES, V4_STYLES, OnionClient  # noqa: E402
-from sandbox import script  # noqa: E402
-from sandbox.apns import ApnsPush, FakeApns  # noqa: E402
-from sandbox.fcm import FakeFcm, FcmPush  # noqa: E402
-from sandbox.script import Behaviour, Scripts  # noqa: E402
+from bench.procs import fake_settings, start_relay_on_pipe
+from lsrpc.client import V2_STYLES, V4_STYLES, OnionClient
+from sandbox import script
+from sandbox.apns import ApnsPush, FakeApns
+from sandbox.fcm import FakeFcm, FcmPush
+from sandbox.script import Behaviour, Scripts
+from tests.test_faults import get, metric  # the fault tests' /metrics reader, shared
 
 ENC_TYPES = ("aes-gcm", "xchacha20")
 REQUEST_TIMEOUT_S = 5.0  # the relay's APNS_REQUEST_TIMEOUT during the soak
@@ -66,28 +66,22 @@ SLOW_S = 6.0  # a "slow" fault answers after this: past the timeout
 # -- the providers' random faults ----------------------------------------------------------
 
 
-def apns_faults() -> list[tuple[str, Behaviour]]:
-    return [
+def faults(provider: str) -> list[tuple[str, Behaviour]]:
+    """The random faults a provider's fake answers with, by name (the names are reported)."""
+    apns = provider == "apns"
+    too_many = script.too_many_requests if apns else script.quota_exceeded
+    kinds = [
         ("500", script.server_error()),
         ("503+retry-after", script.service_unavailable(retry_after=1)),
-        ("429+retry-after", script.too_many_requests(retry_after=1)),
-        ("goaway", script.goaway()),
+        ("429+retry-after", too_many(retry_after=1)),
+        ("goaway" if apns else "closed without answer", script.goaway()),
         ("reset", script.drop()),
-        ("slower than the timeout", script.slow(SLOW_S)),
-        ("ExpiredProviderToken", script.error(403, "ExpiredProviderToken")),
-        ("TooManyProviderTokenUpdates", script.error(429, "TooManyProviderTokenUpdates")),
+        ("slower than the timeout" if apns else "slow", script.slow(SLOW_S)),
     ]
-
-
-def fcm_faults() -> list[tuple[str, Behaviour]]:
-    return [
-        ("500", script.server_error()),
-        ("503+retry-after", script.service_unavailable(retry_after=1)),
-        ("429+retry-after", script.quota_exceeded(retry_after=1)),
-        ("closed without answer", script.goaway()),
-        ("reset", script.drop()),
-        ("slow", script.slow(SLOW_S)),
-    ]
+    if apns:
+        for status, reason in ((403, "ExpiredProviderToken"), (429, "TooManyProviderTokenUpdates")):
+            kinds.append((reason, script.error(status, reason)))
+    return kinds
 
 
 class RandomFaults(Scripts):
@@ -152,29 +146,11 @@ def fcm_listener(received: Received) -> Callable[[FcmPush], None]:
 class RelayProcess:
     def __init__(self, workdir: Path, env: dict[str, str], log_file: Path | None) -> None:
         self.log_file = log_file.open("w") if log_file is not None else None
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith("PN_")}
-        full_env.update(env)
-        self.process = subprocess.Popen(
-            [sys.executable, str(ROOT / "server.py"), "--port", "0"],
-            cwd=workdir,
-            env=full_env,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        self.process, self.port, key = start_relay_on_pipe(workdir, env)
+        self.client = OnionClient(bytes.fromhex(key))
         self.levels: Counter[str] = Counter()
         self.tracebacks = 0
         self.samples: Counter[str] = Counter()  # distinct WARNING/ERROR messages (timestamps cut)
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            found = re.search(
-                r"listening on http://127.0.0.1:(\d+) \(server public key (\w+)\)", line
-            )
-            if found:
-                self.port = int(found.group(1))
-                self.client = OnionClient(bytes.fromhex(found.group(2)))
-                break
-        else:
-            sys.exit("the relay did not start")
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         self.rss_samples_kb: list[int] = []
@@ -201,25 +177,7 @@ class RelayProcess:
         return 0
 
     def get(self, path: str) -> tuple[int, str]:
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        try:
-            connection.request("GET", path)
-            response = connection.getresponse()
-            return response.status, response.read().decode()
-        finally:
-            connection.close()
-
-    def metric(self, text: str, name: str, **labels: str) -> float:
-        total = 0.0
-        for line in text.splitlines():
-            if not line.startswith(name):
-                continue
-            head, _, value = line.rpartition(" ")
-            if head.split("{")[0] != name:
-                continue
-            if all(f'{k}="{v}"' in head for k, v in labels.items()):
-                total += float(value)
-        return total
+        return get(self.port, path)
 
     def stop(self) -> int:
         self.process.terminate()
@@ -266,28 +224,18 @@ def new_token(provider: str) -> str:
     )
 
 
+@dataclass
 class Load:
-    def __init__(
-        self,
-        relay: RelayProcess,
-        fakes: tuple[FakeApns, FakeFcm],
-        world: World,
-        *,
-        rng: random.Random,
-        dead_share: float,
-        group_size: int,
-    ) -> None:
-        apns, fcm = fakes
-        self.group_size = group_size
-        self.relay = relay
-        self.apns = apns
-        self.fcm = fcm
-        self.world = world
-        self.rng = rng
-        self.rng_lock = threading.Lock()
-        self.dead_share = dead_share
-        self.counter = itertools.count()
-        self.local = threading.local()
+    relay: RelayProcess
+    apns: FakeApns
+    fcm: FakeFcm
+    world: World
+    rng: random.Random
+    dead_share: float
+    group_size: int
+    rng_lock: threading.Lock = field(default_factory=threading.Lock)
+    counter: Iterator[int] = field(default_factory=itertools.count)
+    local: threading.local = field(default_factory=threading.local)
 
     def choice(self, options: Any) -> Any:
         with self.rng_lock:
@@ -480,9 +428,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="soak-") as directory:
         workdir = Path(directory)
         apns = FakeApns.create(workdir / "apns")
-        apns.scripts = apns_scripts = RandomFaults(apns_faults(), args.fault_rate, args.seed)
+        apns.scripts = apns_scripts = RandomFaults(faults("apns"), args.fault_rate, args.seed)
         fcm = FakeFcm.create(workdir / "fcm")
-        fcm.scripts = fcm_scripts = RandomFaults(fcm_faults(), args.fault_rate, args.seed + 1)
+        fcm.scripts = fcm_scripts = RandomFaults(faults("fcm"), args.fault_rate, args.seed + 1)
         apns_received, fcm_received = Received(), Received()
         apns.pushes.listeners.append(apns_listener(apns_received))
         fcm.pushes.listeners.append(fcm_listener(fcm_received))
@@ -490,17 +438,10 @@ def main() -> int:
         fcm.start()
         account = fcm.write_service_account(workdir / "service-account.json")
         env = {
-            "PN_APNS_KEY_FILE": str(apns.apns_key.key_file),
-            "PN_APNS_KEY_ID": apns.key_id,
-            "PN_APNS_TEAM_ID": apns.team_id,
-            "PN_APNS_ENDPOINT": apns.endpoint,
-            "PN_APNS_CA_FILE": str(apns.tls.ca_file),
+            **fake_settings(apns, fcm, account.file),
             "PN_APNS_REQUEST_TIMEOUT": str(REQUEST_TIMEOUT_S),
-            "PN_FCM_SERVICE_ACCOUNT_FILE": str(account.file),
-            "PN_FCM_ENDPOINT": fcm.base_url,
             "PN_PUSH_RETRY_BASE": "0.2",
             "PN_METRICS_PUBLIC": "true",
-            "PN_LOG_LEVEL": "INFO",
         }
         if args.database_url:
             env["PN_DATABASE_URL"] = args.database_url
@@ -509,7 +450,8 @@ def main() -> int:
         world.groups = {session_id(): set() for _ in range(40)}
         load = Load(
             relay,
-            (apns, fcm),
+            apns,
+            fcm,
             world,
             rng=random.Random(args.seed + 2),
             dead_share=args.dead_share,
@@ -577,8 +519,8 @@ def main() -> int:
         metrics = ""
         for _ in range(60):
             status, metrics = relay.get("/metrics")
-            queue_depth = relay.metric(metrics, "pn_relay_queue_depth")
-            in_flight = relay.metric(metrics, "pn_relay_pushes_in_flight")
+            queue_depth = metric(metrics, "pn_relay_queue_depth")
+            in_flight = metric(metrics, "pn_relay_pushes_in_flight")
             if status == 200 and queue_depth == 0 and in_flight == 0:
                 break
             time.sleep(1)
@@ -630,8 +572,8 @@ def main() -> int:
     print(f"fake FCM answers by status: {dict(fcm_received.statuses)}")
     print(f"relay /metrics, APNs: {results('apns')}")
     print(f"relay /metrics, FCM: {results('fcm')}")
-    database_errors = relay.metric(metrics, "pn_relay_database_errors_total")
-    pruned = relay.metric(metrics, "pn_relay_events_total", event="tokens_pruned")
+    database_errors = metric(metrics, "pn_relay_database_errors_total")
+    pruned = metric(metrics, "pn_relay_events_total", event="tokens_pruned")
     print(
         f"relay /metrics: database errors {database_errors:.0f}, tokens pruned {pruned:.0f},"
         f" queue depth at the end {queue_depth:.0f}; /healthz {health[0]} {health[1].strip()}"

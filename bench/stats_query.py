@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from stats.auth import StatsAuth
 from stats.counters import COUNTER_NAMES
-from stats.endpoint import (
+from stats.query import (
     DEFAULT_COUNTERS,
     StatsQuery,
     create_stats_blueprint,
@@ -34,8 +34,9 @@ from stats.endpoint import (
 )
 from stats.rollup import MINUTE_MS
 from storage.engine import create_schema, make_engine
+from tests.support import ms
 from tests.test_stats_auth import header
-from tests.test_stats_rollup import ms, range_query_plan
+from tests.test_stats_rollup import range_query_plan
 
 YEAR_MINUTES = 525_600
 

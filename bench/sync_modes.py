@@ -14,80 +14,36 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.load import blast, build_requests  # noqa: E402
-from lsrpc.client import OnionClient  # noqa: E402
-
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_listening(port: int, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise SystemExit(f"the relay did not listen on {port}")
+from bench.load import blast, build_requests
+from bench.procs import RelayProcess
+from lsrpc.client import OnionClient
 
 
 async def one_run(mode: str, args: argparse.Namespace) -> tuple[float, float]:
-    with tempfile.TemporaryDirectory(prefix="pn-bench-") as data:
-        port = free_port()
-        env = {
-            **os.environ,
-            "PN_DATA_DIR": data,
-            "PN_PORT": str(port),
-            "PN_SQLITE_SYNCHRONOUS": mode,
-            "PN_LOG_LEVEL": "WARNING",
-        }
-        pubkey = subprocess.run(
-            [sys.executable, str(REPO / "server.py"), "--print-pubkey"],
-            env=env,
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-        relay = subprocess.Popen([sys.executable, str(REPO / "server.py")], env=env, cwd=data)
-        try:
-            wait_listening(port)
-            client = OnionClient(bytes.fromhex(pubkey))
-            recipients = ["05" + os.urandom(32).hex() for _ in range(args.recipients)]
-            load = argparse.Namespace(url=f"http://127.0.0.1:{port}", concurrency=args.c)
-            errors: list[str] = []
-            await blast(load, build_requests(client, "register", len(recipients), recipients),
-                        [], errors)
-            requests = build_requests(client, "notify", args.n, recipients)
-            latencies: list[float] = []
-            cpu_before = cpu_seconds(relay.pid)
-            elapsed = await blast(load, requests, latencies, errors)
-            cpu = cpu_seconds(relay.pid) - cpu_before
-            if errors:
-                raise SystemExit(f"{mode}: errors {errors[:3]}")
-            return len(latencies) / elapsed, cpu / len(latencies) * 1000
-        finally:
-            relay.terminate()
-            relay.wait(30)
+    with (
+        tempfile.TemporaryDirectory(prefix="pn-bench-") as data,
+        RelayProcess(Path(data), {"SQLITE_SYNCHRONOUS": mode}) as relay,
+    ):
+        client = OnionClient(bytes.fromhex(relay.pubkey))
+        recipients = ["05" + os.urandom(32).hex() for _ in range(args.recipients)]
+        load = argparse.Namespace(url=relay.url, concurrency=args.c)
+        errors: list[str] = []
+        await blast(load, build_requests(client, "register", len(recipients), recipients),
+                    [], errors)
+        requests = build_requests(client, "notify", args.n, recipients)
+        latencies: list[float] = []
+        cpu_before = relay.cpu_seconds()
+        elapsed = await blast(load, requests, latencies, errors)
+        cpu = relay.cpu_seconds() - cpu_before
+        if errors:
+            raise SystemExit(f"{mode}: errors {errors[:3]}")
+        return len(latencies) / elapsed, cpu / len(latencies) * 1000
 
 
 async def main_async(args: argparse.Namespace) -> None:

@@ -1,9 +1,9 @@
 """One function per endpoint, and the table that routes an endpoint name to it.
 
-A handler validates its parameters and returns either a finished `Reply` (an error) or a
-`Pending` write: the storage operation to run and how to turn its result into a Reply. Who
-runs the operation is the caller's business: the Flask route blocks a worker thread on it,
-the Tornado fast path awaits it on the IOLoop. Both end in `finish`, so the semantics are one.
+A handler validates its parameters and returns a `HandlerResult`: either a finished `Reply`
+(an error) or a `Pending` write, the storage operation to run and how to turn its result into
+a Reply. Running the operation is `handlers/runner.py`'s business (`WriteRunner`, awaited on
+the IOLoop by the onion core); it ends in `finish`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from handlers.reply import Reply
 from handlers.validation import DataTooLarge, InvalidParameter
 from settings import Settings
 from stats.counters import Counters
-from storage.records import Continuation, Membership, NotifyOutcome, Registered
+from storage.records import Continuation, Enqueued, Membership, Registered
 from storage.sql import Tx
 from storage.store import RelayStore
 from web.errorlog import RateLimitedLog
@@ -70,9 +70,9 @@ class Pending(Generic[R]):
     finish: Callable[[R], Reply]
 
 
-Outcome = Reply | Pending[Any]
+HandlerResult = Reply | Pending[Any]
 Params = dict[str, Any]
-Handler = Callable[[HandlerContext, Params], Outcome]
+Handler = Callable[[HandlerContext, Params], HandlerResult]
 
 
 def _succeed(_: object) -> Reply:
@@ -98,14 +98,14 @@ def _registered(ctx: HandlerContext) -> Callable[[Registered], Reply]:
     return finish
 
 
-def register(ctx: HandlerContext, params: Params) -> Outcome:
+def register(ctx: HandlerContext, params: Params) -> HandlerResult:
     token, provider = validation.device_token(params)
     session_id = validation.session_id(params, "pubKey")
     operation = ctx.store.register_op(token, session_id, provider)
     return Pending("register", operation, _registered(ctx))
 
 
-def register_legacy_groups_only(ctx: HandlerContext, params: Params) -> Outcome:
+def register_legacy_groups_only(ctx: HandlerContext, params: Params) -> HandlerResult:
     token, provider = validation.device_token(params)
     session_id = validation.session_id(params, "pubKey")
     groups = validation.group_key_list(params, "legacyGroupPublicKeys")
@@ -113,12 +113,12 @@ def register_legacy_groups_only(ctx: HandlerContext, params: Params) -> Outcome:
     return Pending("register_legacy_groups_only", operation, _registered(ctx))
 
 
-def unregister(ctx: HandlerContext, params: Params) -> Outcome:
+def unregister(ctx: HandlerContext, params: Params) -> HandlerResult:
     token = validation.token_only(params)
     return Pending("unregister", ctx.store.unregister_op(token), _succeed)
 
 
-def subscribe_closed_group(ctx: HandlerContext, params: Params) -> Outcome:
+def subscribe_closed_group(ctx: HandlerContext, params: Params) -> HandlerResult:
     group_key = validation.session_id(params, "closedGroupPublicKey")
     session_id = validation.session_id(params, "pubKey")
 
@@ -130,14 +130,14 @@ def subscribe_closed_group(ctx: HandlerContext, params: Params) -> Outcome:
     return Pending("subscribe_closed_group", ctx.store.subscribe_op(group_key, session_id), finish)
 
 
-def unsubscribe_closed_group(ctx: HandlerContext, params: Params) -> Outcome:
+def unsubscribe_closed_group(ctx: HandlerContext, params: Params) -> HandlerResult:
     group_key = validation.session_id(params, "closedGroupPublicKey")
     session_id = validation.session_id(params, "pubKey")
     operation = ctx.store.unsubscribe_op(group_key, session_id)
     return Pending("unsubscribe_closed_group", operation, _succeed)
 
 
-def notify(ctx: HandlerContext, params: Params) -> Outcome:
+def notify(ctx: HandlerContext, params: Params) -> HandlerResult:
     try:
         data = validation.notify_data(params, ctx.max_data_bytes)
     except DataTooLarge:
@@ -152,21 +152,21 @@ def notify(ctx: HandlerContext, params: Params) -> Outcome:
         admit=limit.admit if limit is not None else None,
     )
 
-    def finish(outcome: NotifyOutcome) -> Reply:
+    def finish(enqueued: Enqueued) -> Reply:
         counters = ctx.counters
-        if outcome.refused:
-            counters.refused(outcome.refused)
+        if enqueued.refused:
+            counters.refused(enqueued.refused)
             per_minute = limit.per_minute if limit is not None else 0
             return Reply.too_many(
                 f"Too many notifications for this recipient (at most {per_minute} a minute);"
                 " try again later"
             )
         counters.incr("total_message_number")
-        if outcome.via_group:
+        if enqueued.via_group:
             counters.incr("closed_group_message_number")
-        if outcome.duplicate:
+        if enqueued.duplicate:
             counters.incr("deduplicated_number")
-        elif outcome.deliveries == 0:
+        elif enqueued.deliveries == 0:
             counters.incr("untracked_message_number")
         else:
             ctx.on_queued()
@@ -189,7 +189,7 @@ def normalize_endpoint(endpoint: str) -> str:
     return endpoint.strip().lstrip("/")
 
 
-def handle(ctx: HandlerContext, endpoint: str, params: Params) -> Outcome:
+def handle(ctx: HandlerContext, endpoint: str, params: Params) -> HandlerResult:
     """Validate and route; every validation failure becomes a Reply, never an exception."""
     handler = ENDPOINTS.get(normalize_endpoint(endpoint))
     if handler is None:

@@ -67,16 +67,22 @@ class _DictFrame:
         self.last_key: bytes | None = None  # last completed key, for ordering
 
 
-def _scan_digits(data: bytes, pos: int, n: int) -> int:
-    """Return the end of the ASCII digit run starting at ``pos``.
+def _digit_run(data: bytes, pos: int, n: int, terminator: int, what: str) -> int:
+    """The end of the ASCII digit run at ``pos``, which ``terminator`` must follow.
 
-    Stops one past :data:`MAX_DIGITS` so the caller can refuse overlong runs
-    without scanning them to the end.
+    Scans at most one past :data:`MAX_DIGITS`, so an overlong run is refused without being
+    read to its end; `what` names the run in the errors ("integer", "string length").
     """
     end = pos
     limit = min(n, pos + MAX_DIGITS + 1)
     while end < limit and _DIGIT_0 <= data[end] <= _DIGIT_9:
         end += 1
+    if end - pos > MAX_DIGITS:
+        raise BencodeError(f"{what} has too many digits")
+    if end >= n:
+        raise BencodeError(f"truncated {what}")
+    if data[end] != terminator:
+        raise BencodeError(f"malformed {what}")
     return end
 
 
@@ -86,14 +92,8 @@ def _read_int(data: bytes, pos: int, n: int) -> tuple[int, int]:
     digits = start
     if digits < n and data[digits] == _MINUS:
         digits += 1
-    end = _scan_digits(data, digits, n)
+    end = _digit_run(data, digits, n, _END, "integer")
     count = end - digits
-    if count > MAX_DIGITS:
-        raise BencodeError("integer has too many digits")
-    if end >= n:
-        raise BencodeError("truncated integer")
-    if data[end] != _END:
-        raise BencodeError("malformed integer")
     if count == 0:
         raise BencodeError("integer has no digits")
     if data[digits] == _DIGIT_0:
@@ -107,15 +107,8 @@ def _read_int(data: bytes, pos: int, n: int) -> tuple[int, int]:
 
 def _read_bytes(data: bytes, pos: int, n: int, max_length: int) -> tuple[bytes, int]:
     """Parse ``<len>:<bytes>`` with ``data[pos]`` a digit; return (value, next pos)."""
-    end = _scan_digits(data, pos, n)
-    count = end - pos
-    if count > MAX_DIGITS:
-        raise BencodeError("string length has too many digits")
-    if end >= n:
-        raise BencodeError("truncated string length")
-    if data[end] != _COLON:
-        raise BencodeError("malformed string length")
-    if count > 1 and data[pos] == _DIGIT_0:
+    end = _digit_run(data, pos, n, _COLON, "string length")
+    if end - pos > 1 and data[pos] == _DIGIT_0:
         raise BencodeError("string length has a leading zero")
     length = int(data[pos:end])
     if length > max_length:

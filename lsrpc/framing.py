@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from errors import ClientError
 from lsrpc.crypto import ENC_TYPE_NAMES, DecryptionError, EncType, decrypt, derive_key, encrypt
+from lsrpc.json_object import load_object
 from lsrpc.keys import ServerKeypair
 
 MAX_TRAILER_BYTES = 4096
@@ -51,12 +52,12 @@ def parse_outer(body: bytes) -> OuterFrame:
         raise FramingError("missing JSON trailer")
     if len(trailer_raw) > MAX_TRAILER_BYTES:
         raise FramingError("JSON trailer too long")
-    try:
-        trailer = json.loads(trailer_raw)
-    except (ValueError, RecursionError):  # RecursionError: nested deeper than Python recurses
-        raise FramingError("JSON trailer is not valid JSON") from None
-    if not isinstance(trailer, dict):
-        raise FramingError("JSON trailer is not an object")
+    trailer = load_object(
+        trailer_raw,
+        FramingError,
+        not_json="JSON trailer is not valid JSON",
+        not_object="JSON trailer is not an object",
+    )
     ephemeral_hex = trailer.get("ephemeral_key")
     if not isinstance(ephemeral_hex, str):
         raise FramingError("missing ephemeral_key")

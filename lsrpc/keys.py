@@ -16,7 +16,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from errors import ConfigurationError
+from errors import ConfigurationError, unreadable
 
 
 class KeyFileError(ConfigurationError):
@@ -76,12 +76,10 @@ def read_key_file(path: Path, *, what: str) -> bytes | None:
         text = path.read_text(encoding="ascii")
     except FileNotFoundError:
         return None
-    except IsADirectoryError:
-        raise KeyFileError(f"{what} {path}: is a directory, not a key file") from None
     except UnicodeDecodeError:
         raise KeyFileError(f"{what} {path}: not a text file of hex characters") from None
     except OSError as exc:
-        raise KeyFileError(f"{what} {path}: cannot read it: {exc.strerror}") from None
+        raise KeyFileError(f"{what} {path}: {unreadable(exc, 'a key file')}") from None
     return parse_key_text(text, where=f"{what} {path}")
 
 

@@ -10,44 +10,36 @@ client and are ignored.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any
 
 from errors import ClientError
+from lsrpc.call import ClientCall
+from lsrpc.json_object import load_object
 
 
 class V2RequestError(ClientError, ValueError):
     """The decrypted plaintext is not a usable v2 request; answered with an encrypted 400."""
 
 
-@dataclass(frozen=True)
-class ClientCall:
-    """An endpoint name and its parameters, whichever onion version carried them."""
-
-    endpoint: str
-    params: dict[str, Any]
-
-
 def parse_params(raw: str | bytes | None) -> dict[str, Any]:
     """The JSON object of parameters; an absent or empty body is no parameters."""
     if raw is None or raw in ("", b""):
         return {}
-    try:
-        params = json.loads(raw)
-    except (ValueError, RecursionError):  # RecursionError: nested deeper than Python recurses
-        raise V2RequestError("Request body is not valid JSON") from None
-    if not isinstance(params, dict):
-        raise V2RequestError("Request body must be a JSON object")
-    return params
+    return load_object(
+        raw,
+        V2RequestError,
+        not_json="Request body is not valid JSON",
+        not_object="Request body must be a JSON object",
+    )
 
 
 def parse_request(plaintext: bytes) -> ClientCall:
-    try:
-        outer = json.loads(plaintext)
-    except (ValueError, RecursionError):
-        raise V2RequestError("Request is not valid JSON") from None
-    if not isinstance(outer, dict):
-        raise V2RequestError("Request must be a JSON object")
+    outer = load_object(
+        plaintext,
+        V2RequestError,
+        not_json="Request is not valid JSON",
+        not_object="Request must be a JSON object",
+    )
     endpoint = outer.get("endpoint")
     if endpoint is None:
         raise V2RequestError("Missing endpoint")

@@ -17,6 +17,7 @@ from typing import NoReturn
 
 from errors import ClientError
 from lsrpc.bencode import BencodeError, decode, encode
+from lsrpc.json_object import load_object
 
 __all__ = [
     "MAX_META_SIZE",
@@ -99,13 +100,13 @@ def _parse_meta(raw: bytes) -> dict[str, object]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise V4FramingError("meta is not valid UTF-8") from None
-    try:
-        meta = json.loads(text, parse_constant=_reject_constant)
-    except (ValueError, RecursionError):
-        raise V4FramingError("meta is not valid JSON") from None
-    if not isinstance(meta, dict):
-        raise V4FramingError("meta is not a JSON object")
-    return meta
+    return load_object(
+        text,
+        V4FramingError,
+        not_json="meta is not valid JSON",
+        not_object="meta is not a JSON object",
+        parse_constant=_reject_constant,
+    )
 
 
 def _dump_json(obj: object, *, ensure_ascii: bool) -> bytes:

@@ -13,23 +13,19 @@ import asyncio
 import h11
 
 from push.exchange import Exchange
-from push.h2conn import MAX_RESPONSE_BYTES, PoolListener
+from push.poolconn import MAX_RESPONSE_BYTES, PooledConnection, PoolListener
 
 
-class H1ClientConnection(asyncio.Protocol):
+class H1ClientConnection(PooledConnection):
     protocol = "http/1.1"
     capacity = 1
 
     def __init__(self, listener: PoolListener, authority: str, path: str) -> None:
-        self._listener = listener
+        super().__init__(listener)
         self._authority = authority.encode()
         self._path = path.encode()
         self._h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_RESPONSE_BYTES)
-        self._transport: asyncio.Transport | None = None
         self.exchange: Exchange | None = None
-        self.usable = False
-        self.closed = False
-        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     # -- what the pool uses ----------------------------------------------------------------
     def free_slots(self) -> int:
@@ -80,9 +76,6 @@ class H1ClientConnection(asyncio.Protocol):
         self.usable = True
         self.ready.set_result(None)
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._lose(f"connection lost ({type(exc).__name__})" if exc else "connection closed")
-
     def data_received(self, data: bytes) -> None:
         conn = self._h11
         conn.receive_data(data)
@@ -132,15 +125,7 @@ class H1ClientConnection(asyncio.Protocol):
             exchange.fail(reason)
         self.close()
 
-    def _lose(self, reason: str) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        self.usable = False
-        if not self.ready.done():
-            self.ready.set_exception(ConnectionError(reason))
-            self.ready.exception()
+    def _fail_carried(self, reason: str) -> None:
         exchange, self.exchange = self.exchange, None
         if exchange is not None:
             exchange.fail(reason)
-        self._listener.lost(self)

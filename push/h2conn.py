@@ -11,8 +11,9 @@ APNs notification to `/3/device/<token>`), fast:
   (push/hpack_cache.py), and h2's count of open streams (a walk over every stream, per new
   stream) is replaced by ours;
 - flow control both ways: a body larger than the stream's or the connection's window, or
-  than the peer's frame size, waits and goes as WINDOW_UPDATEs arrive; received DATA is
-  acknowledged at once, so the server never stalls on us;
+  than the peer's frame size, waits and goes as WINDOW_UPDATEs arrive (push/h2flow.py, shared
+  with the sandbox's fakes); received DATA is acknowledged at once, so the server never
+  stalls on us;
 - at most `min(max_streams, the server's SETTINGS_MAX_CONCURRENT_STREAMS)` streams;
 - GOAWAY: no new streams; those above its last stream id fail as `refused` (never processed,
   safe to send again elsewhere); after a graceful GOAWAY (NO_ERROR) the others still get their
@@ -27,9 +28,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any, Protocol
+from typing import Any
 
-from h2.config import H2Configuration
 from h2.connection import ConnectionState, H2Connection
 from h2.errors import ErrorCodes
 from h2.events import (
@@ -45,7 +45,9 @@ from h2.exceptions import H2Error, ProtocolError
 from h2.settings import SettingCodes
 
 from push.exchange import Exchange
+from push.h2flow import Outbox, WaitingBodies, raw_headers_config
 from push.hpack_cache import CachingDecoder, CachingEncoder
+from push.poolconn import MAX_RESPONSE_BYTES, PooledConnection, PoolListener
 
 # hpack logs every header it encodes or decodes at DEBUG, the bearer token included: never.
 logging.getLogger("hpack").setLevel(logging.WARNING)
@@ -53,14 +55,7 @@ logging.getLogger("hpack").setLevel(logging.WARNING)
 # Our receive windows: large, so the server never waits for our WINDOW_UPDATEs.
 RECEIVE_WINDOW = 1 << 20
 CONNECTION_RECEIVE_WINDOW = 1 << 24
-MAX_RESPONSE_BYTES = 1 << 16  # an FCM answer is a few hundred bytes
 LAST_STREAM_ID = (1 << 31) - 1
-
-
-class PoolListener(Protocol):
-    def released(self, connection: Any) -> None: ...
-
-    def lost(self, connection: Any) -> None: ...
 
 
 class _Client(H2Connection):
@@ -85,37 +80,29 @@ class _Client(H2Connection):
         return frames, events
 
 
-class H2ClientConnection(asyncio.Protocol):
+class H2ClientConnection(PooledConnection):
     protocol = "h2"
 
     def __init__(self, listener: PoolListener, authority: str, path: str, max_streams: int) -> None:
-        self._listener = listener
+        super().__init__(listener)
         self._authority = authority.encode()
         self._path = path.encode()
         self._max_streams = max_streams
-        self.h2 = _Client(
-            config=H2Configuration(
-                client_side=True,
-                header_encoding=None,
-                validate_outbound_headers=False,
-                normalize_outbound_headers=False,
-                validate_inbound_headers=False,
-            )
-        )
+        self.h2 = _Client(config=raw_headers_config(client_side=True))
         self.h2.encoder = CachingEncoder()
         self.h2.decoder = CachingDecoder(self.h2.decoder.max_header_list_size)
         self.capacity = 0  # known once the server's SETTINGS arrive
         self.exchanges: dict[int, Exchange] = {}
-        # The bodies (or what is left of them) waiting for flow-control window, oldest first.
-        self.unsent: dict[int, bytes] = {}
-        self._transport: asyncio.Transport | None = None
+        self._bodies = WaitingBodies(self.h2, sent=_body_gone, failed=self._send_failed)
+        self._outbox = Outbox(self.h2)
         self._headers: tuple[str, list[tuple[bytes, bytes]]] | None = None
-        self._flush_scheduled = False
-        self.usable = False  # accepts new exchanges
-        self.closed = False
-        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     # -- what the pool uses ----------------------------------------------------------------
+    @property
+    def unsent(self) -> dict[int, bytes]:
+        """The bodies (or what is left of them) waiting for flow-control window."""
+        return self._bodies.waiting
+
     def free_slots(self) -> int:
         return self.capacity - len(self.exchanges) if self.usable else 0
 
@@ -135,20 +122,19 @@ class H2ClientConnection(asyncio.Protocol):
         if len(body) <= min(h2.local_flow_control_window(stream_id), h2.max_outbound_frame_size):
             h2.send_data(stream_id, body, end_stream=True)
         else:
-            self.unsent[stream_id] = body
-            self._drain(stream_id)
-        self._flush_soon()
+            self._bodies.send(stream_id, body)
+        self._outbox.flush_soon()
 
     def cancel(self, exchange: Exchange, reason: str) -> None:
         """Give up on `exchange` (a timeout): reset its stream and release the slot."""
         stream_id = exchange.stream_id
         if self.exchanges.pop(stream_id, None) is None:
             return
-        self.unsent.pop(stream_id, None)
+        self._bodies.drop(stream_id)
         if not self.closed:
             with contextlib.suppress(H2Error):
                 self.h2.reset_stream(stream_id, ErrorCodes.CANCEL)
-            self._flush_soon()
+            self._outbox.flush_soon()
         exchange.fail(reason)
         self._after_release()
 
@@ -156,14 +142,14 @@ class H2ClientConnection(asyncio.Protocol):
         if self._transport is not None and not self.closed:
             with contextlib.suppress(H2Error):
                 self.h2.close_connection()
-            self._flush()
+            self._outbox.flush()
             self._transport.close()
         self._lose("closed")
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        self._transport = self._outbox.transport = transport
         h2 = self.h2
         h2.local_settings.update(
             {
@@ -173,17 +159,14 @@ class H2ClientConnection(asyncio.Protocol):
         )
         h2.initiate_connection()
         h2.increment_flow_control_window(CONNECTION_RECEIVE_WINDOW - 65535)
-        self._flush()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._lose(f"connection lost ({type(exc).__name__})" if exc else "connection closed")
+        self._outbox.flush()
 
     def data_received(self, data: bytes) -> None:
         h2 = self.h2
         try:
             events = h2.receive_data(data)
         except ProtocolError:
-            self._flush()
+            self._outbox.flush()
             if self._transport is not None:
                 self._transport.close()
             self._lose("HTTP/2 protocol error")
@@ -214,7 +197,7 @@ class H2ClientConnection(asyncio.Protocol):
             elif isinstance(event, StreamEnded):
                 exchange = exchanges.pop(event.stream_id, None)
                 if exchange is not None:
-                    if self.unsent.pop(event.stream_id, None) is not None:
+                    if self._bodies.drop(event.stream_id):
                         # Answered before our body was all sent: end our half too.
                         with contextlib.suppress(H2Error):
                             h2.reset_stream(event.stream_id, ErrorCodes.CANCEL)
@@ -223,21 +206,21 @@ class H2ClientConnection(asyncio.Protocol):
             elif isinstance(event, StreamReset):
                 exchange = exchanges.pop(event.stream_id, None)
                 if exchange is not None:
-                    self.unsent.pop(event.stream_id, None)
+                    self._bodies.drop(event.stream_id)
                     released += 1
                     exchange.fail(
                         "stream reset", refused=event.error_code == ErrorCodes.REFUSED_STREAM
                     )
             elif isinstance(event, WindowUpdated):
-                if self.unsent:
-                    self._drain_all()
+                if self._bodies.waiting:
+                    self._bodies.drain_all()
             elif isinstance(event, RemoteSettingsChanged):
                 self._settings_changed()
             elif isinstance(event, ConnectionTerminated):
                 self._goaway(event)
                 if self.closed:
                     return
-        self._flush()
+        self._outbox.flush()
         if released:
             self._after_release()
 
@@ -261,8 +244,8 @@ class H2ClientConnection(asyncio.Protocol):
     def _settings_changed(self) -> None:
         server_limit = self.h2.remote_settings.max_concurrent_streams
         self.capacity = max(0, min(self._max_streams, server_limit))
-        if self.unsent:
-            self._drain_all()
+        if self._bodies.waiting:
+            self._bodies.drain_all()
         if not self.ready.done():
             self.usable = True
             self.ready.set_result(None)
@@ -275,11 +258,11 @@ class H2ClientConnection(asyncio.Protocol):
         graceful = event.error_code == ErrorCodes.NO_ERROR
         for stream_id in [s for s in self.exchanges if s > last or not graceful]:
             exchange = self.exchanges.pop(stream_id)
-            unfinished = self.unsent.pop(stream_id, None) is not None
+            unfinished = self._bodies.drop(stream_id)
             exchange.fail("GOAWAY", refused=stream_id > last or unfinished)
         self._listener.lost(self)
         if not self.exchanges and self._transport is not None:
-            self._flush()
+            self._outbox.flush()
             self._transport.close()
             self._lose("GOAWAY")
 
@@ -287,62 +270,22 @@ class H2ClientConnection(asyncio.Protocol):
         if self.usable:
             self._listener.released(self)
         elif not self.exchanges and not self.closed and self._transport is not None:
-            self._flush()
+            self._outbox.flush()
             self._transport.close()  # drained after a GOAWAY (or out of stream ids)
             self._lose("drained")
 
-    def _lose(self, reason: str) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        self.usable = False
-        if not self.ready.done():
-            self.ready.set_exception(ConnectionError(reason))
-            self.ready.exception()  # retrieved: the pool may have stopped waiting
+    def _fail_carried(self, reason: str) -> None:
+        self._outbox.transport = None
         exchanges, self.exchanges = self.exchanges, {}
-        unsent, self.unsent = self.unsent, {}
+        unsent = self._bodies.take()
         for stream_id, exchange in exchanges.items():
             exchange.fail(reason, refused=stream_id in unsent)
-        self._listener.lost(self)
 
-    def _drain(self, stream_id: int) -> None:
-        data = self.unsent.get(stream_id)
-        if data is None:
-            return
-        h2 = self.h2
-        try:
-            window = h2.local_flow_control_window(stream_id)
-            frame = h2.max_outbound_frame_size
-            while data and window > 0:
-                size = min(window, frame, len(data))
-                h2.send_data(stream_id, data[:size], end_stream=size == len(data))
-                data = data[size:]
-                window -= size
-        except H2Error:
-            self.unsent.pop(stream_id, None)
-            exchange = self.exchanges.get(stream_id)
-            if exchange is not None:
-                self.cancel(exchange, "stream closed while sending")
-            return
-        if data:
-            self.unsent[stream_id] = data
-        else:
-            del self.unsent[stream_id]
+    def _send_failed(self, stream_id: int) -> None:
+        exchange = self.exchanges.get(stream_id)
+        if exchange is not None:
+            self.cancel(exchange, "stream closed while sending")
 
-    def _drain_all(self) -> None:
-        for stream_id in list(self.unsent):
-            if self.h2.outbound_flow_control_window <= 0:
-                break
-            self._drain(stream_id)
 
-    def _flush_soon(self) -> None:
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        if self._transport is not None and not self.closed:
-            data = self.h2.data_to_send()
-            if data:
-                self._transport.write(data)
+def _body_gone(stream_id: int) -> None:
+    """A waiting body's last byte went: its exchange now waits for the answer, as any other."""

@@ -30,6 +30,8 @@ class LoopServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._own_loop = False
+        self._down = False
+        self._tasks: set[asyncio.Task[None]] = set()
 
     # -- to implement --------------------------------------------------------------------------
     async def _open(self) -> None:
@@ -137,6 +139,55 @@ class LoopServer:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+    # -- down and up ---------------------------------------------------------------------------
+    @property
+    def down(self) -> bool:
+        return self._down
+
+    def set_down(self, down: bool, *, refuse: bool = False) -> None:
+        """Take the whole server down (``True``) or bring it back.
+
+        Down: open connections are aborted; new ones are accepted then aborted at once, or, with
+        ``refuse=True``, the listening socket is closed so connects get ECONNREFUSED. Called on
+        the server's own loop, coming back up finishes in a task (:meth:`aset_down` awaits it).
+        """
+        if self._loop is None:
+            self._down = down
+            return
+        if down:
+            self.call_in_loop(lambda: self._go_down(refuse))
+        else:
+            self._call_async(self._go_up())
+
+    async def aset_down(self, down: bool, *, refuse: bool = False) -> None:
+        """:meth:`set_down` for code running on the server's own loop."""
+        if down:
+            self._go_down(refuse)
+        else:
+            await self._go_up()
+
+    def _go_down(self, refuse: bool) -> None:
+        """Set ``_down``, abort every connection, stop listening if ``refuse``."""
+        raise NotImplementedError
+
+    async def _go_up(self) -> None:
+        """Clear ``_down``, listen again if the socket was closed."""
+        raise NotImplementedError
+
+    def _call_async(self, coro: Coroutine[Any, Any, None]) -> None:
+        loop = self._loop
+        assert loop is not None
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            task = loop.create_task(coro)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        else:
+            asyncio.run_coroutine_threadsafe(coro, loop).result(10)
 
     # -- helpers -------------------------------------------------------------------------------
     @property

@@ -1,8 +1,9 @@
 """A fake Apple Push Notification service: HTTP/2 over TLS on 127.0.0.1.
 
 It speaks the real provider API (``POST /3/device/<token>``, token auth with ES256 JWTs, Apple's
-status codes and ``{"reason": ...}`` bodies), honours HTTP/2 flow control in both directions, and
-answers each device token as scripted (see :mod:`sandbox.script`).
+status codes and ``{"reason": ...}`` bodies), honours HTTP/2 flow control in both directions
+(the server session it shares with the fake FCM: sandbox/h2server.py), and answers each device
+token as scripted (see :mod:`sandbox.script`).
 
 It also watches the client: DATA beyond the windows it granted, or in frames larger than its
 SETTINGS_MAX_FRAME_SIZE, is recorded in ``violations`` (and ends the connection with GOAWAY, as
@@ -21,12 +22,10 @@ import functools
 import json
 import os
 import re
-import socket
 import ssl
-import struct
 import time
 import uuid
-from collections.abc import Coroutine, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,21 +34,9 @@ import hpack.hpack
 import hpack.huffman_table
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
-from h2.config import H2Configuration
-from h2.connection import H2Connection
-from h2.errors import ErrorCodes
-from h2.events import (
-    ConnectionTerminated,
-    DataReceived,
-    RemoteSettingsChanged,
-    RequestReceived,
-    StreamEnded,
-    StreamReset,
-    WindowUpdated,
-)
-from h2.exceptions import FlowControlError, FrameTooLargeError, ProtocolError, StreamClosedError
-from h2.settings import SettingCodes, Settings
-from hpack import Encoder, HeaderTuple, NeverIndexedHeaderTuple
+from h2.events import StreamReset
+from h2.exceptions import FlowControlError, FrameTooLargeError, ProtocolError
+from hpack import HeaderTuple, NeverIndexedHeaderTuple
 
 from sandbox._runner import LoopServer, check_loopback
 from sandbox.certs import (
@@ -60,6 +47,7 @@ from sandbox.certs import (
     generate_tls,
     server_ssl_context,
 )
+from sandbox.h2server import H2ServerSession, Request, reset_on_close
 from sandbox.script import Behaviour, Kind, Recorder, Scripts
 
 __all__ = [
@@ -76,9 +64,6 @@ __all__ = [
 DEFAULT_TOPIC = "com.loki-project.loki-messenger"
 MAX_PAYLOAD = 4096
 PATH_PREFIX = "/3/device/"
-# Our receive window for the whole connection: large, so clients rarely wait on us (unless
-# strict_flow_control, which keeps the RFC default of 65,535 bytes).
-CONNECTION_WINDOW = 1 << 24
 
 _PUSH_TYPES = frozenset(
     {
@@ -179,41 +164,10 @@ class ClientReset:
     request_complete: bool
 
 
-@dataclass(slots=True)
-class _Request:
-    headers: dict[str, str]
-    body: bytearray
-    unconsumed: int = 0  # flow-controlled bytes received, not yet given back (strict mode)
-
-
 def _reason_body(reason: str, timestamp_ms: int | None = None) -> bytes:
     if timestamp_ms is None:
         return b'{"reason":"' + reason.encode() + b'"}'
     return json.dumps({"reason": reason, "timestamp": timestamp_ms}, separators=(",", ":")).encode()
-
-
-class _PlainEncoder(Encoder):
-    """HPACK encoder that skips Huffman coding of literals (cheaper; still valid HPACK)."""
-
-    def encode(self, headers: Any, huffman: bool = False) -> bytes:
-        return bytes(super().encode(headers, huffman=huffman))
-
-
-class _ServerConnection(H2Connection):
-    """Two changes to h2's handling of SETTINGS_MAX_CONCURRENT_STREAMS on a server:
-
-    - h2 recounts (and purges) its whole stream table on every new inbound stream, O(open
-      streams) per request; here the purge runs only once the table reaches twice the limit.
-    - h2 kills the connection when a client opens one stream too many (which a client may do
-      legitimately before it has seen our SETTINGS); the protocol refuses that one stream with
-      RST_STREAM(REFUSED_STREAM) instead, as RFC 9113 section 5.1.2 allows.
-    """
-
-    @property
-    def open_inbound_streams(self) -> int:
-        if len(self.streams) >= 2 * max(self.local_settings.max_concurrent_streams, 100):
-            _ = super().open_inbound_streams  # purges closed streams
-        return 0
 
 
 _huffman_cache_installed = False
@@ -237,30 +191,15 @@ def install_huffman_cache(maxsize: int = 4096) -> None:
     _huffman_cache_installed = True
 
 
-class _H2Protocol(asyncio.Protocol):
+class _H2Protocol(H2ServerSession, asyncio.Protocol):
     def __init__(self, server: FakeApns, connection_id: int) -> None:
+        super().__init__(connection_id)
         self.server = server
-        self.connection_id = connection_id
+        self.strict_flow_control = server.strict_flow_control
         self.transport: asyncio.Transport | None = None
         self.certificate_authenticated = False
-        self.conn = _ServerConnection(
-            H2Configuration(
-                client_side=False,
-                header_encoding=None,
-                validate_inbound_headers=False,
-                validate_outbound_headers=False,
-                normalize_outbound_headers=False,
-            )
-        )
-        self.conn.encoder = _PlainEncoder()
-        self.requests: dict[int, _Request] = {}
-        self.pending: dict[int, bytes] = {}
-        # Streams opened by the client and not yet fully answered (for MAX_CONCURRENT_STREAMS).
-        self.active: set[int] = set()
-        self.timers: set[asyncio.TimerHandle] = set()
         # (stream id, bytes) consumed while the server holds its window updates back.
         self.withheld: list[tuple[int, int]] = []
-        self.closed = False
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -274,27 +213,14 @@ class _H2Protocol(asyncio.Protocol):
             _abort(transport)
             return
         server._protocols.add(self)
-        self.conn.local_settings = Settings(
-            client=False,
-            initial_values={
-                SettingCodes.MAX_CONCURRENT_STREAMS: server.max_concurrent_streams,
-                SettingCodes.MAX_HEADER_LIST_SIZE: 65536,
-            },
-        )
-        self.conn.initiate_connection()
-        if not server.strict_flow_control:
-            self.conn.increment_flow_control_window(CONNECTION_WINDOW - 65535)
-        transport.write(self.conn.data_to_send())
+        self.open(wide_window=not server.strict_flow_control)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
         self.server._protocols.discard(self)
         self.server.half_open_at_close += len(self.requests)
-        for timer in self.timers:
-            timer.cancel()
-        self.timers.clear()
+        self.closed_down()
         self.requests.clear()
-        self.pending.clear()
+        self.bodies.take()
         self.active.clear()
 
     def pause_writing(self) -> None:
@@ -305,88 +231,29 @@ class _H2Protocol(asyncio.Protocol):
         if self.transport is not None and not self.closed:
             self.transport.resume_reading()
 
-    def data_received(self, data: bytes) -> None:
-        if self.closed:
-            return
-        conn = self.conn
-        strict = self.server.strict_flow_control
-        try:
-            events = conn.receive_data(data)
-        except (FlowControlError, FrameTooLargeError) as exc:
-            # h2 has queued GOAWAY(FLOW_CONTROL_ERROR / FRAME_SIZE_ERROR): record, send, close.
+    # -- H2ServerSession -----------------------------------------------------------------------
+    def stream_limit(self) -> int:
+        return self.server.max_concurrent_streams
+
+    def on_request(self, stream_id: int, request: Request) -> None:
+        self.server._on_request(self, stream_id, request)
+
+    def on_protocol_error(self, exc: ProtocolError) -> None:
+        if isinstance(exc, FlowControlError | FrameTooLargeError):
+            # GOAWAY(FLOW_CONTROL_ERROR / FRAME_SIZE_ERROR) is queued: record it too.
             self.server.violations.append(
                 FlowViolation(self.connection_id, type(exc).__name__, str(exc))
             )
-            self.flush()
-            self.close()
-            return
-        except ProtocolError:
-            self.flush()
-            self.close()
-            return
-        for event in events:
-            kind = type(event)
-            if kind is DataReceived:
-                assert isinstance(event, DataReceived)
-                sid = event.stream_id
-                request = self.requests.get(sid)
-                if request is not None:
-                    request.body += event.data
-                    if strict:  # given back once the request is consumed (StreamEnded)
-                        request.unconsumed += event.flow_controlled_length
-                        continue
-                self.consume(sid, event.flow_controlled_length)
-            elif kind is RequestReceived:
-                assert isinstance(event, RequestReceived)
-                sid = event.stream_id
-                if len(self.active) >= self.server.max_concurrent_streams:
-                    with contextlib.suppress(StreamClosedError, ProtocolError):
-                        conn.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
-                    continue
-                self.active.add(sid)
-                self.requests[sid] = _Request(
-                    {_text(k): _text(v) for k, v in event.headers}, bytearray()
-                )
-            elif kind is StreamEnded:
-                assert isinstance(event, StreamEnded)
-                request = self.requests.pop(event.stream_id, None)
-                if request is not None:
-                    if request.unconsumed:
-                        self.consume(event.stream_id, request.unconsumed)
-                    self.server._on_request(self, event.stream_id, request)
-                    if self.closed:
-                        return
-            elif kind is WindowUpdated:
-                assert isinstance(event, WindowUpdated)
-                if event.stream_id:
-                    self._drain(event.stream_id)
-                else:
-                    self._drain_all()
-            elif kind is RemoteSettingsChanged:
-                assert isinstance(event, RemoteSettingsChanged)
-                if SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
-                    self._drain_all()
-            elif kind is StreamReset:
-                assert isinstance(event, StreamReset)
-                sid = event.stream_id
-                request = self.requests.pop(sid, None)
-                if event.remote_reset and (request is not None or sid in self.active):
-                    self.server.client_resets.append(
-                        ClientReset(self.connection_id, sid, int(event.error_code), request is None)
-                    )
-                if request is not None and request.unconsumed:
-                    self.consume(sid, request.unconsumed)  # discarded: give the window back
-                self.pending.pop(sid, None)
-                self.active.discard(sid)
-            elif kind is ConnectionTerminated:
-                self.flush()
-                self.close()
-                return
-        self.flush()
+
+    def on_reset(self, event: StreamReset, request: Request | None) -> None:
+        sid = event.stream_id
+        if event.remote_reset and (request is not None or sid in self.active):
+            self.server.client_resets.append(
+                ClientReset(self.connection_id, sid, int(event.error_code), request is None)
+            )
 
     def consume(self, stream_id: int, size: int) -> None:
-        """The server has read ``size`` bytes of ``stream_id``: hand the window back (h2 sends
-        WINDOW_UPDATE once half a window is consumed), unless window updates are held."""
+        """As H2ServerSession's, unless the server holds window updates back."""
         if self.server.window_updates_held:
             self.withheld.append((stream_id, size))
         else:
@@ -399,59 +266,12 @@ class _H2Protocol(asyncio.Protocol):
                 self.conn.acknowledge_received_data(size, stream_id)
         self.flush()
 
-    # -- sending -------------------------------------------------------------------------------
-    def flush(self) -> None:
-        if self.closed or self.transport is None:
-            return
-        data = self.conn.data_to_send()
-        if data:
+    def write(self, data: bytes) -> None:
+        if self.transport is not None:
             self.transport.write(data)
 
-    def respond(self, stream_id: int, headers: list[_Header], body: bytes) -> None:
-        """Send a response; DATA beyond the peer's flow-control window waits in ``pending``."""
-        if self.closed:
-            return
-        try:
-            self.conn.send_headers(stream_id, headers, end_stream=not body)
-        except (StreamClosedError, ProtocolError):
-            self.active.discard(stream_id)
-            return  # the client reset the stream meanwhile
-        if body:
-            self.pending[stream_id] = body
-            self._drain(stream_id)
-        else:
-            self.active.discard(stream_id)
-
-    def _drain(self, stream_id: int) -> None:
-        data = self.pending.get(stream_id)
-        if data is None:
-            return
-        conn = self.conn
-        try:
-            window = conn.local_flow_control_window(stream_id)
-            frame = conn.max_outbound_frame_size
-            while data and window > 0:
-                size = min(window, frame, len(data))
-                conn.send_data(stream_id, data[:size], end_stream=size == len(data))
-                data = data[size:]
-                window -= size
-        except (StreamClosedError, ProtocolError):
-            self.pending.pop(stream_id, None)
-            self.active.discard(stream_id)
-            return
-        if data:
-            self.pending[stream_id] = data
-        else:
-            del self.pending[stream_id]
-            self.active.discard(stream_id)
-
-    def _drain_all(self) -> None:
-        for stream_id in list(self.pending):
-            if self.conn.outbound_flow_control_window <= 0:
-                break
-            self._drain(stream_id)
-
     def goaway(self, last_stream_id: int | None = None, reason: str = "Shutdown") -> None:
+        """Send GOAWAY as Apple does (a reason in its debug data) and close at once."""
         if self.closed:
             return
         with contextlib.suppress(ProtocolError):
@@ -474,16 +294,9 @@ class _H2Protocol(asyncio.Protocol):
             _abort(self.transport)
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def _abort(transport: asyncio.Transport) -> None:
     """Close with RST (SO_LINGER 0) rather than a FIN: an abrupt connection loss."""
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    reset_on_close(transport.get_extra_info("socket"))
     transport.abort()
 
 
@@ -543,12 +356,10 @@ class FakeApns(LoopServer):
         self.violations: list[FlowViolation] = []
         self.client_resets: list[ClientReset] = []
         self.half_open_at_close = 0
-        self._down = False
         self._server: asyncio.Server | None = None
         self._protocols: set[_H2Protocol] = set()
         self._jwt_cache: dict[str, int] = {}
         self._next_connection_id = 0
-        self._tasks: set[asyncio.Task[None]] = set()
 
     @classmethod
     def create(cls, directory: str | os.PathLike[str], **kwargs: Any) -> FakeApns:
@@ -566,27 +377,9 @@ class FakeApns(LoopServer):
     def connections_open(self) -> int:
         return len(self._protocols)
 
-    @property
-    def down(self) -> bool:
-        return self._down
-
     def client_ssl_context(self, alpn: Iterable[str] | None = ("h2",)) -> ssl.SSLContext:
         """A client context trusting this fake's CA (ALPN ``alpn``; ``None``: offer none)."""
         return client_ssl_context(self.tls, alpn)
-
-    def set_down(self, down: bool, *, refuse: bool = False) -> None:
-        """Take the whole server down (``True``) or bring it back.
-
-        Down: open connections are aborted; new ones are accepted then aborted at once, or, with
-        ``refuse=True``, the listening socket is closed so connects get ECONNREFUSED.
-        """
-        if self._loop is None:
-            self._down = down
-            return
-        if down:
-            self.call_in_loop(lambda: self._go_down(refuse))
-        else:
-            self._call_async(self._go_up())
 
     def disconnect_all(self, graceful: bool = True) -> None:
         """Close every open connection: with GOAWAY (``graceful``) or an abrupt RST."""
@@ -659,29 +452,8 @@ class FakeApns(LoopServer):
         if self._server is None:
             await self._listen()
 
-    def _call_async(self, coro: Coroutine[Any, Any, None]) -> None:
-        loop = self._loop
-        assert loop is not None
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
-            task = loop.create_task(coro)
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-        else:
-            asyncio.run_coroutine_threadsafe(coro, loop).result(10)
-
-    async def aset_down(self, down: bool, *, refuse: bool = False) -> None:
-        """:meth:`set_down` for code running on the server's own loop."""
-        if down:
-            self._go_down(refuse)
-        else:
-            await self._go_up()
-
     # -- request handling ----------------------------------------------------------------------
-    def _on_request(self, proto: _H2Protocol, stream_id: int, request: _Request) -> None:
+    def _on_request(self, proto: _H2Protocol, stream_id: int, request: Request) -> None:
         self.requests_total += 1
         received_at = time.monotonic()
         headers = request.headers
@@ -711,25 +483,16 @@ class FakeApns(LoopServer):
             )
         )
 
-        delay = self.global_delay + (behaviour.delay if behaviour is not None else 0.0)
-        if delay > 0:
-            loop = asyncio.get_running_loop()
-            holder: list[asyncio.TimerHandle] = []
-
-            def later() -> None:
-                proto.timers.discard(holder[0])
-                self._answer(
-                    proto, stream_id, apns_id, status=status, reason=reason, behaviour=behaviour
-                )
-                proto.flush()
-
-            handle = loop.call_later(delay, later)
-            holder.append(handle)
-            proto.timers.add(handle)
-        else:
+        def answer() -> None:
             self._answer(
                 proto, stream_id, apns_id, status=status, reason=reason, behaviour=behaviour
             )
+
+        delay = self.global_delay + (behaviour.delay if behaviour is not None else 0.0)
+        if delay > 0:
+            proto.later(delay, answer)
+        else:
+            answer()
 
     def _validate(
         self,

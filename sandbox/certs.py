@@ -87,43 +87,80 @@ def _write_private(path: Path, data: bytes) -> None:
         handle.write(data)
 
 
-def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.UTC)
+def _pkcs8_pem(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def _validity(days: int) -> tuple[datetime.datetime, datetime.datetime]:
+    """From five minutes ago (a little clock skew) to `days` from now."""
+    now = datetime.datetime.now(datetime.UTC)
+    return now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=days)
+
+
+def _key_usage(*allowed: str) -> x509.KeyUsage:
+    """KeyUsage with the flags named in `allowed` set, every other one clear."""
+    flags = (
+        "digital_signature",
+        "content_commitment",
+        "key_encipherment",
+        "data_encipherment",
+        "key_agreement",
+        "key_cert_sign",
+        "crl_sign",
+        "encipher_only",
+        "decipher_only",
+    )
+    return x509.KeyUsage(**{flag: flag in allowed for flag in flags})
+
+
+def _certificate(
+    subject: x509.Name,
+    public_key: ec.EllipticCurvePublicKey,
+    issuer: tuple[x509.Name, ec.EllipticCurvePrivateKey],
+    validity: tuple[datetime.datetime, datetime.datetime],
+    extensions: Iterable[tuple[x509.ExtensionType, bool]],
+) -> x509.Certificate:
+    """A certificate for `public_key`, signed (SHA-256) by `issuer`'s key; `extensions` are
+    (extension, critical) pairs in order."""
+    issuer_name, issuer_key = issuer
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer_name)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(validity[0])
+        .not_valid_after(validity[1])
+    )
+    for extension, critical in extensions:
+        builder = builder.add_extension(extension, critical=critical)
+    return builder.sign(issuer_key, hashes.SHA256())
 
 
 def _make_ca(
-    common_name: str, start: datetime.datetime, end: datetime.datetime
+    common_name: str, validity: tuple[datetime.datetime, datetime.datetime]
 ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     """A throwaway P-256 CA: key usage, basic constraints and SKI as strict verifiers want."""
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(end)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
+    ca_cert = _certificate(
+        ca_name,
+        ca_key.public_key(),
+        (ca_name, ca_key),
+        validity,
+        [
+            (x509.BasicConstraints(ca=True, path_length=0), True),
+            (_key_usage("digital_signature", "key_cert_sign", "crl_sign"), True),
+            (x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False),
+        ],
     )
     return ca_key, ca_cert
 
@@ -143,50 +180,26 @@ def generate_tls(
     """
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    now = _now()
-    start = now - datetime.timedelta(minutes=5)
-    end = now + datetime.timedelta(days=days)
-
-    ca_key, ca_cert = _make_ca("pn-relay sandbox test CA", start, end)
-    ca_name = ca_cert.subject
+    validity = _validity(days)
+    ca_key, ca_cert = _make_ca("pn-relay sandbox test CA", validity)
     ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
 
     server_key = ec.generate_private_key(ec.SECP256R1())
     names: list[x509.GeneralName] = [x509.DNSName(h) for h in hostnames]
     names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ip_addresses]
-    server_cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-        .issuer_name(ca_name)
-        .public_key(server_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(end)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=True,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(server_key.public_key()), critical=False
-        )
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
+    server_cert = _certificate(
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]),
+        server_key.public_key(),
+        (ca_cert.subject, ca_key),
+        validity,
+        [
+            (x509.BasicConstraints(ca=False, path_length=None), True),
+            (_key_usage("digital_signature", "key_agreement"), True),
+            (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False),
+            (x509.SubjectAlternativeName(names), False),
+            (x509.SubjectKeyIdentifier.from_public_key(server_key.public_key()), False),
+            (x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), False),
+        ],
     )
 
     files = TlsFiles(
@@ -194,16 +207,9 @@ def generate_tls(
         cert_file=out / "server.pem",
         key_file=out / "server-key.pem",
     )
-    files.ca_file.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    files.cert_file.write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
-    _write_private(
-        files.key_file,
-        server_key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ),
-    )
+    files.ca_file.write_bytes(_pem(ca_cert))
+    files.cert_file.write_bytes(_pem(server_cert))
+    _write_private(files.key_file, _pkcs8_pem(server_key))
     return files
 
 
@@ -249,10 +255,8 @@ def generate_apns_certificate(
     the topic, like Apple's, signed by that CA) into ``directory``."""
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    now = _now()
-    start, end = now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=30)
-    ca_key, ca_cert = _make_ca("pn-relay sandbox APNs CA", start, end)
-    ca_name = ca_cert.subject
+    validity = _validity(30)
+    ca_key, ca_cert = _make_ca("pn-relay sandbox APNs CA", validity)
     client_key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name(
         [
@@ -260,29 +264,19 @@ def generate_apns_certificate(
             x509.NameAttribute(NameOID.COMMON_NAME, f"Apple Push Services: {topic}"),
         ]
     )
-    client_cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(ca_name)
-        .public_key(client_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(end)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA256())
+    client_cert = _certificate(
+        subject,
+        client_key.public_key(),
+        (ca_cert.subject, ca_key),
+        validity,
+        [
+            (x509.BasicConstraints(ca=False, path_length=None), True),
+            (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False),
+        ],
     )
     files = ApnsCertificate(cert_file=out / "apns-cert.pem", ca_file=out / "apns-client-ca.pem")
-    files.ca_file.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    _write_private(
-        files.cert_file,
-        client_cert.public_bytes(serialization.Encoding.PEM)
-        + client_key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ),
-    )
+    files.ca_file.write_bytes(_pem(ca_cert))
+    _write_private(files.cert_file, _pem(client_cert) + _pkcs8_pem(client_key))
     return files
 
 
@@ -300,14 +294,7 @@ def generate_apns_key(
     team_id = team_id or _random_id(10)
     key = ec.generate_private_key(ec.SECP256R1())
     path = Path(directory) / f"AuthKey_{key_id}.p8"
-    _write_private(
-        path,
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ),
-    )
+    _write_private(path, _pkcs8_pem(key))
     return ApnsKey(key_file=path, key_id=key_id, team_id=team_id)
 
 
@@ -328,11 +315,7 @@ def write_service_account(
     """Write a service-account JSON file in Google's format for ``private_key``."""
     client_email = client_email or f"firebase-adminsdk-sandbox@{project_id}.iam.gserviceaccount.com"
     private_key_id = private_key_id or secrets.token_hex(20)
-    pem = private_key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode()
+    pem = _pkcs8_pem(private_key).decode()
     document = {
         "type": "service_account",
         "project_id": project_id,

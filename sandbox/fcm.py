@@ -27,7 +27,7 @@ import ssl
 import time
 import weakref
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -186,29 +186,25 @@ class _Account:
 
 @dataclass(slots=True)
 class _AccessToken:
+    """An OAuth access token the fake issued: whose, and until when (epoch seconds)."""
+
     client_email: str
     expires_at: float
 
 
+@dataclass(slots=True)
 class _Outcome:
-    __slots__ = ("behaviour", "body", "error_code", "headers", "message_id", "status")
+    """How one send is answered, over either HTTP version: status and body (status 0: the
+    behaviour drops the connection or sends GOAWAY), FCM's error code, the recorded message
+    name, extra headers (``Retry-After``)."""
 
-    def __init__(
-        self,
-        status: int,
-        body: bytes,
-        *,
-        error_code: str = "",
-        behaviour: Behaviour | None = None,
-        message_id: str = "",
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        self.status = status
-        self.body = body
-        self.error_code = error_code
-        self.behaviour = behaviour
-        self.message_id = message_id
-        self.headers = headers or {}
+    status: int
+    body: bytes
+    _: KW_ONLY
+    error_code: str = ""
+    behaviour: Behaviour | None = None
+    message_id: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 def _no_access_log(handler: web.RequestHandler) -> None:
@@ -366,7 +362,6 @@ class FakeFcm(LoopServer):
         self.streams_refused = 0
         self.streams_reset = 0
         self.tokens_issued = 0
-        self._down = False
         self._server: _HTTPServer | None = None
         self._streams: weakref.WeakSet[iostream.IOStream] = weakref.WeakSet()
         self._sessions: set[H2Session] = set()
@@ -412,10 +407,6 @@ class FakeFcm(LoopServer):
         return f"{self.base_url}/v1/projects/{self.project_id}/messages:send"
 
     @property
-    def down(self) -> bool:
-        return self._down
-
-    @property
     def connections_open(self) -> int:
         return sum(1 for stream in list(self._streams) if not stream.closed())
 
@@ -455,23 +446,6 @@ class FakeFcm(LoopServer):
     def revoke_access_tokens(self) -> None:
         """Invalidate every issued access token (clients must refresh after a 401)."""
         self._access_tokens.clear()
-
-    def set_down(self, down: bool, *, refuse: bool = False) -> None:
-        """Take the whole server down or bring it back (see ``FakeApns.set_down``)."""
-        if self._loop is None:
-            self._down = down
-            return
-        if down:
-            self.call_in_loop(lambda: self._go_down(refuse))
-        else:
-            self.call_in_loop(self._go_up)
-
-    async def aset_down(self, down: bool, *, refuse: bool = False) -> None:
-        """:meth:`set_down` for code running on the server's own loop."""
-        if down:
-            self._go_down(refuse)
-        else:
-            self._go_up()
 
     def goaway_all(self, error_code: int = 0) -> None:
         """Send GOAWAY on every HTTP/2 connection (streams already open are still answered)."""
@@ -518,7 +492,7 @@ class FakeFcm(LoopServer):
             self._server.stop()
             self._server = None
 
-    def _go_up(self) -> None:
+    async def _go_up(self) -> None:
         self._down = False
         if self._server is None:
             self._listen()

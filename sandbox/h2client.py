@@ -28,7 +28,9 @@ from h2.events import (
 )
 from h2.exceptions import ProtocolError
 from h2.settings import SettingCodes
-from hpack import Encoder
+
+from push.h2flow import Outbox, send_within_window
+from sandbox.h2server import PlainEncoder
 
 __all__ = ["ConnectionClosedError", "H2Response", "RawH2Client", "StreamResetError", "Terminated"]
 
@@ -66,11 +68,6 @@ class H2Response:
         return json.loads(bytes(self.body))
 
 
-class _PlainEncoder(Encoder):
-    def encode(self, headers: Any, huffman: bool = False) -> bytes:
-        return bytes(super().encode(headers, huffman=huffman))
-
-
 class _ClientConnection(H2Connection):
     """h2 recounts its whole stream table on every new outbound stream; :meth:`request`
     enforces MAX_CONCURRENT_STREAMS itself, so only purge closed streams now and then."""
@@ -89,7 +86,7 @@ class RawH2Client(asyncio.Protocol):
         self.auto_ack = auto_ack
         self.authority = authority
         self.conn = _ClientConnection(H2Configuration(client_side=True, header_encoding="utf-8"))
-        self.conn.encoder = _PlainEncoder()  # no Huffman coding: cheaper at both ends
+        self.conn.encoder = PlainEncoder()  # no Huffman coding: cheaper at both ends
         self.transport: asyncio.Transport | None = None
         self.terminated: Terminated | None = None
         self.closed = False
@@ -99,7 +96,7 @@ class RawH2Client(asyncio.Protocol):
         self._window_open = asyncio.Event()
         self._lost = asyncio.Event()
         self._settings_received = asyncio.Event()
-        self._flush_scheduled = False
+        self._outbox = Outbox(self.conn)
         self._tasks: set[asyncio.Task[None]] = set()
         self._slot_waiters: deque[asyncio.Future[None]] = deque()
 
@@ -130,12 +127,13 @@ class RawH2Client(asyncio.Protocol):
     # -- asyncio.Protocol ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = self._outbox.transport = transport
         self.conn.initiate_connection()
         self._flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._outbox.transport = None
         self._lost.set()
         self._window_open.set()
         self._settings_received.set()
@@ -242,7 +240,7 @@ class RawH2Client(asyncio.Protocol):
                 task = loop.create_task(self._send_body(stream_id, body))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
-        self._flush_soon()
+        self._outbox.flush_soon()
         return future
 
     async def request(
@@ -280,19 +278,12 @@ class RawH2Client(asyncio.Protocol):
 
     # -- internals -----------------------------------------------------------------------------
     async def _send_body(self, stream_id: int, body: bytes) -> None:
-        view = body
-        while view:
-            if self.closed:
-                return
-            window = self.conn.local_flow_control_window(stream_id)
-            if window <= 0:
+        while body and not self.closed:
+            body = send_within_window(self.conn, stream_id, body)
+            self._flush()
+            if body:
                 self._window_open.clear()
                 await self._window_open.wait()
-                continue
-            size = min(window, self.conn.max_outbound_frame_size, len(view))
-            self.conn.send_data(stream_id, view[:size], end_stream=size == len(view))
-            view = view[size:]
-            self._flush()
 
     def _complete(self, stream_id: int) -> None:
         future = self._futures.pop(stream_id, None)
@@ -316,15 +307,5 @@ class RawH2Client(asyncio.Protocol):
                 future.set_exception(exc)
         self._futures.clear()
 
-    def _flush_soon(self) -> None:
-        """Coalesce the writes of every request started in this loop iteration."""
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
-
     def _flush(self) -> None:
-        self._flush_scheduled = False
-        if self.transport is not None and not self.closed:
-            data = self.conn.data_to_send()
-            if data:
-                self.transport.write(data)
+        self._outbox.flush()

@@ -3,6 +3,9 @@
 There is no default password: without a username and a password (or password hash) the
 endpoints answer 401 to everyone.
 
+`requires_auth(auth, answer)` puts a Flask view behind it (the statistics endpoint, /stats,
+/metrics): a refusal is answered before the view runs, in the view's own form of answer.
+
 Stored hash format (stdlib only, the same shape as Django's)::
 
     pbkdf2_sha256$<iterations>$<salt, base64>$<PBKDF2-HMAC-SHA256 of the password, base64>
@@ -37,16 +40,21 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
+import functools
 import hashlib
 import hmac
 import math
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+from flask import Response, request
 
 from errors import ConfigurationError
+from web.answers import HttpAnswer, to_flask
 
 ALGORITHM = "pbkdf2_sha256"
 DEFAULT_ITERATIONS = 600_000
@@ -57,6 +65,9 @@ DEFAULT_FAILURES_PER_MINUTE = 30
 REALM = "pn-relay statistics"
 WWW_AUTHENTICATE = f'Basic realm="{REALM}"'
 THROTTLED_MESSAGE = "too many failed attempts or password checks at once; try again later"
+
+T = TypeVar("T")
+Answer = Callable[[int, str, Sequence[tuple[str, str]]], T]  # (status, message, headers)
 
 
 class PasswordHashError(ConfigurationError, ValueError):
@@ -223,6 +234,17 @@ class StatsAuth:
             return Verdict.DENIED
         return self.verify(*credentials)
 
+    def refusal(self, authorization: str | None, answer: Answer[T]) -> T | None:
+        """None when an `Authorization` header carries the credentials; else the refusal, as
+        `answer(status, message, headers)` builds it (429 with Retry-After, 401 with
+        WWW-Authenticate): one gate for the statistics endpoint, /stats and /metrics."""
+        verdict = self.verify_header(authorization)
+        if verdict is Verdict.THROTTLED:
+            return answer(429, THROTTLED_MESSAGE, [("Retry-After", str(self.retry_after()))])
+        if verdict is not Verdict.OK:
+            return answer(401, "authentication required", [("WWW-Authenticate", WWW_AUTHENTICATE)])
+        return None
+
     def check_header(self, authorization: str | None) -> bool:
         """True if an `Authorization` header carries the configured credentials."""
         return self.verify_header(authorization) is Verdict.OK
@@ -287,3 +309,19 @@ class StatsAuth:
         """Hashed checks running or waiting for a thread of `pool`."""
         with self._lock:
             return self._pending
+
+
+def requires_auth(
+    auth: StatsAuth, answer: Answer[HttpAnswer]
+) -> Callable[[Callable[[], Response]], Callable[[], Response]]:
+    """A Flask view behind `auth`: refused (see `StatsAuth.refusal`) before it runs."""
+
+    def decorate(view: Callable[[], Response]) -> Callable[[], Response]:
+        @functools.wraps(view)
+        def guarded() -> Response:
+            refused = auth.refusal(request.headers.get("Authorization"), answer)
+            return view() if refused is None else to_flask(refused)
+
+        return guarded
+
+    return decorate

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from html import escape
 from typing import Any
@@ -31,10 +31,11 @@ from flask import Blueprint, Response, request
 from sqlalchemy import Engine, Select, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from stats.auth import THROTTLED_MESSAGE, WWW_AUTHENTICATE, StatsAuth, Verdict
+from stats.auth import StatsAuth, requires_auth
 from stats.charts import Series, step_chart
 from stats.rollup import MINUTE_MS, minute_floor
 from stats.schema import QUEUE_DEPTH, statistics_minutes
+from web.answers import plain, to_flask
 
 log = logging.getLogger(__name__)
 
@@ -280,10 +281,6 @@ def render_page(
     )
 
 
-def _plain(status: int, line: str, headers: Sequence[tuple[str, str]] = ()) -> Response:
-    return Response(line + "\n", status=status, mimetype="text/plain", headers=list(headers))
-
-
 def create_dashboard_blueprint(
     engine: Engine,
     auth: StatsAuth,
@@ -296,22 +293,18 @@ def create_dashboard_blueprint(
     blueprint = Blueprint("dashboard", __name__)
 
     @blueprint.get(PATH)
+    @requires_auth(auth, plain)
     def dashboard() -> Response:
-        verdict = auth.verify_header(request.headers.get("Authorization"))
-        if verdict is Verdict.THROTTLED:
-            return _plain(429, THROTTLED_MESSAGE, [("Retry-After", str(auth.retry_after()))])
-        if verdict is not Verdict.OK:
-            return _plain(401, "authentication required", [("WWW-Authenticate", WWW_AUTHENTICATE)])
         try:
             chosen = parse_range(request.args.get("range"))
         except BadRange as exc:
-            return _plain(400, str(exc))
+            return to_flask(plain(400, str(exc)))
         window = Window.ending_now(chosen, clock())
         try:
             buckets = fetch_buckets(engine, window)
         except SQLAlchemyError as exc:
             log.warning("statistics page query failed (%s)", type(exc).__name__)
-            return _plain(503, "statistics are unavailable right now; try again")
+            return to_flask(plain(503, "statistics are unavailable right now; try again"))
         queue_now = None
         if queue_stats is not None:
             try:

@@ -41,6 +41,7 @@ from sqlalchemy import Engine, text
 
 from settings import Settings
 from storage.write_probe import WriteProbe
+from web.answers import plain, send, to_flask
 from web.errorlog import RateLimitedLog
 from web.handlers import PlainErrorsHandler
 
@@ -234,7 +235,7 @@ def create_health_blueprint(
         reason = None if database_reachable(engine) else Reason("database unreachable")
         reason = reason or dispatcher_reason(dispatcher_alive)
         status, line = (200, "ok") if reason is None else (503, reason.text)
-        return Response(line + "\n", status=status, mimetype="text/plain")
+        return to_flask(plain(status, line))
 
     return blueprint
 
@@ -250,10 +251,7 @@ class HealthHandler(PlainErrorsHandler):
 
     async def get(self) -> None:
         status, reason = await self._probe.check()
-        self.set_status(status)
-        self.set_header("Content-Type", "text/plain; charset=utf-8")
-        self.set_header("Cache-Control", "no-store")
-        self.finish(f"{reason}\n")
+        send(self, plain(status, reason, [("Cache-Control", "no-store")]))
 
     async def head(self) -> None:
         await self.get()  # Tornado sends the headers (and Content-Length) without the body

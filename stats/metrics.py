@@ -50,7 +50,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -65,9 +65,10 @@ from prometheus_client.registry import Collector
 from push.outcome import PushOutcome
 from push.outcome import Verdict as PushVerdict
 from push.providers import PROVIDERS, ProviderInfo
-from stats.auth import THROTTLED_MESSAGE, WWW_AUTHENTICATE, StatsAuth, Verdict
+from stats.auth import StatsAuth, requires_auth
 from stats.counters import REFUSAL_REASONS, Counters, counter_names, metric_events, refusal_counter
 from storage.records import Provider
+from web.answers import plain
 
 log = logging.getLogger(__name__)
 
@@ -286,8 +287,7 @@ class RelayMetrics:
         self.registry.register(self._gauges)
         self._results = Counter(
             "pn_relay_push_results",
-            "Provider answers by provider, verdict and reason (every attempt, retries"
-            " included).",
+            "Provider answers by provider, verdict and reason (every attempt, retries included).",
             ["provider", "result", "reason"],
             registry=self.registry,
         )
@@ -363,10 +363,6 @@ class RelayMetrics:
         return generate_latest(self.registry)
 
 
-def _plain(status: int, line: str, headers: list[tuple[str, str]] | None = None) -> Response:
-    return Response(line + "\n", status=status, mimetype="text/plain", headers=headers or [])
-
-
 def create_metrics_blueprint(
     metrics: RelayMetrics | None, *, auth: StatsAuth | None = None
 ) -> Blueprint:
@@ -379,18 +375,11 @@ def create_metrics_blueprint(
 
     if metrics is not None:
 
-        @blueprint.get("/metrics")
         def prometheus_metrics() -> Response:
-            if auth is not None:
-                verdict = auth.verify_header(request.headers.get("Authorization"))
-                if verdict is Verdict.THROTTLED:
-                    return _plain(
-                        429, THROTTLED_MESSAGE, [("Retry-After", str(auth.retry_after()))]
-                    )
-                if verdict is not Verdict.OK:
-                    return _plain(
-                        401, "authentication required", [("WWW-Authenticate", WWW_AUTHENTICATE)]
-                    )
             return Response(metrics.render(), status=200, content_type=CONTENT_TYPE_LATEST)
+
+        if auth is not None:
+            prometheus_metrics = requires_auth(auth, plain)(prometheus_metrics)
+        blueprint.get("/metrics")(prometheus_metrics)
 
     return blueprint

@@ -16,7 +16,7 @@ class Provider(enum.IntEnum):
 
 
 @dataclass(frozen=True)
-class NotifyOutcome:
+class Enqueued:
     """What an accepted notify wrote to the delivery queue.
 
     `refused` names the abuse limit that refused it (nothing was written), else "".

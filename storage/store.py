@@ -46,7 +46,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from storage.protect import IdentifierProtector
 from storage.queue import finished_notification_delete
-from storage.records import Continuation, Membership, NotifyOutcome, Provider, Registered
+from storage.records import Continuation, Enqueued, Membership, Provider, Registered
 from storage.schema import deliveries, devices, group_members, notifications, notify_dedup
 from storage.sql import Prepared, Tx
 from storage.writer import BatchWriter, StorageError
@@ -441,7 +441,7 @@ class RelayStore:
         *,
         dedup_window_ms: int,
         admit: Admission | None = None,
-    ) -> Callable[[Tx], NotifyOutcome | Continuation]:
+    ) -> Callable[[Tx], Enqueued | Continuation]:
         """Write one delivery row per recipient device, durably, before answering.
 
         An identical (send_to, data) pair inside the dedup window writes nothing. `admit`
@@ -457,13 +457,13 @@ class RelayStore:
         chunk = self.fanout_chunk
         admitted: list[bool] = []  # asked once, even if the writer runs the operation again
 
-        def enqueue(tx: Tx) -> NotifyOutcome | Continuation:
+        def enqueue(tx: Tx) -> Enqueued | Continuation:
             rows = tx.all(sql.recipients, {"target": target_hash})
             if not rows:
-                return NotifyOutcome(deliveries=0, via_group=False, duplicate=False)
+                return Enqueued(deliveries=0, via_group=False, duplicate=False)
             via_group = any(via for *_, via in rows)
             now = self._now()
-            duplicate = NotifyOutcome(deliveries=0, via_group=via_group, duplicate=True)
+            duplicate = Enqueued(deliveries=0, via_group=via_group, duplicate=True)
             if dedup_key is not None and tx.scalar(
                 sql.dedup_live, {"key_hash": dedup_key, "now": now}
             ):
@@ -472,7 +472,7 @@ class RelayStore:
                 if not admitted:
                     admitted.append(admit(target_hash))
                 if not admitted[0]:
-                    return NotifyOutcome(0, via_group, duplicate=False, refused="notify_rate")
+                    return Enqueued(0, via_group, duplicate=False, refused="notify_rate")
             unique = {device_id: (gen, provider) for device_id, gen, provider, _ in rows}
             registrations = [
                 (device_id, gen, provider) for device_id, (gen, provider) in unique.items()
@@ -489,8 +489,8 @@ class RelayStore:
             )
             self._insert_deliveries(tx, notification_id, registrations[:chunk], now)
             if whole:
-                return NotifyOutcome(len(registrations), via_group=via_group, duplicate=False)
-            outcome = NotifyOutcome(len(registrations), via_group=via_group, duplicate=False)
+                return Enqueued(len(registrations), via_group=via_group, duplicate=False)
+            outcome = Enqueued(len(registrations), via_group=via_group, duplicate=False)
             finish = _FanOutEnd(dedup_key, dedup_window_ms, outcome)
             return Continuation(self._fanout_op(notification_id, registrations, chunk, now, finish))
 
@@ -533,14 +533,14 @@ class RelayStore:
         start: int,
         now: int,
         end: _FanOutEnd,
-    ) -> Callable[[Tx], NotifyOutcome | Continuation]:
+    ) -> Callable[[Tx], Enqueued | Continuation]:
         """The operation writing the chunk of `registrations` from `start`; the last one also
         makes the notification ready (claimable) and claims the dedup window."""
         sql = self._sql
         stop = start + self.fanout_chunk
         key = {"notification_id": notification_id}
 
-        def fanout_chunk(tx: Tx) -> NotifyOutcome | Continuation:
+        def fanout_chunk(tx: Tx) -> Enqueued | Continuation:
             if tx.scalar(sql.fanout_alive, key) is None:
                 raise FanOutLost("fan-out abandoned")
             self._insert_deliveries(tx, notification_id, registrations[start:stop], now)
@@ -585,4 +585,4 @@ class _FanOutEnd:
 
     dedup_key: bytes | None
     dedup_window_ms: int
-    outcome: NotifyOutcome
+    outcome: Enqueued

@@ -1,4 +1,17 @@
-"""Shared fixtures: databases (SQLite file, PostgreSQL schema) and a running relay."""
+"""Shared fixtures: databases (SQLite file, PostgreSQL schema), engines, a running relay,
+the sandbox providers and a served web app.
+
+Where the other test helpers live, one concern a module:
+- support.py: a relay on its own loop thread (RunningRelay), its settings, random identities,
+  PostgreSQL schemas, a driven clock, settings_error();
+- checks.py: SUCCESS, count() of rows, wait_until();
+- http_calls.py: one HTTP request on a connection of its own (http_request, request);
+- server_process.py: `python server.py` as a real process (run_server, ServerProcess);
+- served.py: a Tornado server for one Application or Flask app;
+- providers.py: the sandbox APNs and FCM, the relay's APNs sender pointed at one;
+- strategies.py: the hypothesis strategies of the fuzz tests, mutate();
+- scripted_sender.py and lane_harness.py: one dispatcher lane on virtual time.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +20,30 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from flask import Flask
+from sqlalchemy import Engine
+from tornado.web import Application
 
-from tests.providers import Providers, start_providers
+from sandbox.apns import FakeApns
+from tests.providers import Providers, reset_apns, start_providers
+from tests.served import Served
 from tests.support import (
     POSTGRES_URL_VARIABLE,
     RunningRelay,
     postgres_base_url,
     postgres_schema_url,
     relay_settings,
+    schema_engine,
 )
 
 BACKENDS = ["sqlite", "postgresql"]
+
+
+def _postgres_schema_or_skip() -> Iterator[str]:
+    base = postgres_base_url()
+    if base is None:
+        pytest.skip(f"PostgreSQL tests need {POSTGRES_URL_VARIABLE} (set by .ci/run)")
+    yield from postgres_schema_url(base)
 
 
 @pytest.fixture(params=BACKENDS)
@@ -25,15 +51,29 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'relay.sqlite3'}"
         return
-    base = postgres_base_url()
-    if base is None:
-        pytest.skip(f"PostgreSQL tests need {POSTGRES_URL_VARIABLE} (set by .ci/run)")
-    yield from postgres_schema_url(base)
+    yield from _postgres_schema_or_skip()
 
 
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'relay.sqlite3'}"
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A schema of its own on the test PostgreSQL (the test is skipped without one)."""
+    yield from _postgres_schema_or_skip()
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    """An engine on each backend, the relay's tables made."""
+    yield from schema_engine(database_url)
+
+
+@pytest.fixture
+def sqlite_engine(sqlite_url: str) -> Iterator[Engine]:
+    yield from schema_engine(sqlite_url)
 
 
 @pytest.fixture
@@ -65,6 +105,35 @@ def sqlite_relay(start_relay: Callable[..., RunningRelay], sqlite_url: str) -> R
 def providers(tmp_path: Path) -> Iterator[Providers]:
     """A fake APNs and a fake FCM (sandbox/), real servers on 127.0.0.1."""
     yield from start_providers(tmp_path / "providers")
+
+
+@pytest.fixture(scope="module")
+def module_fake_apns(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeApns]:
+    """One fake APNs for all the tests of a module (its TLS files and key made once)."""
+    server = FakeApns.create(tmp_path_factory.mktemp("apns")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fake_apns(module_fake_apns: FakeApns) -> Iterator[FakeApns]:
+    """The module's fake APNs, reset after each test."""
+    yield module_fake_apns
+    reset_apns(module_fake_apns)
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[[Application | Flask], Served]]:
+    """Serves a Tornado Application or a Flask app on a port of its own; closed at the end."""
+    started: list[Served] = []
+
+    def start(app: Application | Flask) -> Served:
+        started.append(Served(app))
+        return started[-1]
+
+    yield start
+    for served in started:
+        served.close()
 
 
 @pytest.fixture

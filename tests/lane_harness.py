@@ -27,6 +27,27 @@ from storage.store import RelayStore
 from storage.writer import BatchWriter
 from tests.scripted_sender import ScriptedSender
 
+# The numbers the lane tests count on, spelled out (they are DispatchSettings' defaults today).
+LANE_SETTINGS = DispatchSettings(
+    lease_ms=60_000,
+    max_age_ms=3_600_000,
+    claim_batch=500,
+    backoff_base_s=1.0,
+    backoff_cap_s=300.0,
+    config_pause_s=30.0,
+    config_pause_cap_s=600.0,
+    storm_window_s=60.0,
+    storm_min_answers=20,
+    storm_max_accepted_share=0.1,
+)
+
+
+async def settle(lane: ProviderLane) -> None:
+    """Let the lane's answered sends run on, then wait until it has settled all of them."""
+    for _ in range(5):
+        await asyncio.sleep(0)
+    await lane.quiesce()
+
 
 @dataclass
 class VirtualTime:
@@ -84,12 +105,7 @@ class LaneHarness:
         self._pump()
 
     def _pump(self) -> None:
-        async def pump() -> None:
-            for _ in range(5):
-                await asyncio.sleep(0)
-            await self.lane.quiesce()
-
-        self.run(pump())
+        self.run(settle(self.lane))
 
     def queued(self) -> list[tuple[int, int]]:
         """(attempts, not_before) of every delivery still queued."""

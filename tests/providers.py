@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from push.apns import APNsConfig, APNsSender
 from sandbox.apns import FakeApns
 from sandbox.fcm import FakeFcm
 
@@ -16,6 +17,12 @@ class Providers:
     apns: FakeApns
     fcm: FakeFcm
     settings: dict[str, Any]
+
+    def environment(self, **extra: str) -> dict[str, str]:
+        """The settings as a relay process reads them (PN_* variables), with `extra`."""
+        env = {f"PN_{name}": str(value) for name, value in self.settings.items()}
+        env.update(extra)
+        return env
 
 
 def start_providers(directory: Path, *, fcm_tls: bool = True) -> Generator[Providers, None, None]:
@@ -43,3 +50,28 @@ def start_providers(directory: Path, *, fcm_tls: bool = True) -> Generator[Provi
     finally:
         apns.stop()
         fcm.stop()
+
+
+def apns_sender(fake: FakeApns, **config: Any) -> APNsSender:
+    """The relay's own APNs sender (push/apns.py) pointed at `fake`; `config` sets the other
+    APNsConfig fields (max_connections, request_timeout_s...)."""
+    return APNsSender(
+        APNsConfig(
+            topic=fake.topic,
+            host="127.0.0.1",
+            port=fake.port,
+            key_file=fake.apns_key.key_file,
+            key_id=fake.key_id,
+            team_id=fake.team_id,
+            ca_file=fake.tls.ca_file,
+            **config,
+        )
+    )
+
+
+def reset_apns(fake: FakeApns) -> None:
+    """What a test may have changed on a shared fake APNs, back to its defaults."""
+    fake.set_down(False)
+    fake.global_delay = 0.0
+    fake.scripts.clear()
+    fake.pushes.clear()

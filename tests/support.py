@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import http.client
+import calendar
+import datetime
 import os
 import secrets
 import threading
@@ -11,13 +12,16 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
-import psycopg
+import pytest
+from sqlalchemy import Engine
 
 from lsrpc.client import OnionClient, PreparedRequest
 from relay import Relay
-from settings import Settings, load_settings
+from settings import Settings, SettingsError, load_settings
+from storage.engine import create_schema, make_engine
+from storage.scratch_schema import scratch_schema
+from tests.http_calls import Received, http_request
 
 POSTGRES_URL_VARIABLE = "RELAY_TEST_POSTGRES_URL"
 
@@ -34,11 +38,23 @@ def random_fcm_token() -> str:
     return secrets.token_urlsafe(100)[:140] + ":APA91b" + secrets.token_urlsafe(20)
 
 
-@dataclass
-class HttpAnswer:
-    status: int
-    headers: Mapping[str, str]
-    body: bytes
+class DrivenClock:
+    """Milliseconds since the epoch, moved by the test."""
+
+    def __init__(self, iso: str) -> None:
+        self.now = ms(iso)
+
+    def __call__(self) -> int:
+        return self.now
+
+    def set(self, iso: str) -> None:
+        self.now = ms(iso)
+
+
+def ms(iso: str) -> int:
+    """An ISO date and time, read as UTC, in milliseconds since the epoch."""
+    parsed = datetime.datetime.fromisoformat(iso)
+    return calendar.timegm(parsed.timetuple()) * 1000 + parsed.microsecond // 1000
 
 
 @dataclass
@@ -74,14 +90,8 @@ class RunningRelay:
         assert self.relay.port is not None
         return self.relay.port
 
-    def post(self, path: str, body: bytes, headers: Mapping[str, str] | None = None) -> HttpAnswer:
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        try:
-            connection.request("POST", path, body=body, headers=dict(headers or {}))
-            response = connection.getresponse()
-            return HttpAnswer(response.status, dict(response.getheaders()), response.read())
-        finally:
-            connection.close()
+    def post(self, path: str, body: bytes, headers: Mapping[str, str] | None = None) -> Received:
+        return http_request(self.port, "POST", path, body=body, headers=headers)
 
     def send_v2(self, request: PreparedRequest) -> tuple[int, dict[str, Any]]:
         """POST a prepared v2 request; return the decrypted (status, body)."""
@@ -143,19 +153,34 @@ def relay_settings(data_dir: Path, database_url: str, **overrides: Any) -> Setti
     return load_settings(environ={}, overrides=values, cwd=data_dir)
 
 
+def schema_engine(url: str, pool_size: int = 4) -> Iterator[Engine]:
+    """An engine on `url` with the relay's tables made, disposed of when the test ends."""
+    engine = make_engine(url, pool_size=pool_size)
+    try:
+        create_schema(engine)
+        yield engine
+    finally:
+        engine.dispose()
+
+
+def settings_error(directory: Path, config: str | None = None, **environ: str) -> str:
+    """The one-line SettingsError of loading `config` (a config file's text) and `environ`."""
+    config_file = None
+    if config is not None:
+        config_file = directory / "given_config.py"
+        config_file.write_text(config)
+    with pytest.raises(SettingsError) as caught:
+        load_settings(config_file, environ=environ, cwd=directory)
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
+
+
 def postgres_base_url() -> str | None:
     return os.environ.get(POSTGRES_URL_VARIABLE) or None
 
 
 def postgres_schema_url(base: str) -> Iterator[str]:
     """A fresh schema per test, so tests never see each other's rows."""
-    schema = "t_" + secrets.token_hex(6)
-    plain = base.replace("postgresql+psycopg://", "postgresql://")
-    with psycopg.connect(plain, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-    separator = "&" if "?" in base else "?"
-    try:
-        yield f"{base}{separator}options={quote(f'-csearch_path={schema}')}"
-    finally:
-        with psycopg.connect(plain, autocommit=True) as conn:
-            conn.execute(f"DROP SCHEMA {schema} CASCADE")
+    with scratch_schema(base, prefix="t_") as url:
+        yield url

@@ -8,31 +8,22 @@ instead of refusing, so a user's new phone always works.
 from __future__ import annotations
 
 import base64
-import http.client
 import os
 from collections.abc import Callable
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from handlers.notify_limit import NotifyRateLimit
 from storage.schema import deliveries, devices, group_members, notifications
+from tests.checks import SUCCESS, count
+from tests.http_calls import http_request
 from tests.support import RunningRelay, random_apns_token, random_fcm_token, random_session_id
-
-SUCCESS = (200, {"code": 1, "message": "Success"})
 
 
 def data() -> str:
     return base64.b64encode(os.urandom(60)).decode()
-
-
-def count(relay: RunningRelay, table: Any, *where: Any) -> int:
-    with relay.relay.engine.connect() as conn:
-        query = select(func.count()).select_from(table)
-        if where:
-            query = query.where(*where)
-        return int(conn.execute(query).scalar_one())
 
 
 def tokens_of(relay: RunningRelay, session_id: str) -> set[str]:
@@ -47,14 +38,9 @@ def tokens_of(relay: RunningRelay, session_id: str) -> set[str]:
 
 
 def scrape(relay: RunningRelay) -> set[str]:
-    connection = http.client.HTTPConnection("127.0.0.1", relay.port, timeout=30)
-    try:
-        connection.request("GET", "/metrics")
-        response = connection.getresponse()
-        assert response.status == 200
-        return set(response.read().decode().splitlines())
-    finally:
-        connection.close()
+    answer = http_request(relay.port, "GET", "/metrics")
+    assert answer.status == 200
+    return set(answer.body.decode().splitlines())
 
 
 def refused_line(reason: str, value: int) -> str:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from h2.errors import ErrorCodes
 
-from push.apns import APNsConfig, APNsSender
+from push.apns import APNsSender
 from push.h2conn import H2ClientConnection
 from push.outcome import Push, PushOutcome, Verdict
 from push.payloads import APNS_MAX_PAYLOAD_BYTES, apns_payload
@@ -29,6 +29,7 @@ from sandbox.apns import FakeApns, provider_token
 from sandbox.certs import ApnsKey, TlsFiles, generate_apns_key, generate_tls
 from sandbox.h2client import ConnectionClosedError, H2Response, RawH2Client
 from storage.records import Provider
+from tests.providers import apns_sender
 from tests.support import random_apns_token
 
 WINDOW = 65535
@@ -51,19 +52,7 @@ def fake(credentials: tuple[TlsFiles, ApnsKey]) -> Iterator[FakeApns]:
 
 
 def sender_for(fake: FakeApns, *, timeout: float = 30.0, connections: int = 1) -> APNsSender:
-    return APNsSender(
-        APNsConfig(
-            topic=fake.topic,
-            host="127.0.0.1",
-            port=fake.port,
-            key_file=fake.apns_key.key_file,
-            key_id=fake.key_id,
-            team_id=fake.team_id,
-            ca_file=fake.tls.ca_file,
-            max_connections=connections,
-            request_timeout_s=timeout,
-        )
-    )
+    return apns_sender(fake, max_connections=connections, request_timeout_s=timeout)
 
 
 def large_data() -> str:

@@ -9,7 +9,6 @@ import dataclasses
 import os
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import jwt
@@ -38,35 +37,13 @@ from sandbox.apns import FakeApns
 from sandbox.certs import ApnsKey, generate_apns_certificate, generate_apns_key
 from settings import load_settings
 from storage.records import Provider
+from tests.providers import apns_sender
 from tests.support import random_apns_token
 
 
-@pytest.fixture(scope="module")
-def fake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeApns]:
-    server = FakeApns.create(tmp_path_factory.mktemp("apns")).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(autouse=True)
-def _reset(fake: FakeApns) -> Iterator[None]:
-    yield
-    fake.scripts.clear()
-    fake.pushes.clear()
-
-
-def sender_for(fake: FakeApns, **extra: object) -> APNsSender:
-    config = APNsConfig(
-        topic=fake.topic,
-        host="127.0.0.1",
-        port=fake.port,
-        key_file=fake.apns_key.key_file,
-        key_id=fake.key_id,
-        team_id=fake.team_id,
-        ca_file=fake.tls.ca_file,
-        **extra,  # type: ignore[arg-type]
-    )
-    return APNsSender(config)
+@pytest.fixture
+def fake(fake_apns: FakeApns) -> FakeApns:
+    return fake_apns
 
 
 def new_push(token: str | None = None, data: str = "QUJD") -> Push:
@@ -98,7 +75,7 @@ def test_every_push_goes_with_the_headers_and_bytes_aioapns_sent(fake: FakeApns)
     # the others are assembled from what it learnt. The fake decodes each with hpack's own.
     batches = [[new_push(data=base64.b64encode(os.urandom(n)).decode())] for n in (10, 200, 3000)]
     batches.append([new_push(), new_push(), new_push()])
-    outcomes = send(sender_for(fake), *batches)
+    outcomes = send(apns_sender(fake), *batches)
     assert [o.verdict for batch in outcomes for o in batch] == [Verdict.ACCEPTED] * 6
     sent = {push.apns_id: push for batch in batches for push in batch}
     recorded = fake.pushes.snapshot()
@@ -135,7 +112,7 @@ def test_every_push_goes_with_the_headers_and_bytes_aioapns_sent(fake: FakeApns)
 
 def test_data_too_large_goes_without_it_and_says_so(fake: FakeApns) -> None:
     push = new_push(data=base64.b64encode(os.urandom(3100)).decode())
-    ((outcome,),) = send(sender_for(fake), [push])
+    ((outcome,),) = send(apns_sender(fake), [push])
     assert (outcome.verdict, outcome.trimmed) == (Verdict.ACCEPTED, True)
     (received,) = fake.pushes.snapshot()
     assert received.body == apns_payload(push.data)[0]
@@ -143,7 +120,7 @@ def test_data_too_large_goes_without_it_and_says_so(fake: FakeApns) -> None:
 
 
 def test_the_provider_jwt_is_what_apple_asks_for(fake: FakeApns) -> None:
-    send(sender_for(fake), [new_push()])
+    send(apns_sender(fake), [new_push()])
     (received,) = fake.pushes.snapshot()
     scheme, _, token = received.headers["authorization"].partition(" ")
     assert scheme == "bearer"
@@ -218,7 +195,7 @@ def test_each_answer_gets_its_verdict(
 ) -> None:
     token = random_apns_token()
     fake.scripts.set(token, behaviour)
-    ((outcome,),) = send(sender_for(fake), [new_push(token)])
+    ((outcome,),) = send(apns_sender(fake), [new_push(token)])
     assert (outcome.verdict, outcome.reason, outcome.retry_after) == (verdict, reason, retry_after)
     if verdict is Verdict.DEAD_TOKEN and reason == "Unregistered":
         assert outcome.invalid_since_ms == 1_700_000_000_000
@@ -327,7 +304,7 @@ def test_a_key_file_spoilt_after_start_is_a_configuration_error(
 ) -> None:
     spoilt = tmp_path / "AuthKey.p8"
     spoilt.write_text("gone")
-    sender = sender_for(fake)
+    sender = apns_sender(fake)
     sender.config = dataclasses.replace(sender.config, key_file=spoilt)
     ((outcome,),) = send(sender, [new_push()])
     assert (outcome.verdict, outcome.reason, outcome.hint) == (
@@ -344,7 +321,7 @@ def test_a_server_that_never_answers_is_a_timeout_and_its_stream_is_reset(
     token = random_apns_token()
     fake.scripts.set(token, script.slow(60.0))
     fake.client_resets.clear()
-    ((outcome,),) = send(sender_for(fake, request_timeout_s=0.5), [new_push(token)])
+    ((outcome,),) = send(apns_sender(fake, request_timeout_s=0.5), [new_push(token)])
     assert (outcome.verdict, outcome.reason) == (Verdict.TRANSIENT, "timeout")
     deadline = time.monotonic() + 20  # bounds a broken run; nothing here is timed
     while not fake.client_resets and time.monotonic() < deadline:

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lsrpc.bencode import MAX_DIGITS, BencodeError, Value, decode, encode
+from tests.strategies import chunks, mutate
 
 # --------------------------------------------------------------------------- helpers
 
@@ -24,28 +25,6 @@ values: st.SearchStrategy[Value] = st.recursive(
 )
 
 COMPLEX = b'd4:bodyli0ei-42ei123456789e0:3:abcledee4:dictd1:ai1e1:bl1:xee4:meta7:{"a":1}e'
-
-
-INTERESTING = b'0123456789:-ildeLx{}[]",\\ \x00\xff'
-
-
-def mutate(data: bytes, op: int, pos: int, chunk: bytes) -> bytes:
-    """Apply one small edit to ``data``: flip, insert, delete, truncate or repeat."""
-    i = pos % (len(data) + 1)
-    if op == 0 and i < len(data):  # overwrite one byte
-        return data[:i] + chunk[:1] + data[i + 1 :]
-    if op == 1:  # insert a few bytes
-        return data[:i] + chunk + data[i:]
-    if op == 2:  # delete a few bytes
-        return data[:i] + data[i + len(chunk) :]
-    if op == 3:  # truncate
-        return data[:i]
-    return data[:i] + data  # repeat a prefix
-
-
-chunks = st.binary(min_size=1, max_size=4) | st.lists(
-    st.sampled_from(list(INTERESTING)), min_size=1, max_size=4
-).map(bytes)
 
 
 # --------------------------------------------------------------------------- decoding

@@ -17,7 +17,6 @@ import base64
 import logging
 import os
 import random
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +24,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from push.dispatcher import DispatchSettings, ProviderLane
+from push.dispatcher import ProviderLane
 from push.outcome import PushOutcome, Verdict
 from sandbox import script
 from stats.counters import Counters
@@ -37,20 +36,13 @@ from storage.records import Continuation, Provider
 from storage.schema import deliveries, devices
 from storage.store import RelayStore
 from storage.writer import BatchWriter
+from tests.checks import count, wait_until
+from tests.lane_harness import LANE_SETTINGS, settle
 from tests.providers import Providers
 from tests.scripted_sender import ScriptedSender
 from tests.support import RunningRelay, random_apns_token, random_fcm_token, random_session_id
 
-SETTINGS = DispatchSettings(
-    lease_ms=60_000,
-    max_age_ms=3_600_000,
-    claim_batch=500,
-    config_pause_s=30.0,
-    config_pause_cap_s=600.0,
-    storm_window_s=60.0,
-    storm_min_answers=20,
-    storm_max_accepted_share=0.1,
-)
+SETTINGS = LANE_SETTINGS
 ACCEPTED = PushOutcome(Verdict.ACCEPTED)
 BAD_DEVICE_TOKEN = PushOutcome(Verdict.DEAD_TOKEN, reason="BadDeviceToken")
 NOT_FOR_TOPIC = PushOutcome(
@@ -121,12 +113,15 @@ class Lane:
         return claimed
 
     def pump(self) -> None:
-        async def pump() -> None:
-            for _ in range(5):
-                await asyncio.sleep(0)
-            await self.lane.quiesce()
+        self.run(settle(self.lane))
 
-        self.run(pump())
+    def push_new(self, count: int, outcome: PushOutcome) -> list[str]:
+        """`count` new devices, one notify each, all claimed at once, all answered `outcome`."""
+        tokens = self.register(count)
+        self.notify(tokens)
+        assert self.claim() == count
+        self.answer(lambda _: outcome)
+        return tokens
 
     def answer(self, outcome_for: Callable[[str], PushOutcome]) -> None:
         """Answer every push waiting, in the order sent, as `outcome_for(token)` says."""
@@ -136,8 +131,7 @@ class Lane:
         self.pump()
 
     def count(self, table: Any) -> int:
-        with self.engine.connect() as conn:
-            return int(conn.execute(select(func.count()).select_from(table)).scalar_one())
+        return count(self.engine, table)
 
     def due_now(self) -> int:
         now = self.time.wall
@@ -206,10 +200,7 @@ def test_a_bad_device_token_storm_pauses_the_lane_and_prunes_nothing(
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="push.dispatcher")
     world = make_lane(Provider.APNS)
-    tokens = world.register(30)
-    world.notify(tokens)
-    assert world.claim() == 30
-    world.answer(lambda _: BAD_DEVICE_TOKEN)
+    world.push_new(30, BAD_DEVICE_TOKEN)
 
     assert world.count(devices) == 30  # no registration deleted
     assert world.count(deliveries) == 30  # every push kept, to be sent again
@@ -242,10 +233,7 @@ def test_a_sender_id_mismatch_storm_pauses_the_fcm_lane_and_prunes_nothing(
 ) -> None:
     caplog.set_level(logging.WARNING, logger="push.dispatcher")
     world = make_lane(Provider.FCM)
-    tokens = world.register(25)
-    world.notify(tokens)
-    assert world.claim() == 25
-    world.answer(lambda _: SENDER_ID_MISMATCH)
+    world.push_new(25, SENDER_ID_MISMATCH)
 
     assert world.lane.paused
     assert world.count(devices) == 25
@@ -262,9 +250,7 @@ def test_a_device_token_not_for_topic_storm_names_apns_topic(
 ) -> None:
     caplog.set_level(logging.WARNING, logger="push.dispatcher")
     world = make_lane(Provider.APNS)
-    world.notify(world.register(20))
-    world.claim()
-    world.answer(lambda _: NOT_FOR_TOPIC)
+    world.push_new(20, NOT_FOR_TOPIC)
     assert world.lane.paused
     assert world.count(devices) == 20
     (line,) = errors(caplog)
@@ -317,10 +303,7 @@ def test_an_unregistered_answer_still_prunes_at_once(
 ) -> None:
     """Only the ambiguous reasons wait for company: a plain dead token is pruned alone."""
     world = make_lane(Provider.FCM)
-    (dead,) = world.register(1)
-    world.notify([dead])
-    world.claim()
-    world.answer(lambda _: UNREGISTERED)
+    world.push_new(1, UNREGISTERED)
     assert world.count(devices) == 0
     assert world.lifetime("tokens_pruned") == 1
 
@@ -329,9 +312,7 @@ def test_a_credentials_error_still_pauses_on_one_answer(
     make_lane: Callable[[Provider], Lane],
 ) -> None:
     world = make_lane(Provider.APNS)
-    world.notify(world.register(1))
-    world.claim()
-    world.answer(lambda _: CREDENTIALS)
+    world.push_new(1, CREDENTIALS)
     assert world.lane.paused
     assert world.count(deliveries) == 1
 
@@ -346,9 +327,7 @@ def test_too_few_answers_to_judge_are_held_back_and_retried(
     BadDeviceToken. Not enough to call a storm, and no evidence the tokens are at fault."""
     caplog.set_level(logging.WARNING, logger="push.dispatcher")
     world = make_lane(Provider.APNS)
-    world.notify(world.register(5))
-    world.claim()
-    world.answer(lambda _: BAD_DEVICE_TOKEN)
+    world.push_new(5, BAD_DEVICE_TOKEN)
 
     assert world.count(devices) == 5
     assert world.count(deliveries) == 5
@@ -398,14 +377,6 @@ def _count(relay: RunningRelay, table: Any) -> int:
         return int(conn.execute(select(func.count()).select_from(table)).scalar_one())
 
 
-def _wait_until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + 30
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"never happened: {what}")
-        time.sleep(0.01)
-
-
 def test_a_relay_facing_the_wrong_apns_environment_deletes_no_registration(
     start_relay: Callable[..., RunningRelay],
     sqlite_url: str,
@@ -433,9 +404,9 @@ def test_a_relay_facing_the_wrong_apns_environment_deletes_no_registration(
     assert relay.call_v2("notify", {"data": data, "send_to": group})[0] == 200
     providers.apns.pushes.wait_for(25, timeout=30)
     (lane,) = [lane for lane in relay.relay.dispatcher.lanes if lane.provider is Provider.APNS]
-    _wait_until(lambda: lane.paused, "the APNs lane pauses")
+    wait_until(lambda: lane.paused, "the APNs lane pauses")
     counters = relay.relay.counters
-    _wait_until(
+    wait_until(
         lambda: counters.lifetime(("ios_pn_failed",))["ios_pn_failed"] == 25,
         "every answer judged",
     )

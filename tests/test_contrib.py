@@ -84,10 +84,14 @@ def test_the_proxy_matches_the_relay_settings() -> None:
     assert upstream[1] == str(Settings().PORT)
 
 
-@pytest.mark.skipif(
-    shutil.which("systemd-analyze") is None,
-    reason="systemd-analyze is not installed (Debian package systemd): the unit is not verified",
-)
+def needs_systemd_analyze(otherwise: str) -> pytest.MarkDecorator:
+    return pytest.mark.skipif(
+        shutil.which("systemd-analyze") is None,
+        reason=f"systemd-analyze is not installed (Debian package systemd): {otherwise}",
+    )
+
+
+@needs_systemd_analyze("the unit is not verified")
 def test_systemd_verifies_the_unit_without_a_warning(tmp_path: Path) -> None:
     unit = unit_for_this_machine(tmp_path)
     verify = subprocess.run(
@@ -97,10 +101,7 @@ def test_systemd_verifies_the_unit_without_a_warning(tmp_path: Path) -> None:
     assert verify.stdout + verify.stderr == ""  # an unknown or misspelt key is only a warning
 
 
-@pytest.mark.skipif(
-    shutil.which("systemd-analyze") is None,
-    reason="systemd-analyze is not installed (Debian package systemd): no exposure score",
-)
+@needs_systemd_analyze("no exposure score")
 def test_systemd_rates_the_unit_exposure_low(tmp_path: Path) -> None:
     unit = unit_for_this_machine(tmp_path)
     security = subprocess.run(

@@ -11,15 +11,14 @@ import uuid
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
 
 from push.payloads import apns_payload
 from sandbox import script
 from storage.schema import deliveries, devices, notifications
+from tests.checks import SUCCESS, count, wait_until
 from tests.providers import Providers, start_providers
 from tests.support import RunningRelay, random_apns_token, random_fcm_token, random_session_id
 
-SUCCESS = (200, {"code": 1, "message": "Success"})
 APS = {
     "alert": {"title": "Session", "body": "You've got a new message"},
     "badge": 1,
@@ -33,19 +32,6 @@ def data(size: int = 300) -> str:
     return base64.b64encode(os.urandom(size)).decode()
 
 
-def count(relay: RunningRelay, table: Any) -> int:
-    with relay.relay.engine.connect() as conn:
-        return int(conn.execute(select(func.count()).select_from(table)).scalar_one())
-
-
-def wait_until(condition: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.01)
-
-
 def register(relay: RunningRelay, token: str, session_id: str, **extra: str) -> None:
     assert relay.call_v2("register", {"token": token, "pubKey": session_id, **extra}) == SUCCESS
 
@@ -54,13 +40,19 @@ def notify(relay: RunningRelay, send_to: str, payload: str) -> None:
     assert relay.call_v2("notify", {"data": payload, "send_to": send_to}) == SUCCESS
 
 
+def register_both(relay: RunningRelay, session_id: str) -> tuple[str, str]:
+    """A new APNs device and a new FCM device for `session_id`: their tokens."""
+    apns_token, fcm_token = random_apns_token(), random_fcm_token()
+    register(relay, apns_token, session_id)
+    register(relay, fcm_token, session_id)
+    return apns_token, fcm_token
+
+
 def test_exact_bytes_of_a_one_to_one_notify(
     pushing_relay: RunningRelay, providers: Providers
 ) -> None:
     alice = random_session_id()
-    apns_token, fcm_token = random_apns_token(), random_fcm_token()
-    register(pushing_relay, apns_token, alice)
-    register(pushing_relay, fcm_token, alice)
+    apns_token, fcm_token = register_both(pushing_relay, alice)
     message = data()
     before = int(time.time())
     notify(pushing_relay, alice, message)
@@ -136,9 +128,7 @@ def test_oversized_data_is_pushed_without_it(
     pushing_relay: RunningRelay, providers: Providers
 ) -> None:
     alice = random_session_id()
-    apns_token, fcm_token = random_apns_token(), random_fcm_token()
-    register(pushing_relay, apns_token, alice)
-    register(pushing_relay, fcm_token, alice)
+    register_both(pushing_relay, alice)
     overhead = len(apns_payload("")[0])
     largest_fitting = (4096 - overhead) // 4 * 4  # base64 comes in groups of four
     fitting = "QUJD" * (largest_fitting // 4)
@@ -183,17 +173,22 @@ def test_dead_tokens_are_pruned(pushing_relay: RunningRelay, providers: Provider
     assert pushing_relay.relay.counters.lifetime()["tokens_pruned"] == 4
 
 
+def push_answered(relay: RunningRelay, providers: Providers, answer: script.Behaviour) -> None:
+    """A new APNs device, a notify for it, and APNs answering `answer`: settled."""
+    alice, token = random_session_id(), random_apns_token()
+    providers.apns.scripts.set(token, answer)
+    register(relay, token, alice)
+    notify(relay, alice, data())
+    providers.apns.pushes.wait_for(1)
+    wait_until(lambda: count(relay, deliveries) == 0)
+
+
 def test_410_does_not_prune_a_token_registered_again_after_it(
     pushing_relay: RunningRelay, providers: Providers
 ) -> None:
-    alice = random_session_id()
-    token = random_apns_token()
-    register(pushing_relay, token, alice)
     # Apple says the token went dead an hour ago; the app registered it again since.
-    providers.apns.scripts.set(token, script.unregistered(int(time.time() * 1000) - 3_600_000))
-    notify(pushing_relay, alice, data())
-    providers.apns.pushes.wait_for(1)
-    wait_until(lambda: count(pushing_relay, deliveries) == 0)
+    an_hour_ago_ms = int(time.time() * 1000) - 3_600_000
+    push_answered(pushing_relay, providers, script.unregistered(an_hour_ago_ms))
     assert count(pushing_relay, devices) == 1
     assert pushing_relay.relay.counters.lifetime()["tokens_pruned"] == 0
 
@@ -206,11 +201,9 @@ def test_configuration_errors_keep_tokens_and_name_the_setting(
     a storm of them is the error, tests/test_config_storms.py)."""
     caplog.set_level(logging.WARNING)
     alice = random_session_id()
-    apns_token, fcm_token = random_apns_token(), random_fcm_token()
+    apns_token, fcm_token = register_both(pushing_relay, alice)
     providers.apns.scripts.set(apns_token, script.device_token_not_for_topic())
     providers.fcm.scripts.set(fcm_token, script.sender_id_mismatch())
-    register(pushing_relay, apns_token, alice)
-    register(pushing_relay, fcm_token, alice)
     notify(pushing_relay, alice, data())
     providers.apns.pushes.wait_for(1)
     providers.fcm.pushes.wait_for(1)
@@ -226,12 +219,7 @@ def test_configuration_errors_keep_tokens_and_name_the_setting(
 def test_payload_too_large_drops_the_push_and_keeps_the_token(
     pushing_relay: RunningRelay, providers: Providers
 ) -> None:
-    alice, token = random_session_id(), random_apns_token()
-    providers.apns.scripts.set(token, script.payload_too_large())
-    register(pushing_relay, token, alice)
-    notify(pushing_relay, alice, data())
-    providers.apns.pushes.wait_for(1)
-    wait_until(lambda: count(pushing_relay, deliveries) == 0)
+    push_answered(pushing_relay, providers, script.payload_too_large())
     assert count(pushing_relay, devices) == 1
     assert pushing_relay.relay.counters.lifetime()["ios_pn_failed"] == 1
 
@@ -240,11 +228,9 @@ def test_transient_failures_retry_with_the_same_apns_id(
     pushing_relay: RunningRelay, providers: Providers
 ) -> None:
     alice = random_session_id()
-    apns_token, fcm_token = random_apns_token(), random_fcm_token()
+    apns_token, fcm_token = register_both(pushing_relay, alice)
     providers.apns.scripts.fail_times(apns_token, 3, script.server_error())
     providers.fcm.scripts.fail_times(fcm_token, 2, script.unavailable())
-    register(pushing_relay, apns_token, alice)
-    register(pushing_relay, fcm_token, alice)
     notify(pushing_relay, alice, data())
     apns_pushes = providers.apns.pushes.wait_for(4)
     fcm_pushes = providers.fcm.pushes.wait_for(3)
@@ -259,11 +245,9 @@ def test_backoff_honours_retry_after(pushing_relay: RunningRelay, providers: Pro
     tested on virtual time in tests/test_dispatcher.py). Only a lower bound: a loaded machine
     may retry later, never sooner."""
     alice = random_session_id()
-    apns_token, fcm_token = random_apns_token(), random_fcm_token()
+    apns_token, fcm_token = register_both(pushing_relay, alice)
     providers.apns.scripts.fail_times(apns_token, 1, script.too_many_requests(retry_after=2))
     providers.fcm.scripts.fail_times(fcm_token, 1, script.quota_exceeded(retry_after=2))
-    register(pushing_relay, apns_token, alice)
-    register(pushing_relay, fcm_token, alice)
     notify(pushing_relay, alice, data())
     first, second = providers.apns.pushes.wait_for(2, timeout=10)
     assert second.received_at - first.received_at >= 2.0

@@ -13,17 +13,10 @@ from sqlalchemy import func, select
 
 from lsrpc.client import OnionClient
 from storage.schema import deliveries
+from tests.checks import SUCCESS
 from tests.providers import Providers
+from tests.server_process import ServerProcess
 from tests.support import RunningRelay, random_apns_token, random_fcm_token, random_session_id
-from tests.test_server_cli import ServerProcess
-
-SUCCESS = (200, {"code": 1, "message": "Success"})
-
-
-def env_for(providers: Providers, **extra: str) -> dict[str, str]:
-    env = {f"PN_{name}": str(value) for name, value in providers.settings.items()}
-    env.update(extra)
-    return env
 
 
 def test_kill_9_after_accept_while_the_provider_is_down_loses_nothing(
@@ -31,7 +24,7 @@ def test_kill_9_after_accept_while_the_provider_is_down_loses_nothing(
 ) -> None:
     providers.apns.set_down(True, refuse=True)
     providers.fcm.set_down(True, refuse=True)
-    env = env_for(providers, PN_DELIVERY_LEASE="2")
+    env = providers.environment(PN_DELIVERY_LEASE="2")
     server = ServerProcess(tmp_path, **env)
     client = OnionClient(bytes.fromhex(server.public_key))
     alice = random_session_id()

@@ -16,7 +16,6 @@ wait is on a condition, with a generous timeout only as an upper bound.
 from __future__ import annotations
 
 import base64
-import http.client
 import os
 import re
 import threading
@@ -33,10 +32,11 @@ from sandbox.apns import ApnsPush
 from sandbox.fcm import FcmPush
 from sandbox.script import Behaviour, Recorder
 from storage.sql import Prepared, Tx
+from tests.checks import SUCCESS, count, wait_until
+from tests.http_calls import http_request
 from tests.providers import Providers
 from tests.support import RunningRelay, random_apns_token, random_fcm_token, random_session_id
 
-SUCCESS = (200, {"code": 1, "message": "Success"})
 RETRY_LATER_S = 600.0  # a Retry-After that keeps a failed push waiting for the whole test
 Push = ApnsPush | FcmPush
 Fake = Any  # FakeApns | FakeFcm: both have .pushes and .scripts
@@ -47,14 +47,6 @@ Fake = Any  # FakeApns | FakeFcm: both have .pushes and .scripts
 
 def data() -> str:
     return base64.b64encode(os.urandom(48)).decode()
-
-
-def wait_until(condition: Callable[[], object], timeout: float = 20.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not met within {timeout:g} s: {what or condition}")
-        time.sleep(0.01)
 
 
 def register(relay: RunningRelay, token: str, session_id: str, **extra: Any) -> None:
@@ -73,11 +65,6 @@ def notify(relay: RunningRelay, send_to: str, payload: str) -> None:
 def rows(relay: RunningRelay, statement: str, **params: Any) -> list[tuple[Any, ...]]:
     with relay.relay.engine.connect() as conn:
         return [tuple(row) for row in conn.execute(text(statement), params)]
-
-
-def count(relay: RunningRelay, table: str) -> int:
-    (found,) = rows(relay, f"SELECT count(*) FROM {table}")
-    return int(found[0])
 
 
 def attempts(relay: RunningRelay) -> list[int]:
@@ -122,8 +109,8 @@ def pushes_of(fake: Fake, *, token: str | None = None, payload: str | None = Non
 def wait_delivered(fake: Fake, token: str, payload: str, timeout: float = 20.0) -> None:
     wait_until(
         lambda: any(p.status == 200 for p in pushes_of(fake, token=token, payload=payload)),
-        timeout,
         "the push was delivered",
+        timeout=timeout,
     )
 
 
@@ -526,15 +513,10 @@ def fill_queue(relay: RunningRelay, rows_wanted: int, oldest_ms: int) -> None:
 
 
 def scrape(relay: RunningRelay) -> str:
-    connection = http.client.HTTPConnection("127.0.0.1", relay.port, timeout=30)
-    try:
-        connection.request("GET", "/metrics")
-        response = connection.getresponse()
-        body = response.read().decode()
-        assert response.status == 200, (response.status, body[:200])
-        return body
-    finally:
-        connection.close()
+    answer = http_request(relay.port, "GET", "/metrics")
+    body = answer.body.decode()
+    assert answer.status == 200, (answer.status, body[:200])
+    return body
 
 
 def gauge(body: str, name: str) -> float:

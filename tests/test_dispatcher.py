@@ -8,19 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from push.dispatcher import DispatchSettings
 from push.outcome import PushOutcome, Verdict
-from tests.lane_harness import LaneHarness
+from tests.lane_harness import LANE_SETTINGS, LaneHarness
 from tests.support import random_apns_token, random_session_id
 
-SETTINGS = DispatchSettings(
-    lease_ms=60_000,
-    max_age_ms=3_600_000,
-    backoff_base_s=1.0,
-    backoff_cap_s=300.0,
-    config_pause_s=30.0,
-    config_pause_cap_s=600.0,
-)
+SETTINGS = LANE_SETTINGS
 SERVER_ERROR = PushOutcome.transient("503")
 ACCEPTED = PushOutcome(Verdict.ACCEPTED)
 CREDENTIAL_ERROR = PushOutcome(Verdict.CONFIG_ERROR, reason="InvalidProviderToken", hint="x")

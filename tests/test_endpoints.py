@@ -10,25 +10,15 @@ import struct
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from lsrpc.client import V2_STYLES
 from storage.records import Provider
 from storage.schema import deliveries, devices, group_members, notifications
-from tests.support import (
-    RunningRelay,
-    random_apns_token,
-    random_fcm_token,
-    random_session_id,
-)
+from tests.checks import SUCCESS, count
+from tests.support import RunningRelay, random_apns_token, random_fcm_token, random_session_id
 
 ENC_TYPE_NAMES = [None, "aes-gcm", "gcm", "xchacha20", "xchacha20-poly1305"]
-SUCCESS = (200, {"code": 1, "message": "Success"})
-
-
-def count(relay: RunningRelay, table: Any) -> int:
-    with relay.relay.engine.connect() as conn:
-        return int(conn.execute(select(func.count()).select_from(table)).scalar_one())
 
 
 def device_providers(relay: RunningRelay) -> list[int]:

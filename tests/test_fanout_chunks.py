@@ -13,38 +13,28 @@ from __future__ import annotations
 import base64
 import os
 import threading
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine
 
 from storage.engine import create_schema, make_engine
 from storage.protect import IdentifierProtector
 from storage.queue import Claim, DeliveryQueue
-from storage.records import Continuation, NotifyOutcome, Provider
+from storage.records import Continuation, Enqueued, Provider
 from storage.schema import deliveries, devices, notifications
 from storage.sql import Tx
 from storage.store import FANOUT_ABANDONED_AFTER_MS, RelayStore
 from storage.writer import BatchWriter
+from tests.checks import SUCCESS, count, wait_until
 from tests.support import RunningRelay, random_apns_token, random_session_id
-
-SUCCESS = (200, {"code": 1, "message": "Success"})
 
 
 def data() -> str:
     return base64.b64encode(os.urandom(60)).decode()
-
-
-def count(engine: Engine, table: Any, *where: Any) -> int:
-    with engine.connect() as conn:
-        query = select(func.count()).select_from(table)
-        if where:
-            query = query.where(*where)
-        return int(conn.execute(query).scalar_one())
 
 
 def seed_group(
@@ -66,15 +56,6 @@ def seed_group(
 
     writer.submit(seed)
     return group, sessions
-
-
-def wait_for(condition: Callable[[], bool], what: str) -> None:
-    """Poll for an event (not a timing assertion: the bound only stops a broken test)."""
-    deadline = time.monotonic() + 60
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"never happened: {what}")
-        time.sleep(0.002)
 
 
 # -- end to end: another client's register is answered between two chunks -----------------
@@ -123,10 +104,10 @@ def test_a_register_is_answered_between_the_chunks_of_a_5000_device_notify(
     gate = relay.relay.writer.submit_async(lambda _tx: release.wait(60))
     with ThreadPoolExecutor(2) as pool:
         notify = pool.submit(relay.call_v4, "notify", {"data": data(), "send_to": group})
-        wait_for(lambda: "enqueue" in trace.submitted, "the notify reaches the writer")
+        wait_until(lambda: "enqueue" in trace.submitted, "the notify reaches the writer")
         token, bob = random_apns_token(), random_session_id()
         register = pool.submit(relay.call_v2, "register", {"token": token, "pubKey": bob})
-        wait_for(lambda: "register" in trace.submitted, "the register reaches the writer")
+        wait_until(lambda: "register" in trace.submitted, "the register reaches the writer")
         release.set()
         assert register.result(60) == SUCCESS
         assert notify.result(60) == (200, {"code": 1, "message": "Success"})
@@ -199,7 +180,7 @@ def test_a_crash_between_chunks_pushes_nothing_and_the_retry_is_written_afresh(
     # claimed with the last chunk), so every device gets it, once.
     retry = world.store.enqueue_notification_op(group, payload, dedup_window_ms=600_000)
     outcome = world.run_to_end(retry)
-    assert outcome == NotifyOutcome(deliveries=1200, via_group=True, duplicate=False)
+    assert outcome == Enqueued(deliveries=1200, via_group=True, duplicate=False)
     assert world.claimable() == 1200
     again = world.store.enqueue_notification_op(group, payload, dedup_window_ms=600_000)
     assert world.run_to_end(again).duplicate
@@ -235,7 +216,7 @@ def test_an_unregister_between_chunks_cannot_orphan_the_rest_of_the_fanout(
     assert count(world.engine, deliveries) == 0
     assert count(world.engine, notifications) == 1  # kept: its fan-out is not finished
     outcome = world.run_to_end(first.operation)
-    assert isinstance(outcome, NotifyOutcome)
+    assert isinstance(outcome, Enqueued)
     # The second chunk was written for registrations gone since: dropped unsent at claim time,
     # and the notification with them.
     claim = world.run(world.queue.claim_op(Provider.APNS, 100, world.clock[0], 60_000))

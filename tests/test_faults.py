@@ -31,7 +31,6 @@ import socket
 import subprocess
 import tempfile
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -46,21 +45,13 @@ from sandbox import script
 from sandbox.fcm import FakeFcm
 from storage.records import Provider
 from storage.schema import deliveries
+from tests.checks import SUCCESS, wait_until
+from tests.http_calls import http_request
 from tests.providers import Providers
+from tests.server_process import ServerProcess, run_server
 from tests.support import RunningRelay, random_apns_token, random_fcm_token, random_session_id
-from tests.test_server_cli import SERVER, ServerProcess, clean_env
 
-SUCCESS = (200, {"code": 1, "message": "Success"})
 UNAVAILABLE = (503, {"code": 0, "message": "Temporarily unavailable, try again later"})
-WAIT_S = 60.0  # an upper bound for things that take well under a second when all is well
-
-
-def until(predicate: Callable[[], bool], what: str, timeout: float = WAIT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def new_data() -> str:
@@ -88,6 +79,16 @@ class Faulty:
             assert self.relay.call_v2("register", params) == SUCCESS
             self.devices[session_id] = (token, provider)
             tokens.append(token)
+        return tokens
+
+    def deliver_after_first_answer(self, count: int, first: script.Behaviour) -> list[str]:
+        """`count` new APNs devices whose first push is answered `first`: one notify each,
+        then every push delivered."""
+        tokens = self.register(count, Provider.APNS)
+        for token in tokens:
+            self.providers.apns.scripts.sequence(token, [first])
+        self.notify_each()
+        self.assert_all_delivered()
         return tokens
 
     def notify_each(self, rounds: int = 1) -> None:
@@ -122,7 +123,7 @@ class Faulty:
 
     def assert_all_delivered(self) -> Counter[tuple[str, str]]:
         """Every owed push accepted by a provider, then everything settled and idle."""
-        until(lambda: not self.owed - set(self.accepted_pushes()), "every owed push")
+        wait_until(lambda: not self.owed - set(self.accepted_pushes()), "every owed push")
         assert_settled(self.relay)
         return self.accepted_pushes()
 
@@ -131,13 +132,8 @@ class Faulty:
 
 
 def get(port: int, path: str) -> tuple[int, str]:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    try:
-        connection.request("GET", path)
-        response = connection.getresponse()
-        return response.status, response.read().decode()
-    finally:
-        connection.close()
+    answer = http_request(port, "GET", path)
+    return answer.status, answer.body.decode()
 
 
 def metric(text: str, name: str, **labels: str) -> float:
@@ -170,15 +166,15 @@ def assert_settled(relay: RunningRelay) -> None:
     """Nothing left in flight, pending or queued; the dispatcher alive; /healthz ok."""
     dispatcher = relay.relay.dispatcher
     for lane in dispatcher.lanes:
-        until(
+        wait_until(
             lambda lane=lane: lane.in_flight == 0 and not lane._sending and not lane._tasks,  # type: ignore[misc]
             f"the {lane.name} lane to be idle",
         )
-    until(lambda: queued(relay) == 0, "an empty delivery queue")
+    wait_until(lambda: queued(relay) == 0, "an empty delivery queue")
     assert dispatcher.alive()
     # /healthz caches its database probe for a few seconds: it says ok once a probe after
     # the fault has run.
-    until(lambda: get(relay.port, "/healthz") == (200, "ok\n"), "/healthz to say ok again")
+    wait_until(lambda: get(relay.port, "/healthz") == (200, "ok\n"), "/healthz to say ok again")
 
 
 @pytest.fixture
@@ -233,7 +229,7 @@ def test_apns_goaway_mid_stream(faulty: Faulty) -> None:
     apns.global_delay = 0.3
     sender = threading.Thread(target=faulty.notify_each, args=(2,))
     sender.start()
-    until(lambda: apns.requests_total >= 20, "pushes in flight")
+    wait_until(lambda: apns.requests_total >= 20, "pushes in flight")
     apns.disconnect_all(graceful=True)
     apns.global_delay = 0.0
     sender.join()
@@ -254,7 +250,7 @@ def test_apns_connection_reset(faulty: Faulty) -> None:
     # Then the whole server resets every connection as it opens, for a while.
     apns.set_down(True)
     faulty.notify_each()
-    until(lambda: results(faulty.metrics(), "apns", "transient") >= 1, "a failed attempt")
+    wait_until(lambda: results(faulty.metrics(), "apns", "transient") >= 1, "a failed attempt")
     apns.set_down(False)
     faulty.assert_all_delivered()
     text = faulty.metrics()
@@ -267,7 +263,7 @@ def test_apns_500_storm(faulty: Faulty) -> None:
     faulty.register(20, Provider.APNS)
     apns.scripts.default = script.server_error()
     faulty.notify_each()
-    until(lambda: apns.requests_total >= 60, "every push failing more than once")
+    wait_until(lambda: apns.requests_total >= 60, "every push failing more than once")
     apns.scripts.default = script.ok()
     pushed = faulty.assert_all_delivered()
     assert set(pushed.values()) == {1}  # a 500 is an answer: nothing sent twice
@@ -279,14 +275,10 @@ def test_apns_500_storm(faulty: Faulty) -> None:
 
 
 def test_apns_429_with_retry_after_is_honoured(faulty: Faulty) -> None:
-    apns = faulty.providers.apns
-    tokens = faulty.register(5, Provider.APNS)
+    tokens = faulty.deliver_after_first_answer(5, script.too_many_requests(retry_after=1))
     for token in tokens:
-        apns.scripts.sequence(token, [script.too_many_requests(retry_after=1)])
-    faulty.notify_each()
-    faulty.assert_all_delivered()
-    for token in tokens:
-        first, second = [p.received_at for p in apns.pushes.snapshot() if p.token == token]
+        pushes = faulty.providers.apns.pushes.snapshot()
+        first, second = [p.received_at for p in pushes if p.token == token]
         assert second - first >= 1.0  # not before Retry-After (PUSH_RETRY_BASE is 0.05 s)
     text = faulty.metrics()
     assert results(text, "apns", "transient", "TooManyRequests") == 5
@@ -312,7 +304,7 @@ def test_apns_answers_slower_than_the_timeout(
     # The relay gave up on each slow stream (RST_STREAM CANCEL), so nothing stays open on
     # either side; the fake's late answers found their streams gone.
     assert len(apns.client_resets) >= 4
-    until(lambda: apns.open_requests() == 0, "no request left open on the fake")
+    wait_until(lambda: apns.open_requests() == 0, "no request left open on the fake")
 
 
 def authorizations(faulty: Faulty) -> list[str]:
@@ -320,12 +312,7 @@ def authorizations(faulty: Faulty) -> list[str]:
 
 
 def test_apns_expired_provider_token_renews_the_jwt(faulty: Faulty) -> None:
-    apns = faulty.providers.apns
-    tokens = faulty.register(6, Provider.APNS)
-    for token in tokens:
-        apns.scripts.sequence(token, [script.error(403, "ExpiredProviderToken")])
-    faulty.notify_each()
-    faulty.assert_all_delivered()
+    faulty.deliver_after_first_answer(6, script.error(403, "ExpiredProviderToken"))
     headers = authorizations(faulty)
     assert len(set(headers)) == 2  # renewed once, however many answers said it
     assert headers[-1] != headers[0]
@@ -336,12 +323,7 @@ def test_apns_expired_provider_token_renews_the_jwt(faulty: Faulty) -> None:
 
 
 def test_apns_too_many_provider_token_updates_keeps_the_jwt(faulty: Faulty) -> None:
-    apns = faulty.providers.apns
-    tokens = faulty.register(6, Provider.APNS)
-    for token in tokens:
-        apns.scripts.sequence(token, [script.error(429, "TooManyProviderTokenUpdates")])
-    faulty.notify_each()
-    faulty.assert_all_delivered()
+    faulty.deliver_after_first_answer(6, script.error(429, "TooManyProviderTokenUpdates"))
     assert len(set(authorizations(faulty))) == 1  # renewing now would make it worse
     text = faulty.metrics()
     assert results(text, "apns", "transient", "TooManyProviderTokenUpdates") == 6
@@ -356,7 +338,7 @@ def test_fcm_503_storm(faulty: Faulty) -> None:
     faulty.register(10, Provider.FCM)
     fcm.scripts.default = script.service_unavailable()
     faulty.notify_each()
-    until(lambda: len(fcm.pushes) >= 30, "every push failing more than once")
+    wait_until(lambda: len(fcm.pushes) >= 30, "every push failing more than once")
     fcm.scripts.default = script.ok()
     faulty.assert_all_delivered()
     text = faulty.metrics()
@@ -410,8 +392,8 @@ def test_fcm_failing_oauth_token_endpoint(
     faulty.register(10, Provider.FCM)
     fcm.token_down = True
     faulty.notify_each()
-    until(lambda: fcm.token_failures >= 3, "the token endpoint failing repeatedly")
-    until(lambda: results(faulty.metrics(), "fcm", "transient") >= 10, "failed attempts")
+    wait_until(lambda: fcm.token_failures >= 3, "the token endpoint failing repeatedly")
+    wait_until(lambda: results(faulty.metrics(), "fcm", "transient") >= 10, "failed attempts")
     assert len(fcm.pushes) == 0  # nothing reached FCM without a token
     fcm.token_down = False
     faulty.assert_all_delivered()
@@ -554,14 +536,14 @@ def test_postgresql_restarted_under_load(
 
     load = NotifyLoad(faulty)
     try:
-        until(lambda: len(load.accepted) >= 30, "notifies accepted before the restart")
+        wait_until(lambda: len(load.accepted) >= 30, "notifies accepted before the restart")
         private_postgres.stop()
         accepted_before = len(load.accepted)
-        until(lambda: load.unavailable >= 10, "requests refused while the database is down")
-        until(dispatcher_noticed, "the dispatcher to meet the outage (and carry on)")
+        wait_until(lambda: load.unavailable >= 10, "requests refused while the database is down")
+        wait_until(dispatcher_noticed, "the dispatcher to meet the outage (and carry on)")
         assert get(relay.port, "/healthz") == (503, "database unreachable\n")
         private_postgres.start()
-        until(lambda: len(load.accepted) >= accepted_before + 30, "notifies accepted after")
+        wait_until(lambda: len(load.accepted) >= accepted_before + 30, "notifies accepted after")
     finally:
         load.stop()
     assert load.other == []  # every answer was a success or the protocol's 503
@@ -628,7 +610,7 @@ def refused_then_accepted(
         refused += 1
     clear()
     data = new_data()
-    until(
+    wait_until(
         lambda: faulty.relay.call_v4("notify", {"send_to": session_id, "data": data}) == SUCCESS,
         "a notify accepted once the fault cleared",
     )
@@ -672,14 +654,7 @@ def test_sqlite_read_only_at_start_is_one_line(small_filesystem: Path, tmp_path:
     assert first.terminate() == 0
     subprocess.run(["mount", "-o", "remount,ro", str(small_filesystem)], check=True)
     try:
-        started = subprocess.run(
-            [*SERVER, "--port", "0"],
-            cwd=tmp_path,
-            env=clean_env(**env),
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        started = run_server("--port", "0", cwd=tmp_path, env=env)
     finally:
         subprocess.run(["mount", "-o", "remount,rw", str(small_filesystem)], check=True)
     assert started.returncode == 2
@@ -693,8 +668,7 @@ def test_sqlite_read_only_at_start_is_one_line(small_filesystem: Path, tmp_path:
 
 
 def test_kill_9_under_load_loses_nothing_accepted(tmp_path: Path, providers: Providers) -> None:
-    env = {f"PN_{name}": str(value) for name, value in providers.settings.items()}
-    env.update(PN_DELIVERY_LEASE="2", PN_METRICS_PUBLIC="true")
+    env = providers.environment(PN_DELIVERY_LEASE="2", PN_METRICS_PUBLIC="true")
     server = ServerProcess(tmp_path, **env)
     client = OnionClient(bytes.fromhex(server.public_key))
 
@@ -731,8 +705,8 @@ def test_kill_9_under_load_loses_nothing_accepted(tmp_path: Path, providers: Pro
     threads = [threading.Thread(target=load, args=(n,)) for n in range(4)]
     for thread in threads:
         thread.start()
-    until(lambda: len(accepted) >= 100, "notifies accepted under load")
-    until(lambda: len(providers.apns.pushes) >= 20, "pushes in flight")
+    wait_until(lambda: len(accepted) >= 100, "notifies accepted under load")
+    wait_until(lambda: len(providers.apns.pushes) >= 20, "pushes in flight")
     server.process.send_signal(signal.SIGKILL)
     server.process.wait(10)
     stop.set()
@@ -750,13 +724,13 @@ def test_kill_9_under_load_loses_nothing_accepted(tmp_path: Path, providers: Pro
                 if p.status == 200
             }
 
-        until(lambda: set(accepted) <= pushed(), "every accepted notify pushed")
+        wait_until(lambda: set(accepted) <= pushed(), "every accepted notify pushed")
         assert pushed() <= set(accepted) | set(unknown)
 
         def metrics() -> str:
             return get(restarted.port, "/metrics")[1]
 
-        until(
+        wait_until(
             lambda: metric(metrics(), "pn_relay_queue_depth") == 0
             and metric(metrics(), "pn_relay_pushes_in_flight") == 0,
             "an empty queue after the restart",

@@ -32,6 +32,7 @@ from sandbox.certs import generate_service_account
 from sandbox.fcm import FakeFcm
 from sandbox.script import Behaviour
 from storage.records import Provider
+from tests.checks import wait_until
 from tests.support import random_fcm_token
 
 MODES = ["h2", "http1-tls", "http1-plain"]
@@ -115,14 +116,6 @@ def send(config: FCMConfig, *batches: list[str], data: str = "QUJD") -> list[lis
             await sender.close()
 
     return asyncio.run(run())
-
-
-def wait_until(condition: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.01)
 
 
 # -- the reference: today's contract, on firebase-admin's exceptions ---------------------------

@@ -48,6 +48,16 @@ def test_a_first_start_makes_everything_owner_only(tmp_path: Path, usual_umask: 
         running.stop()
 
 
+def open_and_close(database: Path) -> None:
+    """Connect to a SQLite file as the relay does (storage/engine.py), then let it go."""
+    engine = make_engine(f"sqlite:///{database}", pool_size=1)
+    try:
+        with engine.connect():
+            pass
+    finally:
+        engine.dispose()
+
+
 def test_files_left_readable_by_an_older_version_are_tightened(
     tmp_path: Path, usual_umask: None
 ) -> None:
@@ -58,12 +68,7 @@ def test_files_left_readable_by_an_older_version_are_tightened(
     for name in (database, Path(f"{database}-wal"), Path(f"{database}-shm")):
         name.touch()
         name.chmod(0o644)
-    engine = make_engine(f"sqlite:///{database}", pool_size=1)
-    try:
-        with engine.connect():
-            pass
-    finally:
-        engine.dispose()
+    open_and_close(database)
     assert mode(database) == 0o600
     for suffix in ("-wal", "-shm"):
         path = Path(f"{database}{suffix}")
@@ -74,11 +79,6 @@ def test_files_left_readable_by_an_older_version_are_tightened(
 def test_a_directory_that_exists_is_left_as_it_is(tmp_path: Path, usual_umask: None) -> None:
     shared = tmp_path / "shared"
     shared.mkdir(mode=0o755)
-    engine = make_engine(f"sqlite:///{shared / 'relay.sqlite3'}", pool_size=1)
-    try:
-        with engine.connect():
-            pass
-    finally:
-        engine.dispose()
+    open_and_close(shared / "relay.sqlite3")
     assert mode(shared) == 0o755
     assert mode(shared / "relay.sqlite3") == 0o600

@@ -8,7 +8,6 @@ raising `max_examples` (see docs/security.md, "Fuzzing").
 from __future__ import annotations
 
 import base64
-import http.client
 import json
 import logging
 from collections.abc import Iterator
@@ -19,8 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lsrpc.client import OnionClient
-from tests.support import RunningRelay, random_apns_token, random_session_id
-from tests.test_fuzz_parsers import (
+from tests.http_calls import http_request
+from tests.strategies import (
+    VALID_PARAMS,
     endpoint_calls,
     headers,
     json_like,
@@ -31,6 +31,7 @@ from tests.test_fuzz_parsers import (
     v4_bencoded,
     v4_requests,
 )
+from tests.support import RunningRelay, random_apns_token, random_session_id
 
 LIVE = settings(
     max_examples=120,
@@ -39,14 +40,6 @@ LIVE = settings(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 USER, PASSWORD = "stats", "secret"
-ENDPOINTS = [
-    "register",
-    "register_legacy_groups_only",
-    "unregister",
-    "subscribe_closed_group",
-    "unsubscribe_closed_group",
-    "notify",
-]
 
 
 @pytest.fixture
@@ -69,13 +62,8 @@ def live(
 
 
 def send(relay: RunningRelay, method: str, path: str, body: bytes, headers: dict[str, str]) -> Any:
-    connection = http.client.HTTPConnection("127.0.0.1", relay.port, timeout=30)
-    try:
-        connection.request(method, path, body=body, headers=headers)
-        response = connection.getresponse()
-        answer = response.status, response.read()
-    finally:
-        connection.close()
+    response = http_request(relay.port, method, path, body=body, headers=headers)
+    answer = response.status, response.body
     assert answer[0] < 500 or answer[0] == 503, answer
     assert b"Traceback" not in answer[1]
     return answer
@@ -117,7 +105,7 @@ def test_any_v4_plaintext(live: RunningRelay, plaintext: bytes) -> None:
 
 
 @given(
-    endpoint=st.sampled_from(ENDPOINTS) | st.text(max_size=20),
+    endpoint=st.sampled_from(list(VALID_PARAMS)) | st.text(max_size=20),
     values=params,
     version=st.sampled_from(["v2", "v4"]),
 )

@@ -28,24 +28,25 @@ from stats.healthz import HealthProbe, HealthSettings
 from storage.engine import create_schema, make_engine
 from storage.schema import deliveries
 from storage.write_probe import PROBE_KEY
+from tests.checks import SUCCESS, wait_until
+from tests.http_calls import request
 from tests.providers import Providers
-from tests.support import (
-    POSTGRES_URL_VARIABLE,
-    RunningRelay,
-    postgres_base_url,
-    postgres_schema_url,
-    random_apns_token,
-    random_session_id,
-)
-from tests.test_healthz_under_load import request, wait_until
+from tests.support import RunningRelay, random_apns_token, random_session_id
 
-SUCCESS = (200, {"code": 1, "message": "Success"})
 HEALTH_LOGGER = "stats.healthz"
 
 
 def healthz(relay: RunningRelay) -> tuple[int, str]:
     answer = request(relay, "GET", "/healthz", {})
     return answer.status, answer.body.decode()
+
+
+def queue_one_push(relay: RunningRelay) -> None:
+    """Register an APNs device, then send its Session ID one notify."""
+    session_id = random_session_id()
+    params = {"token": random_apns_token(), "pubKey": session_id}
+    assert relay.call_v2("register", params) == SUCCESS
+    assert relay.call_v2("notify", {"data": "aGVsbG8=", "send_to": session_id}) == SUCCESS
 
 
 def probe_every_request(relay: RunningRelay) -> None:
@@ -217,14 +218,6 @@ def test_a_write_lock_held_past_the_bound_is_a_503_and_released_is_ok(
     assert health_lines(caplog) == ["health: unhealthy: " + body.strip(), "health: ok again"]
 
 
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    base = postgres_base_url()
-    if base is None:
-        pytest.skip(f"PostgreSQL tests need {POSTGRES_URL_VARIABLE} (set by .ci/run)")
-    yield from postgres_schema_url(base)
-
-
 def test_a_read_only_postgresql_transaction_is_a_503(postgres_url: str) -> None:
     database_url = postgres_url
     writable = make_engine(database_url, pool_size=1)
@@ -274,14 +267,6 @@ class SteppedClock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@pytest.fixture
-def sqlite_engine(sqlite_url: str) -> Iterator[Engine]:
-    engine = make_engine(sqlite_url, pool_size=2)
-    create_schema(engine)
-    yield engine
-    engine.dispose()
 
 
 def test_the_write_probe_runs_at_most_once_per_interval_and_is_shared(
@@ -352,11 +337,7 @@ def test_a_lane_paused_for_a_configuration_error_is_a_503(
     settings = {**providers.settings, "APNS_TEAM_ID": "WRONGTEAM1"}  # APNs: InvalidProviderToken
     relay: RunningRelay = start_relay(sqlite_url, dispatch=True, **settings)
     assert healthz(relay) == (200, "ok\n")
-    session_id = random_session_id()
-    assert relay.call_v2("register", {"token": random_apns_token(), "pubKey": session_id}) == (
-        SUCCESS
-    )
-    assert relay.call_v2("notify", {"data": "aGVsbG8=", "send_to": session_id}) == SUCCESS
+    queue_one_push(relay)
     (apns,) = [lane for lane in relay.relay.dispatcher.lanes if lane.name == "APNs"]
     wait_until(lambda: apns.paused)
     # The lane stays paused for 30 s (config_pause_s): ample time for the next request.
@@ -367,17 +348,10 @@ def test_a_lane_paused_for_a_configuration_error_is_a_503(
     )
 
 
-def test_a_queued_push_older_than_the_limit_is_a_503(
-    database_url: str, start_relay: Any
-) -> None:
+def test_a_queued_push_older_than_the_limit_is_a_503(database_url: str, start_relay: Any) -> None:
     relay: RunningRelay = start_relay(database_url, HEALTH_MAX_QUEUE_AGE=600)
     probe_every_request(relay)
-    session_id = random_session_id()
-    assert relay.call_v2("register", {"token": random_apns_token(), "pubKey": session_id}) == (
-        SUCCESS
-    )
-    # The dispatcher is not started: the push stays queued.
-    assert relay.call_v2("notify", {"data": "aGVsbG8=", "send_to": session_id}) == SUCCESS
+    queue_one_push(relay)  # the dispatcher is not started: the push stays queued
     assert healthz(relay) == (200, "ok\n")
     with relay.relay.engine.begin() as conn:  # as if it had waited an hour
         conn.execute(update(deliveries).values(created_at=deliveries.c.created_at - 3_600_000))
@@ -390,16 +364,10 @@ def test_a_queued_push_older_than_the_limit_is_a_503(
     assert healthz(relay) == (200, "ok\n")
 
 
-def test_health_max_queue_age_zero_leaves_the_queue_out(
-    start_relay: Any, sqlite_url: str
-) -> None:
+def test_health_max_queue_age_zero_leaves_the_queue_out(start_relay: Any, sqlite_url: str) -> None:
     relay: RunningRelay = start_relay(sqlite_url, HEALTH_MAX_QUEUE_AGE=0)
     probe_every_request(relay)
-    session_id = random_session_id()
-    assert relay.call_v2("register", {"token": random_apns_token(), "pubKey": session_id}) == (
-        SUCCESS
-    )
-    assert relay.call_v2("notify", {"data": "aGVsbG8=", "send_to": session_id}) == SUCCESS
+    queue_one_push(relay)
     with relay.relay.engine.begin() as conn:
         conn.execute(update(deliveries).values(created_at=deliveries.c.created_at - 86_400_000))
     assert healthz(relay) == (200, "ok\n")

@@ -6,40 +6,21 @@ is held busy by the test, and /healthz must answer while it is."""
 from __future__ import annotations
 
 import base64
-import http.client
 import secrets
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import pytest
 
 from stats.auth import hash_password
+from tests.checks import wait_until
+from tests.http_calls import Received, request
 from tests.support import RunningRelay
 
 USER, PASSWORD = "stats", "right"
-
-
-@dataclass
-class Answer:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-
-def request(relay: RunningRelay, method: str, path: str, headers: dict[str, str]) -> Answer:
-    connection = http.client.HTTPConnection("127.0.0.1", relay.port, timeout=60)
-    try:
-        connection.request(method, path, headers=headers)
-        response = connection.getresponse()
-        headers = {k.lower(): v for k, v in response.getheaders()}
-        return Answer(response.status, headers, response.read())
-    finally:
-        connection.close()
 
 
 def random_credentials() -> dict[str, str]:
@@ -47,12 +28,13 @@ def random_credentials() -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(raw).decode()}
 
 
-def wait_until(condition: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.005)
+def submit_with_random_credentials(
+    clients: ThreadPoolExecutor, relay: RunningRelay, method: str, path: str, count: int
+) -> list[Future[Received]]:
+    """`count` requests at once, each with a wrong user name and password of its own."""
+    return [
+        clients.submit(request, relay, method, path, random_credentials()) for _ in range(count)
+    ]
 
 
 @pytest.fixture
@@ -90,10 +72,7 @@ def test_healthz_answers_while_32_metrics_requests_hold_the_pbkdf2_pool(
     auth = relay.relay.stats_auth
     release = held_pool(relay)
     with ThreadPoolExecutor(32) as clients:
-        scrapes = [
-            clients.submit(request, relay, "GET", "/metrics", random_credentials())
-            for _ in range(32)
-        ]
+        scrapes = submit_with_random_credentials(clients, relay, "GET", "/metrics", 32)
         # Four checks wait for the held pool; the other 28 are refused at once.
         wait_until(lambda: auth.pending == 4 and sum(f.done() for f in scrapes) == 28)
         assert auth.kdf_runs == 0  # nothing has been hashed: the pool is held
@@ -122,10 +101,9 @@ def test_healthz_answers_while_every_web_thread_waits_on_a_password_check(
     auth = relay.relay.stats_auth
     release = held_pool(relay)
     with ThreadPoolExecutor(8) as clients:
-        scrapes = [
-            clients.submit(request, relay, "POST", "/get_statistics_data", random_credentials())
-            for _ in range(8)
-        ]
+        scrapes = submit_with_random_credentials(
+            clients, relay, "POST", "/get_statistics_data", 8
+        )
         wait_until(lambda: auth.pending == 4)
         assert not any(f.done() for f in scrapes)  # all four web threads are held
         for method in ("GET", "HEAD"):

@@ -4,34 +4,29 @@ logged once per kind (issue 12)."""
 
 from __future__ import annotations
 
-import asyncio
-import http.client
 import json
 import logging
 import socket
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, cast
 
 import pytest
-from flask.testing import FlaskClient
 from sqlalchemy import func, select
-from tornado.httpserver import HTTPServer
-from tornado.netutil import bind_sockets
 from tornado.web import Application
 from werkzeug.test import Client
 
-from app import without_onion_routes
 from handlers.reply import Reply
-from handlers.runner import OutcomeRunner
+from handlers.runner import WriteRunner
+from lsrpc.call import ClientCall
 from lsrpc.client import OnionClient
-from lsrpc.endpoint import HttpAnswer, OnionEndpoint
 from lsrpc.keys import ServerKeypair
-from lsrpc.route import LsrpcHandler
-from lsrpc.v2 import ClientCall
 from storage.schema import devices
+from tests.served import Served
 from tests.support import RunningRelay, random_apns_token, random_session_id
+from web.answers import HttpAnswer
 from web.errorlog import RateLimitedLog
+from web.onion import OnionCore
+from web.onion_routes import LsrpcHandler
 
 ISSUE_BODY = b"\0\0\0\0" + b"[" * 2000
 DEEP = "[" * 2000
@@ -47,7 +42,7 @@ def bencoded(*parts: bytes) -> bytes:
     return b"l" + b"".join(b"%d:%s" % (len(p), p) for p in parts) + b"e"
 
 
-# -- the issue's body, on both paths, through Tornado and through Flask ---------------------
+# -- the issue's body, on both paths ---------------------
 
 
 @pytest.mark.parametrize("path", ["/loki/v2/lsrpc", "/oxen/v4/lsrpc"])
@@ -91,26 +86,6 @@ def test_nested_v4_json_is_an_encrypted_400(
     meta, body = sqlite_relay.send_v4(sqlite_relay.client.seal(plaintext, "xchacha20"))
     assert (meta["code"], body) == (400, {"code": 0, "message": message})
     no_traceback_logged(caplog)
-
-
-def test_the_same_bodies_through_the_flask_app(sqlite_relay: RunningRelay) -> None:
-    """`create_app()` alone (a WSGI deployment) answers exactly like the fast path."""
-    flask: FlaskClient = sqlite_relay.relay.app.test_client()
-    for path in ("/loki/v2/lsrpc", "/oxen/v4/lsrpc"):
-        response = flask.post(path, data=ISSUE_BODY)
-        assert (response.status_code, response.data) == (
-            400,
-            b"Invalid onion request: JSON trailer is not valid JSON\n",
-        )
-    for plaintext, message in V2_NESTED:
-        request = sqlite_relay.client.seal(plaintext)
-        response = flask.post("/loki/v2/lsrpc", data=request.body)
-        assert request.open_v2_reply(response.data) == (400, {"code": 0, "message": message})
-    for plaintext, message in V4_NESTED:
-        request = sqlite_relay.client.seal(plaintext)
-        response = flask.post("/oxen/v4/lsrpc", data=request.body)
-        meta, body = request.open_v4_reply(response.data)
-        assert (meta["code"], body) == (400, {"code": 0, "message": message})
 
 
 def test_a_nested_statistics_body_is_a_400(start_relay: Any, sqlite_url: str) -> None:
@@ -181,72 +156,26 @@ def test_aliases_of_the_onion_paths_are_refused(sqlite_relay: RunningRelay) -> N
     assert status_line == b"HTTP/1.1 200 OK"
 
 
-def test_the_wsgi_side_refuses_whatever_flask_would_route_to_the_onion(
-    sqlite_relay: RunningRelay,
-) -> None:
-    """The second lock: in a running relay the WSGI app never runs its onion route, even for
-    a spelling that got past the Tornado guard (here: called directly)."""
-    guarded = Client(without_onion_routes(sqlite_relay.relay.app))
+def test_the_wsgi_app_has_no_onion_route(sqlite_relay: RunningRelay) -> None:
+    """The second lock: were a spelling to get past the Tornado guard, the WSGI app has no
+    onion route to run it on (here: called directly); it answers the plain 404 of any
+    unknown path, and its other answers stay plain lines."""
+    wsgi = Client(sqlite_relay.relay.app)
     body = sqlite_relay.client.v2(
         "register", {"token": random_apns_token(), "pubKey": random_session_id()}
     ).body
     for path in ("/loki/v2/lsrpc", "/oxen/v4/lsrpc", "//loki/v2/lsrpc", "/loki/v2/%6Csrpc"):
-        response = guarded.post(path, data=body)
+        response = wsgi.post(path, data=body)
         assert (response.status_code, response.data) == (404, b"Not Found\n"), path
-    assert guarded.get("/healthz").status_code == 200
-    assert guarded.post("/nowhere").status_code == 404
+    assert wsgi.get("/healthz").status_code == 200
+    assert wsgi.post("/nowhere").status_code == 404
+    response = wsgi.get("/get_statistics_data")
+    assert (response.status_code, response.data) == (405, b"Method Not Allowed\n")
+    with sqlite_relay.relay.engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(devices)).scalar_one() == 0
 
 
 # -- a failure nobody foresaw ---------------------------------------------------------------
-
-
-class Served:
-    """A Tornado Application on 127.0.0.1:<ephemeral>, on its own loop thread."""
-
-    def __init__(self, app: Application) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-        async def listen() -> HTTPServer:
-            server = HTTPServer(app)
-            server.add_sockets(bind_sockets(0, "127.0.0.1"))
-            return server
-
-        self.server = asyncio.run_coroutine_threadsafe(listen(), self.loop).result(10)
-        self.port = next(iter(self.server._sockets.values())).getsockname()[1]
-
-    def post(self, path: str, body: bytes) -> tuple[int, bytes]:
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        try:
-            connection.request("POST", path, body=body)
-            response = connection.getresponse()
-            return response.status, response.read()
-        finally:
-            connection.close()
-
-    def close(self) -> None:
-        async def stop() -> None:
-            self.server.stop()
-            await self.server.close_all_connections()
-
-        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
-
-
-@pytest.fixture
-def serve() -> Iterator[Callable[[Application], Served]]:
-    started: list[Served] = []
-
-    def start(app: Application) -> Served:
-        started.append(Served(app))
-        return started[-1]
-
-    yield start
-    for served in started:
-        served.close()
 
 
 KEYPAIR = ServerKeypair.from_private_bytes(bytes(range(1, 33)))
@@ -261,7 +190,7 @@ def test_an_unexpected_error_is_generic_and_logged_once_per_kind(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     errors = RateLimitedLog(logging.getLogger("test.unexpected"))
-    endpoint = OnionEndpoint(KEYPAIR, failing_route, OutcomeRunner(cast(Any, None)), 65536, errors)
+    core = OnionCore(KEYPAIR, failing_route, WriteRunner(cast(Any, None)), 65536, errors)
 
     async def broken_answer(body: bytes) -> HttpAnswer:
         raise RuntimeError(body[:8])
@@ -272,7 +201,7 @@ def test_an_unexpected_error_is_generic_and_logged_once_per_kind(
                 (
                     "/loki/v2/lsrpc",
                     LsrpcHandler,
-                    {"answer": endpoint.answer_v2_async, "errors": errors},
+                    {"answer": core.answer_v2, "errors": errors},
                 ),
                 ("/broken", LsrpcHandler, {"answer": broken_answer, "errors": errors}),
             ]

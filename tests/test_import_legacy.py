@@ -209,6 +209,12 @@ def build_legacy(kind: str, *, sessions: int = 1500, seed: int = 2021) -> Legacy
     return legacy
 
 
+def legacy_source(kind: str, directory: Path, *, sessions: int = 1500) -> tuple[Legacy, Path]:
+    """A legacy data set and the file of `kind` holding it, written in `directory`."""
+    legacy = build_legacy(kind, sessions=sessions)
+    return legacy, legacy.write(kind, directory)
+
+
 # -- running the command ------------------------------------------------------------------
 
 
@@ -329,29 +335,34 @@ def test_import_counts_stores_and_is_idempotent(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     data_dir, database_url = relay_env
-    legacy = build_legacy(kind)
-    source = legacy.write(kind, tmp_path)
+    legacy, source = legacy_source(kind, tmp_path)
     assert legacy.registration_rows > 2000 and legacy.membership_rows > 1000
 
     first = run_import(capsys, str(source))
     assert first.status == 0, first
     tallies = parse_summary(first.out)
-    numbers, reasons = tallies["registrations"]
-    assert numbers == {
-        "read": legacy.registration_rows,
-        "imported": len(legacy.devices),
-        "present": 0,
-        "skipped": legacy.registration_rows - len(legacy.devices),
+    # per kind of row: (rows read, rows imported, reasons for those skipped)
+    expected = {
+        "registrations": (
+            legacy.registration_rows,
+            len(legacy.devices),
+            legacy.registrations_skipped,
+        ),
+        "closed-group memberships": (
+            legacy.membership_rows,
+            len(legacy.members),
+            legacy.groups_skipped,
+        ),
     }
-    assert reasons == legacy.registrations_skipped
-    numbers, reasons = tallies["closed-group memberships"]
-    assert numbers == {
-        "read": legacy.membership_rows,
-        "imported": len(legacy.members),
-        "present": 0,
-        "skipped": legacy.membership_rows - len(legacy.members),
-    }
-    assert reasons == legacy.groups_skipped
+    for kind_of_row, (read, imported, skipped) in expected.items():
+        numbers, reasons = tallies[kind_of_row]
+        assert numbers == {
+            "read": read,
+            "imported": imported,
+            "present": 0,
+            "skipped": read - imported,
+        }
+        assert reasons == skipped
     ignored = "_default, statistics_table" if kind == "tinydb-json" else "statistics_table"
     assert f"not imported (not registrations): {ignored}\n" in first.out
     assert "committed in one transaction" in first.out
@@ -361,12 +372,10 @@ def test_import_counts_stores_and_is_idempotent(
     second = run_import(capsys, str(source))
     assert second.status == 0, second
     tallies = parse_summary(second.out)
-    numbers, reasons = tallies["registrations"]
-    assert (numbers["imported"], numbers["present"]) == (0, len(legacy.devices))
-    assert reasons == legacy.registrations_skipped
-    numbers, reasons = tallies["closed-group memberships"]
-    assert (numbers["imported"], numbers["present"]) == (0, len(legacy.members))
-    assert reasons == legacy.groups_skipped
+    for kind_of_row, (_, imported, skipped) in expected.items():
+        numbers, reasons = tallies[kind_of_row]
+        assert (numbers["imported"], numbers["present"]) == (0, imported)
+        assert reasons == skipped
     assert snapshot(database_url) == before  # not a byte changed, not even a timestamp
 
 
@@ -421,8 +430,7 @@ def test_a_failure_half_way_leaves_nothing(
     relay_env: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     data_dir, database_url = relay_env
-    legacy = build_legacy("sqlite-2022", sessions=400)
-    source = legacy.write("sqlite-2022", tmp_path)
+    _, source = legacy_source("sqlite-2022", tmp_path, sessions=400)
     existing_token, existing_owner = "ab" * 32, "05" + "cd" * 32
     _seed_registration(data_dir, database_url, existing_token, existing_owner)
     _install_failure(database_url, after_rows=100)  # the registrations are all written by then
@@ -454,7 +462,7 @@ class CancelOnPhase(Progress):
 def test_an_interrupted_import_writes_nothing(relay_env: tuple[Path, str], tmp_path: Path) -> None:
     """Ctrl-C sets the cancel flag; the operation stops at its next check and rolls back."""
     data_dir, database_url = relay_env
-    source_path = build_legacy("sqlite-2022", sessions=300).write("sqlite-2022", tmp_path)
+    _, source_path = legacy_source("sqlite-2022", tmp_path, sessions=300)
     identity = secret_in(data_dir / "identity_secret.hex")
     secret = secret_in(data_dir / "token_secret.hex")
     protect = IdentifierProtector(identity, secret)
@@ -485,8 +493,7 @@ def test_dry_run_counts_and_writes_nothing(
     relay_env: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     _, database_url = relay_env
-    legacy = build_legacy("tinydb-json", sessions=200)
-    source = legacy.write("tinydb-json", tmp_path)
+    legacy, source = legacy_source("tinydb-json", tmp_path, sessions=200)
     result = run_import(capsys, "--dry-run", str(source))
     assert result.status == 0, result
     numbers, reasons = parse_summary(result.out)["registrations"]
@@ -543,8 +550,8 @@ def test_the_relay_serves_the_import_under_the_2021_key(
     key_file = tmp_path / "x25519-priv.pem"
     key_file.write_text(old_key.private_bytes_raw().hex() + newline)
     monkeypatch.setenv("PN_KEY_FILE", str(key_file))
-    legacy = build_legacy("tinydb-json", sessions=120)
-    result = run_import(capsys, "--quiet", str(legacy.write("tinydb-json", tmp_path)))
+    legacy, source = legacy_source("tinydb-json", tmp_path, sessions=120)
+    result = run_import(capsys, "--quiet", str(source))
     assert result.status == 0, result
     assert f"public key {old_public}: the one clients must have pinned" in result.out
     assert result.err == ""  # --quiet: no progress
@@ -588,8 +595,8 @@ def test_a_missing_key_file_is_pointed_out(
 def test_progress_lines_when_not_on_a_terminal(
     default_env: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    legacy = build_legacy("sqlite-2022", sessions=100)
-    result = run_import(capsys, str(legacy.write("sqlite-2022", tmp_path)))
+    legacy, source = legacy_source("sqlite-2022", tmp_path, sessions=100)
+    result = run_import(capsys, str(source))
     assert result.status == 0, result
     lines = result.err.splitlines()
     rows, members = legacy.registration_rows, legacy.membership_rows
@@ -604,7 +611,7 @@ def test_progress_lines_when_not_on_a_terminal(
 
 
 def test_a_progress_bar_on_a_terminal(default_env: Path, tmp_path: Path) -> None:
-    source = build_legacy("sqlite-2022", sessions=100).write("sqlite-2022", tmp_path)
+    _, source = legacy_source("sqlite-2022", tmp_path, sessions=100)
     controller, terminal = pty.openpty()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     process = subprocess.Popen(

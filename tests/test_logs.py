@@ -3,36 +3,20 @@
 from __future__ import annotations
 
 import base64
-import http.client
 import json
-import secrets
-from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 
 from lsrpc.client import OnionClient
+from tests.http_calls import http_request
 from tests.providers import Providers
-from tests.support import (
-    POSTGRES_URL_VARIABLE,
-    postgres_base_url,
-    random_apns_token,
-    random_fcm_token,
-    random_session_id,
-)
-from tests.test_server_cli import ServerProcess
+from tests.server_process import ServerProcess
+from tests.support import random_apns_token, random_fcm_token, random_session_id
 
 
 def get(port: int, path: str) -> int:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    try:
-        connection.request("GET", path)
-        response = connection.getresponse()
-        response.read()
-        return response.status
-    finally:
-        connection.close()
+    return http_request(port, "GET", path).status
 
 
 def register(server: ServerProcess, **params: str) -> None:
@@ -79,23 +63,11 @@ def test_no_access_log_by_default_and_no_uri_in_any_line(tmp_path: Path) -> None
 
 
 @pytest.fixture
-def postgres_url_with_password() -> Iterator[str]:
-    base = postgres_base_url()
-    if base is None:
-        pytest.skip(f"PostgreSQL tests need {POSTGRES_URL_VARIABLE} (set by .ci/run)")
-    schema = "t_" + secrets.token_hex(6)
-    plain = base.replace("postgresql+psycopg://", "postgresql://")
-    with psycopg.connect(plain, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-    user, at, rest = base.partition("@")
+def postgres_url_with_password(postgres_url: str) -> str:
+    user, at, rest = postgres_url.partition("@")
     if ":" in user.split("//")[1]:
         pytest.skip("the test database URL has a password of its own")
-    url = f"{user}:hunter2{at}{rest}"  # the test server trusts local users: hidden, unused
-    try:
-        yield f"{url}?options=-csearch_path%3D{schema}"
-    finally:
-        with psycopg.connect(plain, autocommit=True) as conn:
-            conn.execute(f"DROP SCHEMA {schema} CASCADE")
+    return f"{user}:hunter2{at}{rest}"  # the test server trusts local users: hidden, unused
 
 
 def test_one_line_per_start_up_fact_and_no_password(
@@ -125,7 +97,7 @@ def test_one_line_per_start_up_fact_and_no_password(
 
 def test_a_push_to_fcm_logs_no_library_line(tmp_path: Path, providers: Providers) -> None:
     # httpx (under firebase-admin) logged one INFO line per FCM request.
-    env = {f"PN_{name}": str(value) for name, value in providers.settings.items()}
+    env = providers.environment()
     session_id = random_session_id()
     with ServerProcess(tmp_path, **env) as server:
         register(server, token=random_fcm_token(), pubKey=session_id, device="android")

@@ -21,6 +21,7 @@ from relay import Relay
 from storage.engine import create_schema, make_engine
 from storage.migrations import upgrade
 from storage.schema import SCHEMA_VERSION
+from tests.checks import SUCCESS
 from tests.providers import Providers
 from tests.support import RunningRelay, random_apns_token, random_session_id, relay_settings
 
@@ -28,7 +29,6 @@ FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "schema_v1.json").rea
 # Columns holding times. The fixture's rows are months old; they are moved forward together
 # (one offset for all) so the queued pushes are younger than PUSH_MAX_AGE today.
 TIME_COLUMNS = {"registered_at", "created_at", "not_before", "expires_at"}
-SUCCESS = (200, {"code": 1, "message": "Success"})
 CAROL_DATA = "Q0FST0wtMQ=="  # queued for a device that was deleted before the upgrade
 
 

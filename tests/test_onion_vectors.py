@@ -71,14 +71,19 @@ def test_hop_keys_match_the_vectors() -> None:
         assert decrypt(kind, key, encrypt(kind, key, plaintext)) == plaintext
 
 
+def relay_keyed_as(
+    vectors: str, start_relay: Callable[..., RunningRelay], sqlite_url: str, key_file: Path
+) -> RunningRelay:
+    """A relay whose server key is the one the `vectors` section was made with."""
+    key_file.write_text(load_vectors()[vectors]["server_private"] + "\n")
+    return start_relay(sqlite_url, KEY_FILE=key_file)
+
+
 @pytest.fixture
 def vector_relay(
     start_relay: Callable[..., RunningRelay], sqlite_url: str, tmp_path: Path
 ) -> RunningRelay:
-    bodies = load_vectors()["last_hop_bodies"]
-    key_file = tmp_path / "vector_key.hex"
-    key_file.write_text(bodies["server_private"] + "\n")
-    return start_relay(sqlite_url, KEY_FILE=key_file)
+    return relay_keyed_as("last_hop_bodies", start_relay, sqlite_url, tmp_path / "vector_key.hex")
 
 
 @pytest.mark.parametrize(
@@ -108,10 +113,7 @@ def test_last_hop_bodies_get_an_encrypted_error(
 def hop_relay(
     start_relay: Callable[..., RunningRelay], sqlite_url: str, tmp_path: Path
 ) -> RunningRelay:
-    hop = load_vectors()["hop_encryption"]
-    key_file = tmp_path / "hop_key.hex"
-    key_file.write_text(hop["server_private"])
-    return start_relay(sqlite_url, KEY_FILE=key_file)
+    return relay_keyed_as("hop_encryption", start_relay, sqlite_url, tmp_path / "hop_key.hex")
 
 
 def _framed(ciphertext_hex: str, kind: EncType) -> bytes:

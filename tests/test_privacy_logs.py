@@ -11,7 +11,6 @@ import base64
 import logging
 import os
 import re
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -21,6 +20,7 @@ import pytest
 
 from sandbox import script
 from server import configure_logging
+from tests.checks import wait_until
 from tests.providers import Providers
 from tests.support import RunningRelay, random_apns_token, random_fcm_token, random_session_id
 
@@ -129,14 +129,6 @@ def assert_nothing_identifying(
     leaks = find_leaks(lines, identifiers)
     if leaks:
         pytest.fail(describe(leaks), pytrace=False)
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"still waiting, after {timeout:.0f} s, for {what}", pytrace=False)
-        time.sleep(0.01)
 
 
 def test_nothing_identifying_is_logged_even_at_debug(

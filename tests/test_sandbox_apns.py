@@ -10,7 +10,7 @@ import ssl
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import httpx
@@ -18,13 +18,14 @@ import jwt
 import pytest
 from cryptography import x509
 
-from push.apns import APNsConfig, APNsSender
+from push.apns import APNsSender
 from push.outcome import Push, PushOutcome, Verdict
 from sandbox import script
 from sandbox.apns import FakeApns, provider_token
 from sandbox.certs import generate_apns_key, generate_tls
 from sandbox.h2client import ConnectionClosedError, RawH2Client, StreamResetError
 from storage.records import Provider
+from tests.providers import apns_sender
 
 DATA = "aGVsbG8="
 BODY = {
@@ -48,20 +49,9 @@ MANY = 1600
 WINDOW = 65535
 
 
-@pytest.fixture(scope="module")
-def fake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeApns]:
-    server = FakeApns.create(tmp_path_factory.mktemp("apns")).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(autouse=True)
-def _reset(fake: FakeApns) -> Iterator[None]:
-    yield
-    fake.set_down(False)
-    fake.global_delay = 0.0
-    fake.scripts.clear()
-    fake.pushes.clear()
+@pytest.fixture
+def fake(fake_apns: FakeApns) -> FakeApns:
+    return fake_apns
 
 
 def new_token() -> str:
@@ -98,19 +88,7 @@ def post(
 
 def relay_sender(fake: FakeApns, *, max_connections: int = 1) -> APNsSender:
     """The relay's own APNs sender (push/apns.py), pointed at the fake."""
-    return APNsSender(
-        APNsConfig(
-            topic=fake.topic,
-            host="127.0.0.1",
-            port=fake.port,
-            key_file=fake.apns_key.key_file,
-            key_id=fake.key_id,
-            team_id=fake.team_id,
-            ca_file=fake.tls.ca_file,
-            max_connections=max_connections,
-            request_timeout_s=20.0,
-        )
-    )
+    return apns_sender(fake, max_connections=max_connections, request_timeout_s=20.0)
 
 
 def push_to(token: str, apns_id: str | None = None) -> Push:

@@ -21,27 +21,30 @@ from sandbox.fcm import GOOGLE_TOKEN_ENDPOINT
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_demo_prints_settings_and_logs_pushes_without_tokens(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def start_demo(directory: Path, *args: str) -> tuple[subprocess.Popen[str], dict[str, str]]:
+    """`python -m sandbox` in `directory`, and the PN_* settings it printed before serving."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "sandbox", "--dir", str(tmp_path)],
-        cwd=tmp_path,
-        env=env,
+        [sys.executable, "-m", "sandbox", "--dir", str(directory), *args],
+        cwd=directory,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+    assert process.stdout is not None
+    settings: dict[str, str] = {}
+    for line in iter(process.stdout.readline, ""):
+        if line.startswith("# Ctrl-C"):
+            break
+        if "=" in line and not line.startswith("#"):
+            name, _, value = line.strip().partition("=")
+            settings[name] = value
+    return process, settings
+
+
+def test_demo_prints_settings_and_logs_pushes_without_tokens(tmp_path):
+    process, settings = start_demo(tmp_path)
     try:
-        assert process.stdout is not None
-        settings: dict[str, str] = {}
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            line = process.stdout.readline()
-            if not line or line.startswith("# Ctrl-C"):
-                break
-            if "=" in line and not line.startswith("#"):
-                name, _, value = line.strip().partition("=")
-                settings[name] = value
         assert set(settings) == {
             "PN_APNS_ENDPOINT",
             "PN_APNS_CA_FILE",
@@ -118,24 +121,8 @@ def test_demo_prints_settings_and_logs_pushes_without_tokens(tmp_path):
 
 
 def test_demo_with_plain_http_fcm(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "sandbox", "--dir", str(tmp_path), "--fcm-plain"],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process, settings = start_demo(tmp_path, "--fcm-plain")
     try:
-        assert process.stdout is not None
-        settings: dict[str, str] = {}
-        for line in iter(process.stdout.readline, ""):
-            if line.startswith("# Ctrl-C"):
-                break
-            if "=" in line and not line.startswith("#"):
-                name, _, value = line.strip().partition("=")
-                settings[name] = value
         assert settings["PN_FCM_ENDPOINT"].startswith("http://127.0.0.1:")
         assert "PN_FCM_CA_FILE" not in settings
     finally:

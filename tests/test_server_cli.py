@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import base64
-import http.client
-import os
 import re
 import signal
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -19,74 +16,9 @@ import pytest
 
 from lsrpc.client import OnionClient
 from sandbox.certs import generate_apns_key
+from tests.checks import SUCCESS
+from tests.server_process import SERVER, ServerProcess, clean_env, run_server
 from tests.support import random_apns_token, random_session_id
-
-ROOT = Path(__file__).resolve().parents[1]
-SERVER = [sys.executable, str(ROOT / "server.py")]
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PN_")}
-    env.update(extra)
-    return env
-
-
-class ServerProcess:
-    def __init__(self, cwd: Path, *args: str, **env: str) -> None:
-        self.process = subprocess.Popen(
-            [*SERVER, "--port", "0", *args],
-            cwd=cwd,
-            env=clean_env(**env),
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.lines: list[str] = []
-        self._listening = threading.Event()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        if not self._listening.wait(30):
-            self.process.kill()
-            raise AssertionError(f"server did not start: {self.lines}")
-        found = re.search(
-            r"listening on http://127.0.0.1:(\d+) \(server public key ([0-9a-f]{64})\)", self.log
-        )
-        assert found, self.log
-        self.port, self.public_key = int(found.group(1)), found.group(2)
-
-    def _read(self) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            self.lines.append(line)
-            if "listening on" in line:
-                self._listening.set()
-
-    @property
-    def log(self) -> str:
-        return "".join(self.lines)
-
-    def post(self, path: str, body: bytes) -> tuple[int, bytes]:
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        try:
-            connection.request("POST", path, body=body)
-            response = connection.getresponse()
-            return response.status, response.read()
-        finally:
-            connection.close()
-
-    def terminate(self) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        code = self.process.wait(30)
-        self._reader.join(5)
-        return code
-
-    def __enter__(self) -> ServerProcess:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        """A test that failed before `terminate` leaves no relay running."""
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(30)
 
 
 @pytest.fixture
@@ -95,22 +27,7 @@ def workdir(tmp_path: Path) -> Iterator[Path]:
 
 
 def test_print_pubkey_creates_the_key_once(workdir: Path) -> None:
-    first = subprocess.run(
-        [*SERVER, "--print-pubkey"],
-        cwd=workdir,
-        env=clean_env(),
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    second = subprocess.run(
-        [*SERVER, "--print-pubkey"],
-        cwd=workdir,
-        env=clean_env(),
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    first, second = (run_server("--print-pubkey", cwd=workdir, check=True) for _ in range(2))
     assert re.fullmatch(r"[0-9a-f]{64}\n", first.stdout)
     assert first.stdout == second.stdout
     key_file = workdir / "data" / "server_key.hex"
@@ -121,14 +38,7 @@ def test_key_file_of_the_2021_server_is_used(workdir: Path) -> None:
     (workdir / "data").mkdir()
     private = "2f4d1c0d28e137777ec0a316e9f4f763e3e66662a6c51994c6315c9ef34b6deb"
     (workdir / "data" / "server_key.hex").write_text(private + "\n")
-    out = subprocess.run(
-        [*SERVER, "--print-pubkey"],
-        cwd=workdir,
-        env=clean_env(),
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    out = run_server("--print-pubkey", cwd=workdir, check=True)
     assert out.stdout.strip() == "8388de69bc0d4b6196133233ad9a46ba0473474bc67718aad96a3a33c257f726"
 
 
@@ -139,7 +49,7 @@ def test_start_serve_and_stop_on_sigterm(workdir: Path) -> None:
     request = client.v2("register", {"token": random_apns_token(), "pubKey": random_session_id()})
     status, body = server.post("/loki/v2/lsrpc", request.body)
     assert status == 200
-    assert request.open_v2_reply(body) == (200, {"code": 1, "message": "Success"})
+    assert request.open_v2_reply(body) == SUCCESS
     assert server.terminate() == 0
     assert "pn-relay stopped" in server.log
     assert "Traceback" not in server.log
@@ -174,10 +84,7 @@ def test_sigterm_finishes_in_flight_requests_and_loses_no_accepted_notify(workdi
                 status, body = server.post("/loki/v2/lsrpc", request.body)
             except OSError:
                 return  # the server stopped listening: not accepted, fine
-            if status != 200 or request.open_v2_reply(body) != (
-                200,
-                {"code": 1, "message": "Success"},
-            ):
+            if status != 200 or request.open_v2_reply(body) != SUCCESS:
                 failures.append(f"{status} {body[:80]!r}")
             accepted.append(1)
 
@@ -299,9 +206,7 @@ def test_bad_settings_stop_the_start_with_one_line_and_leave_nothing(
         (workdir / name).parent.mkdir(parents=True, exist_ok=True)
         (workdir / name).write_text(content)
     before = sorted(workdir.rglob("*"))
-    result = subprocess.run(
-        SERVER, cwd=workdir, env=clean_env(**env), capture_output=True, text=True, timeout=60
-    )
+    result = run_server(cwd=workdir, env=env)
     assert result.returncode == 2
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
@@ -314,14 +219,7 @@ def test_port_in_use_is_one_line_and_makes_nothing(workdir: Path) -> None:
     second = workdir / "second"
     second.mkdir()
     with ServerProcess(workdir / "first") as server:
-        result = subprocess.run(
-            [*SERVER, "--port", str(server.port)],
-            cwd=second,
-            env=clean_env(),
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        result = run_server("--port", str(server.port), cwd=second, timeout=30)
         assert result.returncode == 2
         assert result.stderr == (
             f"pn-relay: cannot listen on 127.0.0.1:{server.port}: Address already in use\n"
@@ -331,20 +229,14 @@ def test_port_in_use_is_one_line_and_makes_nothing(workdir: Path) -> None:
 
 
 def test_help_says_where_settings_come_from() -> None:
-    result = subprocess.run(
-        [*SERVER, "--help"], env=clean_env(), capture_output=True, text=True, check=True
-    )
+    result = run_server("--help", check=True)
     for words in ("config.py", "PN_<NAME>", "PN_PORT=3005", "config.example.py", "--init"):
         assert words in result.stdout
 
 
 def test_init_makes_missing_key_files_even_named_ones_and_never_overwrites(workdir: Path) -> None:
-    env = clean_env(PN_KEY_FILE="keys/server.hex")
-
     def init() -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [*SERVER, "--init"], cwd=workdir, env=env, capture_output=True, text=True, check=True
-        )
+        return run_server("--init", cwd=workdir, check=True, env={"PN_KEY_FILE": "keys/server.hex"})
 
     first = init()
     assert re.fullmatch(r"[0-9a-f]{64}\n", first.stdout)
@@ -366,13 +258,7 @@ def test_init_makes_missing_key_files_even_named_ones_and_never_overwrites(workd
 
 
 def test_print_pubkey_never_makes_a_named_key(workdir: Path) -> None:
-    result = subprocess.run(
-        [*SERVER, "--print-pubkey"],
-        cwd=workdir,
-        env=clean_env(PN_KEY_FILE="typo.hex"),
-        capture_output=True,
-        text=True,
-    )
+    result = run_server("--print-pubkey", cwd=workdir, env={"PN_KEY_FILE": "typo.hex"})
     assert result.returncode == 2
     assert result.stdout == ""
     assert result.stderr.startswith("pn-relay: PN_KEY_FILE: typo.hex does not exist;")
@@ -387,14 +273,7 @@ def test_a_wrong_secret_in_front_of_registrations_refuses_in_one_line(workdir: P
         assert server.terminate() == 0
     other = workdir / "other_token_secret.hex"
     other.write_text("11" * 32 + "\n")
-    result = subprocess.run(
-        SERVER,
-        cwd=workdir,
-        env=clean_env(PN_TOKEN_KEY_FILE=str(other)),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_server(cwd=workdir, env={"PN_TOKEN_KEY_FILE": str(other)})
     assert result.returncode == 2
     assert result.stderr.startswith(
         f"pn-relay: PN_TOKEN_KEY_FILE: {other} is not the token secret this database was"

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from settings import Settings, SettingsError, load_settings, read_settings
+from tests.support import settings_error
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "config.example.py"
 
@@ -56,14 +57,7 @@ def test_explicit_config_file(tmp_path: Path) -> None:
 def test_mistakes_are_one_line(
     tmp_path: Path, environ: dict[str, str], config: str | None, message: str
 ) -> None:
-    config_file = None
-    if config is not None:
-        config_file = tmp_path / "bad.py"
-        config_file.write_text(config)
-    with pytest.raises(SettingsError) as caught:
-        load_settings(config_file, environ=environ, cwd=tmp_path)
-    assert message in str(caught.value)
-    assert "\n" not in str(caught.value)
+    assert message in settings_error(tmp_path, config, **environ)
 
 
 def test_missing_config_file(tmp_path: Path) -> None:
@@ -80,18 +74,6 @@ def test_example_documents_every_setting_with_its_default(tmp_path: Path) -> Non
     assert load_settings(EXAMPLE, environ={}, cwd=tmp_path) == Settings()
 
 
-def error_of(tmp_path: Path, config: str | None = None, **environ: str) -> str:
-    config_file = None
-    if config is not None:
-        config_file = tmp_path / "given_config.py"
-        config_file.write_text(config)
-    with pytest.raises(SettingsError) as caught:
-        load_settings(config_file, environ=environ, cwd=tmp_path)
-    message = str(caught.value)
-    assert "\n" not in message
-    return message
-
-
 @pytest.mark.parametrize(
     ("config", "message"),
     [
@@ -105,7 +87,7 @@ def error_of(tmp_path: Path, config: str | None = None, **environ: str) -> str:
 def test_every_unknown_name_in_config_py_is_an_error(
     tmp_path: Path, config: str, message: str
 ) -> None:
-    assert message in error_of(tmp_path, config)
+    assert message in settings_error(tmp_path, config)
 
 
 def test_config_py_may_hold_imports_helpers_and_private_names(tmp_path: Path) -> None:
@@ -160,7 +142,7 @@ def test_config_py_may_hold_imports_helpers_and_private_names(tmp_path: Path) ->
 def test_a_quoted_number_or_boolean_is_named_a_string(
     tmp_path: Path, config: str, message: str
 ) -> None:
-    assert error_of(tmp_path, config).endswith(message)
+    assert settings_error(tmp_path, config).endswith(message)
 
 
 def test_the_environment_takes_text(tmp_path: Path) -> None:
@@ -169,7 +151,7 @@ def test_the_environment_takes_text(tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     assert (settings.APNS_SANDBOX, settings.PORT, settings.DEDUP_WINDOW) == (False, 3005, 2.5)
-    assert "PN_APNS_SANDBOX: expected true or false, got 'nope'" in error_of(
+    assert "PN_APNS_SANDBOX: expected true or false, got 'nope'" in settings_error(
         tmp_path, PN_APNS_SANDBOX="nope"
     )
 
@@ -200,13 +182,13 @@ def test_tilde_is_the_home_directory(tmp_path: Path) -> None:
 def test_numbers_are_printed_as_written(
     tmp_path: Path, environ: dict[str, str], config: str | None, message: str
 ) -> None:
-    assert error_of(tmp_path, config, **environ) == message
+    assert settings_error(tmp_path, config, **environ) == message
 
 
 def test_each_message_names_the_setting_as_the_user_set_it(tmp_path: Path) -> None:
-    assert error_of(tmp_path, "PORT = 70000\n") == "PORT: 70000 is outside 0..65535"
-    assert error_of(tmp_path, PN_PORT="70000") == "PN_PORT: 70000 is outside 0..65535"
-    assert error_of(tmp_path, PN_APNS_KEY_ID="K").startswith("PN_APNS_KEY_ID is set but")
+    assert settings_error(tmp_path, "PORT = 70000\n") == "PORT: 70000 is outside 0..65535"
+    assert settings_error(tmp_path, PN_PORT="70000") == "PN_PORT: 70000 is outside 0..65535"
+    assert settings_error(tmp_path, PN_APNS_KEY_ID="K").startswith("PN_APNS_KEY_ID is set but")
     with pytest.raises(SettingsError, match=r"^--port: 70000 is outside"):
         read_settings(
             environ={}, overrides={"PORT": 70000}, override_labels={"PORT": "--port"}, cwd=tmp_path
@@ -282,7 +264,7 @@ def test_each_message_names_the_setting_as_the_user_set_it(tmp_path: Path) -> No
 def test_half_given_credentials_are_one_error_naming_what_is_missing(
     tmp_path: Path, environ: dict[str, str], config: str | None, message: str
 ) -> None:
-    assert message in error_of(tmp_path, config, **environ)
+    assert message in settings_error(tmp_path, config, **environ)
 
 
 def test_whole_credentials_pass(tmp_path: Path) -> None:
@@ -312,7 +294,7 @@ def test_an_unprefixed_variable_is_ignored_with_a_warning_saying_how(tmp_path: P
 
 
 def test_an_unknown_variable_suggests_the_setting(tmp_path: Path) -> None:
-    assert error_of(tmp_path, PN_DATADIR="/x") == (
+    assert settings_error(tmp_path, PN_DATADIR="/x") == (
         "PN_DATADIR: unknown setting (see config.example.py); did you mean PN_DATA_DIR?"
     )
 
@@ -320,6 +302,6 @@ def test_an_unknown_variable_suggests_the_setting(tmp_path: Path) -> None:
 def test_log_format_and_access_log(tmp_path: Path) -> None:
     settings = load_settings(environ={"PN_LOG_FORMAT": "json", "PN_ACCESS_LOG": "on"}, cwd=tmp_path)
     assert (settings.LOG_FORMAT, settings.ACCESS_LOG) == ("json", True)
-    assert "PN_LOG_FORMAT: 'xml' is not one of text, json" in error_of(
+    assert "PN_LOG_FORMAT: 'xml' is not one of text, json" in settings_error(
         tmp_path, PN_LOG_FORMAT="xml"
     )

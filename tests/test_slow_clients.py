@@ -8,24 +8,14 @@ from __future__ import annotations
 
 import http.client
 import socket
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from tests.checks import SUCCESS, wait_until
 from tests.support import RunningRelay, random_apns_token, random_session_id
 from web.connections import REFUSAL
-
-SUCCESS = (200, {"code": 1, "message": "Success"})
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.01)
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ import base64
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -23,6 +22,7 @@ from stats.auth import (
     parse_basic_authorization,
     parse_password_hash,
 )
+from tests.checks import wait_until
 
 
 def header(user: str, password: str, scheme: str = "Basic") -> str:
@@ -261,11 +261,3 @@ def test_checks_beyond_the_pending_cap_are_throttled_at_once() -> None:
     blocker.result(30)
     assert auth.pending == 0
     auth.close()
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.005)

@@ -34,10 +34,9 @@ from stats.dashboard import (
 from stats.rollup import MINUTE_MS, minute_floor
 from stats.schema import QUEUE_DEPTH, statistics_minutes
 from storage.engine import create_schema, make_engine
+from tests.http_calls import Received, request
 from tests.png_reader import read_png
-from tests.support import RunningRelay
-from tests.test_healthz_under_load import Answer, request
-from tests.test_stats_rollup import ms
+from tests.support import RunningRelay, ms
 
 USER, PASSWORD = "stats-reader", "a dashboard password"
 AUTH = {"Authorization": "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()}
@@ -102,7 +101,7 @@ def insert_rows(engine: Engine, rows: list[tuple[int, dict[str, Any]]]) -> None:
         conn.execute(insert(statistics_minutes), [row for _, row in rows])
 
 
-def get(relay: RunningRelay, path: str, headers: dict[str, str] | None = None) -> Answer:
+def get(relay: RunningRelay, path: str, headers: dict[str, str] | None = None) -> Received:
     return request(relay, "GET", path, AUTH if headers is None else headers)
 
 

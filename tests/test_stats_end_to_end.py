@@ -3,31 +3,19 @@
 from __future__ import annotations
 
 import base64
-import http.client
 import json
 import os
-import secrets
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
-
-import psycopg
-import pytest
 
 from lsrpc.client import OnionClient
+from tests.checks import SUCCESS
+from tests.http_calls import http_request
 from tests.providers import Providers
-from tests.support import (
-    RunningRelay,
-    postgres_base_url,
-    random_apns_token,
-    random_fcm_token,
-    random_session_id,
-)
-from tests.test_server_cli import ServerProcess
+from tests.server_process import ServerProcess
+from tests.support import RunningRelay, random_apns_token, random_fcm_token, random_session_id
 
 AUTH = {"Authorization": "Basic " + base64.b64encode(b"ops:correct horse").decode()}
-SUCCESS = (200, {"code": 1, "message": "Success"})
 ALL_FLAGS = {
     "total_message_number": 1,
     "ios_pn_number": 1,
@@ -40,14 +28,11 @@ ALL_FLAGS = {
 
 
 def statistics(port: int, body: dict[str, Any]) -> list[dict[str, Any]]:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    try:
-        headers = {"Content-Type": "application/json", **AUTH}
-        connection.request("POST", "/get_statistics_data", json.dumps(body), headers)
-        response = connection.getresponse()
-        answer = json.loads(response.read())
-    finally:
-        connection.close()
+    headers = {"Content-Type": "application/json", **AUTH}
+    response = http_request(
+        port, "POST", "/get_statistics_data", body=json.dumps(body).encode(), headers=headers
+    )
+    answer = json.loads(response.body)
     assert response.status == 200, answer
     assert answer["code"] == 0
     rows: list[dict[str, Any]] = answer["data"]
@@ -104,27 +89,11 @@ def test_counts_of_real_notifies_and_pushes(
     }
 
 
-@pytest.fixture
-def shared_postgres_url() -> Iterator[str]:
-    base = postgres_base_url()
-    if base is None:
-        pytest.skip("needs RELAY_TEST_POSTGRES_URL (set by .ci/run)")
-    schema = "t_" + secrets.token_hex(6)
-    plain = base.replace("postgresql+psycopg://", "postgresql://")
-    with psycopg.connect(plain, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-    try:
-        yield f"{base}?options={quote(f'-csearch_path={schema}')}"
-    finally:
-        with psycopg.connect(plain, autocommit=True) as conn:
-            conn.execute(f"DROP SCHEMA {schema} CASCADE")
-
-
 def test_two_processes_sharing_postgresql_give_exact_totals(
-    tmp_path: Path, shared_postgres_url: str
+    tmp_path: Path, postgres_url: str
 ) -> None:
     env = {
-        "PN_DATABASE_URL": shared_postgres_url,
+        "PN_DATABASE_URL": postgres_url,
         "PN_STATS_USERNAME": "ops",
         "PN_STATS_PASSWORD": "correct horse",
     }

@@ -3,98 +3,35 @@ stats blueprints behind Tornado's HTTPServer + WSGIContainer, spoken to with htt
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import http.client
 import itertools
 import json
-import threading
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from flask import Flask
 from sqlalchemy import Engine, insert
-from tornado.httpserver import HTTPServer
-from tornado.netutil import bind_sockets
-from tornado.wsgi import WSGIContainer
 
 from stats.auth import WWW_AUTHENTICATE, StatsAuth, hash_password
 from stats.counters import COUNTER_NAMES, Counters
-from stats.endpoint import DEFAULT_COUNTERS, create_stats_blueprint
 from stats.healthz import create_health_blueprint
 from stats.metrics import RelayMetrics, create_metrics_blueprint
+from stats.query import DEFAULT_COUNTERS, create_stats_blueprint
 from stats.rollup import MinuteRollup
 from stats.schema import statistics_minutes
 from storage.engine import create_schema, make_engine
 from storage.records import Provider
-from tests.test_stats_rollup import DrivenClock, ms
+from tests.http_calls import Received
+from tests.served import Served
+from tests.support import DrivenClock, ms
 
 USER, PASSWORD = "stats-reader", "correct horse battery staple"
 README_REQUEST = (
     b'{"start_date": "2021-5-4 03:40:00", "end_date": "2021-5-4 06:00:00",'
     b' "ios_pn_number": 1, "android_pn_number": 1, "total_message_number": 1}'
 )
-
-
-@dataclass
-class Answer:
-    status: int
-    headers: Mapping[str, str]  # names in lower case
-    body: bytes
-
-    def json(self) -> Any:
-        assert self.headers["content-type"] == "application/json", self.headers
-        return json.loads(self.body)
-
-
-class ServedApp:
-    """A Flask app on 127.0.0.1:<ephemeral>, behind Tornado, on its own loop thread."""
-
-    def __init__(self, app: Flask) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.executor = ThreadPoolExecutor(4, thread_name_prefix="stats-web")
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        container = WSGIContainer(app.wsgi_app, executor=self.executor)
-
-        async def listen() -> HTTPServer:
-            server = HTTPServer(container)
-            server.add_sockets(bind_sockets(0, "127.0.0.1"))
-            return server
-
-        self.server = asyncio.run_coroutine_threadsafe(listen(), self.loop).result(10)
-        self.port = next(iter(self.server._sockets.values())).getsockname()[1]
-
-    def request(
-        self,
-        method: str,
-        path: str,
-        body: bytes | None = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> Answer:
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        try:
-            connection.request(method, path, body=body, headers=dict(headers or {}))
-            response = connection.getresponse()
-            headers = {name.lower(): value for name, value in response.getheaders()}
-            return Answer(response.status, headers, response.read())
-        finally:
-            connection.close()
-
-    def close(self) -> None:
-        async def stop() -> None:
-            self.server.stop()
-            await self.server.close_all_connections()
-
-        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
-        self.executor.shutdown()
 
 
 def basic(user: str, password: str) -> dict[str, str]:
@@ -108,29 +45,14 @@ JSON = {"Content-Type": "application/json"}
 
 
 @pytest.fixture
-def engine(sqlite_url: str) -> Iterator[Engine]:
-    engine = make_engine(sqlite_url, pool_size=4)
-    create_schema(engine)
-    yield engine
-    engine.dispose()
+def engine(sqlite_engine: Engine) -> Engine:
+    """These tests run on SQLite only (conftest's `engine` is on each backend)."""
+    return sqlite_engine
 
 
 @pytest.fixture
 def clock() -> DrivenClock:
     return DrivenClock(NOW)
-
-
-@pytest.fixture
-def serve() -> Iterator[Callable[[Flask], ServedApp]]:
-    started: list[ServedApp] = []
-
-    def start(app: Flask) -> ServedApp:
-        started.append(ServedApp(app))
-        return started[-1]
-
-    yield start
-    for served in started:
-        served.close()
 
 
 def stats_app(engine: Engine, auth: StatsAuth, clock: DrivenClock) -> Flask:
@@ -140,7 +62,7 @@ def stats_app(engine: Engine, auth: StatsAuth, clock: DrivenClock) -> Flask:
 
 
 @pytest.fixture(scope="module")
-def stats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedApp]:
+def stats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """Rows for every minute of 2021-05-04 03:00-06:59 UTC, counter i = minute-of-day * (i+1).
 
     One database and server for the module: these tests only read.
@@ -160,27 +82,27 @@ def stats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedApp]:
                 for m in range(240)
             ],
         )
-    served = ServedApp(stats_app(engine, StatsAuth(USER, PASSWORD), DrivenClock(NOW)))
+    served = Served(stats_app(engine, StatsAuth(USER, PASSWORD), DrivenClock(NOW)))
     yield served
     served.close()
     engine.dispose()
 
 
 def post(
-    served: ServedApp, body: object | bytes | None, headers: Mapping[str, str] = AUTH
-) -> Answer:
+    served: Served, body: object | bytes | None, headers: Mapping[str, str] = AUTH
+) -> Received:
     raw = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
     return served.request("POST", "/get_statistics_data", raw, {**JSON, **headers})
 
 
-def data(answer: Answer) -> list[dict[str, Any]]:
+def data(answer: Received) -> list[dict[str, Any]]:
     assert answer.status == 200, answer.body
     parsed = answer.json()
     assert parsed["code"] == 0
     return list(parsed["data"])
 
 
-def bad(answer: Answer, fragment: str) -> None:
+def bad(answer: Received, fragment: str) -> None:
     assert answer.status == 400, (answer.status, answer.body)
     parsed = answer.json()
     assert parsed["code"] == 1
@@ -190,7 +112,7 @@ def bad(answer: Answer, fragment: str) -> None:
 # -- the README's request and the shape of the answer ----------------------------------------
 
 
-def test_the_readme_request_verbatim(stats: ServedApp) -> None:
+def test_the_readme_request_verbatim(stats: Served) -> None:
     answer = stats.request("POST", "/get_statistics_data", README_REQUEST, {**JSON, **AUTH})
     found = data(answer)
     assert len(found) == 141  # 03:40 .. 06:00 inclusive
@@ -207,7 +129,7 @@ def test_the_readme_request_verbatim(stats: ServedApp) -> None:
     assert starts == sorted(starts)  # oldest first
 
 
-def test_unknown_fields_are_ignored(stats: ServedApp) -> None:
+def test_unknown_fields_are_ignored(stats: Served) -> None:
     body = json.dumps(
         {**json.loads(README_REQUEST), "dashboard": "ops", "ios_pn_numbr": 1}
     ).encode()
@@ -220,7 +142,7 @@ def test_unknown_fields_are_ignored(stats: ServedApp) -> None:
 FLAG_VALUES: list[object] = ["absent", 0, 1, False, True]
 
 
-def test_every_combination_of_the_readme_flags(stats: ServedApp) -> None:
+def test_every_combination_of_the_readme_flags(stats: Served) -> None:
     for values in itertools.product(FLAG_VALUES, repeat=3):
         body: dict[str, object] = {
             "start_date": "2021-05-04 04:00:00",
@@ -239,7 +161,7 @@ def test_every_combination_of_the_readme_flags(stats: ServedApp) -> None:
 
 
 @pytest.mark.parametrize("name", [n for n in COUNTER_NAMES if n not in DEFAULT_COUNTERS])
-def test_other_counters_are_included_on_request(stats: ServedApp, name: str) -> None:
+def test_other_counters_are_included_on_request(stats: Served, name: str) -> None:
     window = {"start_date": "2021-05-04 04:00:00", "end_date": "2021-05-04 04:00:00"}
     assert name not in data(post(stats, window))[0]
     assert name not in data(post(stats, {**window, name: 0}))[0]
@@ -296,7 +218,7 @@ def test_other_counters_are_included_on_request(stats: ServedApp, name: str) -> 
     ],
 )
 def test_date_filters(
-    stats: ServedApp, body: dict[str, object], first: str, last: str, count: int
+    stats: Served, body: dict[str, object], first: str, last: str, count: int
 ) -> None:
     found = data(post(stats, body))
     assert len(found) == count
@@ -304,13 +226,13 @@ def test_date_filters(
     assert found[-1]["start_date"] == f"2021-05-04 {last}"
 
 
-def test_ranges_without_rows_are_empty(stats: ServedApp) -> None:
+def test_ranges_without_rows_are_empty(stats: Served) -> None:
     assert data(post(stats, {"start_date": "2021-05-05", "end_date": "2021-05-05"})) == []
     assert data(post(stats, {"start_date": "2030-01-01"})) == []  # in the future
     assert data(post(stats, {"end_date": "2021-05-03 12:00:00"})) == []
 
 
-def test_a_range_may_cover_31_days_and_no_more(stats: ServedApp) -> None:
+def test_a_range_may_cover_31_days_and_no_more(stats: Served) -> None:
     assert len(data(post(stats, {"start_date": "2021-04-04", "end_date": "2021-05-04"}))) == 240
     bad(post(stats, {"start_date": "2021-04-03", "end_date": "2021-05-04"}), "at most 44640")
     bad(post(stats, {"start_date": "2020-01-01"}), "at most 44640")
@@ -319,7 +241,7 @@ def test_a_range_may_cover_31_days_and_no_more(stats: ServedApp) -> None:
 # -- bodies and bad input --------------------------------------------------------------------
 
 
-def test_empty_bodies_and_content_types_are_all_defaults(stats: ServedApp) -> None:
+def test_empty_bodies_and_content_types_are_all_defaults(stats: Served) -> None:
     everything = data(post(stats, {}))
     assert len(everything) == 211
     assert data(stats.request("POST", "/get_statistics_data", None, AUTH)) == everything
@@ -365,13 +287,13 @@ def test_empty_bodies_and_content_types_are_all_defaults(stats: ServedApp) -> No
     ],
 )
 def test_bad_input_is_a_400_saying_what_is_wrong(
-    stats: ServedApp, body: object, fragment: str
+    stats: Served, body: object, fragment: str
 ) -> None:
     bad(post(stats, body), fragment)
 
 
 def test_the_database_failing_is_a_503_not_a_500(
-    tmp_path: Path, clock: DrivenClock, serve: Callable[[Flask], ServedApp]
+    tmp_path: Path, clock: DrivenClock, serve: Callable[[Flask], Served]
 ) -> None:
     engine = make_engine(f"sqlite:///{tmp_path / 'no-tables.sqlite3'}", pool_size=2)
     try:
@@ -389,7 +311,7 @@ def test_the_database_failing_is_a_503_not_a_500(
 # -- authentication --------------------------------------------------------------------------
 
 
-def unauthorized(answer: Answer) -> None:
+def unauthorized(answer: Received) -> None:
     assert answer.status == 401, (answer.status, answer.body)
     assert (
         answer.headers["www-authenticate"]
@@ -414,18 +336,18 @@ def unauthorized(answer: Answer) -> None:
         {"Authorization": "Bearer " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()},
     ],
 )
-def test_wrong_or_missing_credentials_are_401(stats: ServedApp, headers: dict[str, str]) -> None:
+def test_wrong_or_missing_credentials_are_401(stats: Served, headers: dict[str, str]) -> None:
     unauthorized(post(stats, README_REQUEST, headers))
     unauthorized(post(stats, b"{not json", headers))  # refused before the body is read
 
 
-def test_the_scheme_is_case_insensitive(stats: ServedApp) -> None:
+def test_the_scheme_is_case_insensitive(stats: Served) -> None:
     token = AUTH["Authorization"].split()[1]
     assert len(data(post(stats, {}, {"Authorization": f"basic {token}"}))) == 211
 
 
 def test_a_password_hash_works_like_the_password(
-    engine: Engine, clock: DrivenClock, serve: Callable[[Flask], ServedApp]
+    engine: Engine, clock: DrivenClock, serve: Callable[[Flask], Served]
 ) -> None:
     auth = StatsAuth(USER, password_hash=hash_password(PASSWORD, iterations=1000))
     served = serve(stats_app(engine, auth, clock))
@@ -447,7 +369,7 @@ def test_a_password_hash_works_like_the_password(
 def test_unconfigured_auth_refuses_everyone(
     engine: Engine,
     clock: DrivenClock,
-    serve: Callable[[Flask], ServedApp],
+    serve: Callable[[Flask], Served],
     auth: StatsAuth,
 ) -> None:
     served = serve(stats_app(engine, auth, clock))
@@ -471,7 +393,7 @@ def metrics_app(
 
 
 def test_metrics_exposes_counters_latency_in_flight_and_queue(
-    engine: Engine, serve: Callable[[Flask], ServedApp]
+    engine: Engine, serve: Callable[[Flask], Served]
 ) -> None:
     counters = Counters()
     queue = [(3, 1.5)]
@@ -542,7 +464,7 @@ def test_metrics_take_the_dispatchers_provider_enum_and_in_flight_counts() -> No
 
 
 def test_a_failing_queue_callable_leaves_the_rest_of_the_scrape(
-    engine: Engine, serve: Callable[[Flask], ServedApp]
+    engine: Engine, serve: Callable[[Flask], Served]
 ) -> None:
     def broken() -> tuple[int, float]:
         raise RuntimeError("queue unavailable")
@@ -555,7 +477,7 @@ def test_a_failing_queue_callable_leaves_the_rest_of_the_scrape(
 
 
 def test_metrics_behind_basic_auth_and_absent_when_disabled(
-    engine: Engine, serve: Callable[[Flask], ServedApp]
+    engine: Engine, serve: Callable[[Flask], Served]
 ) -> None:
     auth = StatsAuth(USER, PASSWORD)
     served = serve(metrics_app(engine, RelayMetrics(Counters()), None, auth))
@@ -570,7 +492,7 @@ def test_metrics_behind_basic_auth_and_absent_when_disabled(
     assert disabled.request("GET", "/healthz").body == b"ok\n"
 
 
-def test_healthz(engine: Engine, tmp_path: Path, serve: Callable[[Flask], ServedApp]) -> None:
+def test_healthz(engine: Engine, tmp_path: Path, serve: Callable[[Flask], Served]) -> None:
     alive: list[bool | None] = [True]
 
     def dispatcher_alive() -> bool:
@@ -601,7 +523,7 @@ def test_healthz(engine: Engine, tmp_path: Path, serve: Callable[[Flask], Served
 
 
 def test_counted_events_reach_the_endpoint_on_each_backend(
-    database_url: str, serve: Callable[[Flask], ServedApp]
+    database_url: str, serve: Callable[[Flask], Served]
 ) -> None:
     """Counters -> two processes' roll-ups -> one database -> the endpoint's answer."""
     engines = [make_engine(database_url, pool_size=2) for _ in range(2)]

@@ -19,11 +19,9 @@ from stats.schema import QUEUE_DEPTH, statistics_minutes
 from storage.engine import create_schema, make_engine
 from storage.migrations import VERSION_KEY
 from storage.schema import SCHEMA_VERSION, schema_meta
-from tests.support import RunningRelay, random_apns_token, random_session_id
-from tests.test_healthz_under_load import request
-from tests.test_stats_rollup import DrivenClock, ms
-
-SUCCESS = (200, {"code": 1, "message": "Success"})
+from tests.checks import SUCCESS
+from tests.http_calls import request
+from tests.support import DrivenClock, RunningRelay, ms, random_apns_token, random_session_id
 
 
 @pytest.fixture
@@ -54,9 +52,7 @@ def test_a_schema_2_database_gains_the_column_and_keeps_its_rows(engine: Engine)
     # The previous release's layout: statistics_minutes without queue_depth, schema 2.
     with engine.begin() as conn:
         conn.exec_driver_sql("ALTER TABLE statistics_minutes DROP COLUMN queue_depth")
-        conn.execute(
-            update(schema_meta).where(schema_meta.c.key == VERSION_KEY).values(value="2")
-        )
+        conn.execute(update(schema_meta).where(schema_meta.c.key == VERSION_KEY).values(value="2"))
         conn.execute(
             text("INSERT INTO statistics_minutes (minute_start, ios_pn_number) VALUES (60000, 5)")
         )

@@ -4,10 +4,8 @@ job, shutdown flush and retention in one process only. Clocks are driven, never 
 from __future__ import annotations
 
 import asyncio
-import calendar
 import datetime
 import threading
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -21,46 +19,13 @@ from stats.counters import COUNTER_NAMES, Counters
 from stats.rollup import DAY_MS, MinuteRollup, RetentionJob, claim_lease, minute_floor
 from stats.schema import create_stats_schema, job_leases, statistics_minutes
 from storage.engine import create_schema, make_engine
-
-
-class DrivenClock:
-    """Milliseconds since the epoch, moved by the test."""
-
-    def __init__(self, iso: str) -> None:
-        self.now = ms(iso)
-
-    def __call__(self) -> int:
-        return self.now
-
-    def set(self, iso: str) -> None:
-        self.now = ms(iso)
-
-
-def ms(iso: str) -> int:
-    parsed = datetime.datetime.fromisoformat(iso)
-    return calendar.timegm(parsed.timetuple()) * 1000 + parsed.microsecond // 1000
+from tests.support import DrivenClock, ms
 
 
 def rows(engine: Engine) -> dict[int, dict[str, int]]:
     with engine.connect() as conn:
         found = conn.execute(select(statistics_minutes).order_by("minute_start")).mappings()
         return {row["minute_start"]: {name: row[name] for name in COUNTER_NAMES} for row in found}
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = make_engine(database_url, pool_size=4)
-    create_schema(engine)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def sqlite_engine(sqlite_url: str) -> Iterator[Engine]:
-    engine = make_engine(sqlite_url, pool_size=4)
-    create_schema(engine)
-    yield engine
-    engine.dispose()
 
 
 def test_minute_floor_and_the_minute_a_flush_writes_to(sqlite_engine: Engine) -> None:

@@ -8,18 +8,11 @@ import os
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
 
 from lsrpc.client import V4_STYLES
 from storage.schema import deliveries, devices, group_members
+from tests.checks import SUCCESS, count
 from tests.support import RunningRelay, random_apns_token, random_fcm_token, random_session_id
-
-SUCCESS = (200, {"code": 1, "message": "Success"})
-
-
-def count(relay: RunningRelay, table: Any) -> int:
-    with relay.relay.engine.connect() as conn:
-        return int(conn.execute(select(func.count()).select_from(table)).scalar_one())
 
 
 def data() -> str:

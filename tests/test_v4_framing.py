@@ -20,6 +20,7 @@ from lsrpc.v4 import (
     parse_request,
     parse_response,
 )
+from tests.strategies import chunks, mutate
 
 SESSION_ID = "05" + "ab" * 32
 REGISTER_BODY = json.dumps({"token": "f" * 64, "pubKey": SESSION_ID}).encode()
@@ -398,28 +399,6 @@ SAMPLES = [
     build_response(200, b'{"code":1,"message":"Success"}'),
     build_response(400, b'{"code":0,"message":"bad"}'),
 ]
-
-
-INTERESTING = b'0123456789:-ildeLx{}[]",\\ \x00\xff'
-
-
-def mutate(data: bytes, op: int, pos: int, chunk: bytes) -> bytes:
-    """Apply one small edit to ``data``: flip, insert, delete, truncate or repeat."""
-    i = pos % (len(data) + 1)
-    if op == 0 and i < len(data):  # overwrite one byte
-        return data[:i] + chunk[:1] + data[i + 1 :]
-    if op == 1:  # insert a few bytes
-        return data[:i] + chunk + data[i:]
-    if op == 2:  # delete a few bytes
-        return data[:i] + data[i + len(chunk) :]
-    if op == 3:  # truncate
-        return data[:i]
-    return data[:i] + data  # repeat a prefix
-
-
-chunks = st.binary(min_size=1, max_size=4) | st.lists(
-    st.sampled_from(list(INTERESTING)), min_size=1, max_size=4
-).map(bytes)
 
 
 @given(st.binary(max_size=300))

@@ -26,39 +26,17 @@ import pytest
 from sqlalchemy import create_engine, select
 
 from lsrpc.client import OnionClient
-from settings import SettingsError, load_settings
+from settings import load_settings
 from startup import load_keys
 from storage.schema import notifications
+from tests.checks import SUCCESS
 from tests.providers import Providers
-from tests.support import (
-    POSTGRES_URL_VARIABLE,
-    postgres_base_url,
-    postgres_schema_url,
-    random_apns_token,
-    random_fcm_token,
-    random_session_id,
-)
-from tests.test_server_cli import SERVER, ServerProcess, clean_env
-
-SUCCESS = (200, {"code": 1, "message": "Success"})
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def wait_for_line(server: ServerProcess, pattern: str, timeout: float = 60.0) -> re.Match[str]:
-    """The first log line matching `pattern`, once the relay wrote it."""
-    deadline = time.monotonic() + timeout
-    while True:
-        for line in list(server.lines):
-            found = re.search(pattern, line)
-            if found:
-                return found
-        if time.monotonic() > deadline or server.process.poll() is not None:
-            raise AssertionError(f"no line matching {pattern!r} in:\n{server.log}")
-        time.sleep(0.02)
+from tests.server_process import ROOT, ServerProcess, run_server
+from tests.support import random_apns_token, random_fcm_token, random_session_id, settings_error
 
 
 def worker_pids(server: ServerProcess, count: int) -> list[int]:
-    found = wait_for_line(server, rf"workers: {count} processes \(pids ([\d, ]+)\)")
+    found = server.wait_for_line(rf"workers: {count} processes \(pids ([\d, ]+)\)")
     return [int(pid) for pid in found.group(1).split(", ")]
 
 
@@ -158,10 +136,9 @@ def check_delivered(
 
 
 def provider_env(providers: Providers, database_url: str, **extra: str) -> dict[str, str]:
-    env = {f"PN_{name}": str(value) for name, value in providers.settings.items()}
-    env.update(PN_DATABASE_URL=database_url, PN_ACCESS_LOG="true", PN_WEB_THREADS="4")
-    env.update(extra)
-    return env
+    return providers.environment(
+        PN_DATABASE_URL=database_url, PN_ACCESS_LOG="true", PN_WEB_THREADS="4", **extra
+    )
 
 
 @pytest.fixture
@@ -214,24 +191,11 @@ def test_workers_is_a_number_or_auto(
 def test_a_bad_workers_value_is_named(
     tmp_path: Path, environ: dict[str, str], config: str | None, message: str
 ) -> None:
-    config_file = None
-    if config is not None:
-        config_file = tmp_path / "config.py"
-        config_file.write_text(config)
-    with pytest.raises(SettingsError) as caught:
-        load_settings(config_file, environ=environ, cwd=tmp_path)
-    assert message in str(caught.value)
+    assert message in settings_error(tmp_path, config, **environ)
 
 
 def test_the_workers_option_takes_a_number_or_auto(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [*SERVER, "--workers", "lots"],
-        cwd=tmp_path,
-        env=clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_server("--workers", "lots", cwd=tmp_path)
     assert result.returncode == 2
     assert "argument --workers: expected a whole number or auto, got 'lots'" in result.stderr
     assert list(tmp_path.iterdir()) == []
@@ -296,13 +260,13 @@ def test_a_worker_killed_mid_stream_loses_no_accepted_notify_and_is_restarted(
     assert victim in served_by(server)  # it took some of them
     os.kill(victim, signal.SIGKILL)
     sending.join(120)
-    restarted = wait_for_line(server, r"worker 1 restarted as pid (\d+)")
+    restarted = server.wait_for_line(r"worker 1 restarted as pid (\d+)")
     stream.send(40)  # and the restarted worker serves too
 
     assert not stream.failures
     check_delivered(providers, stream.accepted, exactly_once=False)
     killed = r"worker 1 \(pid (\d+)\) was killed by SIGKILL after \d+ s; restarting it now"
-    assert int(wait_for_line(server, killed).group(1)) == victim
+    assert int(server.wait_for_line(killed).group(1)) == victim
     assert int(restarted.group(1)) not in pids
     assert server.terminate() == 0
     assert "workers stopped" in server.log
@@ -347,14 +311,7 @@ def test_sigterm_to_the_supervisor_stops_every_worker_and_loses_nothing(
 
 
 def test_a_start_up_error_is_one_line_with_workers_too(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [*SERVER, "--workers", "3"],
-        cwd=tmp_path,
-        env=clean_env(PN_KEY_FILE="typo.hex"),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_server("--workers", "3", cwd=tmp_path, env={"PN_KEY_FILE": "typo.hex"})
     assert result.returncode == 2
     assert result.stderr.startswith("pn-relay: PN_KEY_FILE: typo.hex does not exist;")
     assert len(result.stderr.splitlines()) == 1, result.stderr
@@ -366,14 +323,7 @@ def test_a_taken_port_is_one_line_with_workers_too(
 ) -> None:
     first, _ = start_workers(workers_server, tmp_path / "first", 2)
     (tmp_path / "second").mkdir()
-    result = subprocess.run(
-        [*SERVER, "--workers", "2", "--port", str(first.port)],
-        cwd=tmp_path / "second",
-        env=clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_server("--workers", "2", "--port", str(first.port), cwd=tmp_path / "second")
     assert result.returncode == 2
     assert result.stderr == (
         f"pn-relay: cannot listen on 127.0.0.1:{first.port}: Address already in use\n"
@@ -389,7 +339,7 @@ def test_a_worker_that_cannot_start_again_is_not_restarted(
     # The server key is damaged while the relay runs: a new worker cannot start.
     (tmp_path / "data" / "server_key.hex").write_text("not a key\n")
     os.kill(pids[1], signal.SIGKILL)
-    refused = wait_for_line(server, r"ERROR pn_relay\[\d+\]: worker 2 cannot start: (.*)$")
+    refused = server.wait_for_line(r"ERROR pn_relay\[\d+\]: worker 2 cannot start: (.*)$")
     assert "server key data/server_key.hex" in refused.group(1)
     assert refused.group(1).endswith("not restarted (1 still running)")
     node = Node(server)  # the other carries on
@@ -473,14 +423,6 @@ def test_starts_read_new_key_files_only_under_the_data_dir_lock(tmp_path: Path) 
 # -- several machines: nodes sharing one PostgreSQL and the key files ---------------------------
 
 
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    base = postgres_base_url()
-    if base is None:
-        pytest.skip(f"PostgreSQL tests need {POSTGRES_URL_VARIABLE} (set by .ci/run)")
-    yield from postgres_schema_url(base)
-
-
 def test_two_nodes_on_one_postgresql_survive_a_kill_9_of_one(
     tmp_path: Path,
     providers: Providers,
@@ -494,9 +436,7 @@ def test_two_nodes_on_one_postgresql_survive_a_kill_9_of_one(
         "PN_IDENTITY_KEY_FILE": str(keys / "identity_secret.hex"),
         "PN_TOKEN_KEY_FILE": str(keys / "token_secret.hex"),
     }
-    subprocess.run(
-        [*SERVER, "--init"], cwd=tmp_path, env=clean_env(**key_env), check=True, timeout=60
-    )
+    run_server("--init", cwd=tmp_path, env=key_env, check=True)
     providers.apns.global_delay = providers.fcm.global_delay = 0.3
     env = provider_env(providers, postgres_url, PN_DELIVERY_LEASE="1", **key_env)
     nodes = []

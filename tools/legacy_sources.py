@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
+from errors import unreadable
+
 SQLITE_MAGIC = b"SQLite format 3\x00"
 REGISTRATIONS_TABLE = "token_pubkey_table"
 GROUPS_TABLE = "closed_group_table"
@@ -74,12 +76,9 @@ def open_legacy_source(path: Path) -> LegacySource:
     try:
         with path.open("rb") as handle:
             head = handle.read(64)
-    except FileNotFoundError:
-        raise LegacySourceError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise LegacySourceError(f"{path}: is a directory, not the 2021 server's database") from None
     except OSError as exc:
-        raise LegacySourceError(f"{path}: cannot read it: {exc.strerror}") from None
+        reason = unreadable(exc, "the 2021 server's database")
+        raise LegacySourceError(f"{path}: {reason}") from None
     if head.startswith(SQLITE_MAGIC):
         return SqliteSource(path)
     if head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"{"):

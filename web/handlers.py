@@ -6,6 +6,7 @@ from types import TracebackType
 
 from tornado.web import HTTPError, RequestHandler
 
+from web.answers import plain, send
 from web.errorlog import RateLimitedLog
 
 
@@ -22,8 +23,7 @@ class PlainErrorsHandler(RequestHandler):
         self.clear_header("Server")
 
     def write_error(self, status_code: int, **kwargs: object) -> None:
-        self.set_header("Content-Type", "text/plain; charset=utf-8")
-        self.finish(f"{self._reason}\n")
+        send(self, plain(status_code, self._reason))
 
     def log_exception(
         self,

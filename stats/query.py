@@ -14,7 +14,8 @@ Content-Type) means all defaults. The Content-Type is not checked.
 - At most 31 days (44,640 minute rows) per request; a longer range is a 400 that says so
   (ask in pieces; a `start_date` alone more than 31 days ago needs an `end_date`). That
   bounds an answer to about 6 MB; on SQLite with a year of rows a day
-  takes ~10 ms and the full 31 days ~0.3 s (tests/test_stats_query_speed.py).
+  takes ~10 ms and the full 31 days ~0.3 s (bench/stats_query.py; the query plan that keeps
+  it so: tests/test_stats_rollup.py).
 - Flags, one per counter of `COUNTER_NAMES`: ``1``/``true`` includes that counter in every
   row, ``0``/``false`` leaves it out. By default the three counters of the original README
   (``ios_pn_number``, ``android_pn_number``, ``total_message_number``) are included and the
@@ -46,10 +47,11 @@ from sqlalchemy import Engine, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from errors import ClientError
-from stats.auth import THROTTLED_MESSAGE, WWW_AUTHENTICATE, StatsAuth, Verdict
+from stats.auth import StatsAuth, requires_auth
 from stats.counters import COUNTER_NAMES
 from stats.rollup import MINUTE_MS, minute_floor
 from stats.schema import statistics_minutes
+from web.answers import json_error, to_flask
 
 log = logging.getLogger(__name__)
 
@@ -205,22 +207,6 @@ def render_answer(engine: Engine, query: StatsQuery) -> str:
     return '{"code":0,"data":[' + ",".join(rows) + "]}"
 
 
-def _json(status: int, body: object, headers: Sequence[tuple[str, str]] = ()) -> Response:
-    return Response(
-        json.dumps(body, separators=(",", ":")),
-        status=status,
-        mimetype="application/json",
-        headers=list(headers),
-    )
-
-
-def error_response(status: int, message: str, *, retry_after: int | None = None) -> Response:
-    headers = [("WWW-Authenticate", WWW_AUTHENTICATE)] if status == 401 else []
-    if retry_after is not None:
-        headers.append(("Retry-After", str(retry_after)))
-    return _json(status, {"code": 1, "message": message}, headers)
-
-
 def read_json_object(raw: bytes) -> dict[str, Any]:
     """The request body as a JSON object; an empty body is {}."""
     if not raw.strip():
@@ -248,12 +234,8 @@ def create_stats_blueprint(
     blueprint = Blueprint("statistics", __name__)
 
     @blueprint.post(PATH)
+    @requires_auth(auth, json_error)
     def get_statistics_data() -> Response:
-        verdict = auth.verify_header(request.headers.get("Authorization"))
-        if verdict is Verdict.THROTTLED:
-            return error_response(429, THROTTLED_MESSAGE, retry_after=auth.retry_after())
-        if verdict is not Verdict.OK:
-            return error_response(401, "authentication required")
         try:
             body = read_json_object(request.get_data(cache=False))
             query = parse_query(
@@ -263,12 +245,12 @@ def create_stats_blueprint(
                 default_span_minutes=default_span_minutes,
             )
         except BadRequest as exc:
-            return error_response(400, str(exc))
+            return to_flask(json_error(400, str(exc)))
         try:
             answer = render_answer(engine, query)
         except SQLAlchemyError as exc:
             log.warning("statistics query failed (%s)", type(exc).__name__)
-            return error_response(503, "statistics are unavailable right now; try again")
+            return to_flask(json_error(503, "statistics are unavailable right now; try again"))
         return Response(answer, status=200, mimetype="application/json")
 
     return blueprint
