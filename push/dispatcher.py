@@ -57,7 +57,7 @@ from typing import Any, Protocol
 
 from push.answer_window import Answer, AnswerWindow, WindowCounts
 from push.outcome import ProviderSender, Push, PushOutcome, Verdict
-from push.providers import PROVIDERS, provider_info
+from push.providers import PROVIDERS, LaneEvent, provider_info
 from settings import Settings
 from stats.counters import Counters
 from storage.clock import RelayClock
@@ -161,7 +161,8 @@ class ProviderLane:
         self._storm_logged = False  # this storm of suspect answers was logged
         self._held_logged_at: float | None = None
         self._held_unlogged = 0
-        self._storm_counter, self._held_counter = info.storm_counter, info.held_counter
+        self._storm_counter = info.lane_counter(LaneEvent.CONFIG_STORM)
+        self._held_counter = info.lane_counter(LaneEvent.SUSPECT_HELD)
         # The pushes being sent, by delivery id, with the lease this lane holds on each now.
         self._sending: dict[int, ClaimedDelivery] = {}
         # Results of pushes that finished in the same loop iteration, written as one operation.

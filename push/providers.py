@@ -15,6 +15,7 @@ columns by themselves (stats/schema.py adds missing ones).
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -25,6 +26,13 @@ from settings import Settings
 from storage.records import Provider
 
 ConfigT = TypeVar("ConfigT")
+
+
+class LaneEvent(enum.Enum):
+    """What a provider lane counts for /metrics alone (push/dispatcher.py)."""
+
+    CONFIG_STORM = "config_storms"  # a storm of suspect answers paused the lane
+    SUSPECT_HELD = "suspect_answers_held"  # a suspect answer held back unjudged
 
 
 @dataclass(frozen=True)
@@ -49,15 +57,9 @@ class ProviderInfo(Generic[ConfigT]):
     # to check (push/dispatcher.py tells them apart)
     suspect_reasons: Mapping[str, str]
 
-    @property
-    def storm_counter(self) -> str:
-        """Event: a storm of suspect answers paused its lane."""
-        return f"{self.label}_config_storms"
-
-    @property
-    def held_counter(self) -> str:
-        """Event: a suspect answer held back unjudged."""
-        return f"{self.label}_suspect_answers_held"
+    def lane_counter(self, event: LaneEvent) -> str:
+        """The /metrics event counter of `event` in this provider's lane."""
+        return f"{self.label}_{event.value}"
 
 
 def _apns_sender(config: apns.APNsConfig, settings: Settings) -> ProviderSender:

@@ -7,7 +7,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from push.providers import PROVIDERS, ProviderInfo
+from push.providers import PROVIDERS, LaneEvent, ProviderInfo
 
 
 def counter_names(providers: Sequence[ProviderInfo[Any]] = PROVIDERS) -> tuple[str, ...]:
@@ -33,11 +33,8 @@ def metric_events(providers: Sequence[ProviderInfo[Any]] = PROVIDERS) -> tuple[s
     each is exported): registrations that replaced the least recently registered device of a
     Session ID at MAX_DEVICES_PER_SESSION; per provider lane, storms of "wrong configuration"
     answers that paused it, and such answers held back unjudged (push/dispatcher.py)."""
-    return (
-        "devices_replaced",
-        *(info.storm_counter for info in providers),
-        *(info.held_counter for info in providers),
-    )
+    lanes = (info.lane_counter(event) for event in LaneEvent for info in providers)
+    return ("devices_replaced", *lanes)
 
 
 COUNTER_NAMES = counter_names()
