@@ -8,7 +8,7 @@ the branch they handle.
     │       ├── SettingsError          settings.py: a value, a name, a missing companion
     │       ├── DatabaseConfigError    storage/engine.py: DATABASE_URL, schema version
     │       ├── KeyFileError           lsrpc/keys.py: a key or secret file
-    │       ├── DeliveryConfigError    push/senders.py: provider credentials and endpoints
+    │       ├── DeliveryConfigError    push/config_checks.py: provider credentials and endpoints
     │       └── PasswordHashError      stats/auth.py: STATS_PASSWORD_HASH
     ├── ClientError                a request is malformed; the message names what is wrong
     │   │                          and may be returned to the client (never an identifier)

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import binascii
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from errors import ClientError
+from push.providers import PROVIDERS, ProviderInfo
 from storage.records import Provider
 
 _SESSION_ID = re.compile(r"05[0-9a-fA-F]{64}")
-_HEX64 = re.compile(r"[0-9a-fA-F]{64}")
-_PRINTABLE_ASCII = re.compile(r"[\x21-\x7e]{1,4096}")
 _BASE64 = re.compile(r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
 
-APNS_TOKEN_LENGTHS = range(64, 201, 2)  # 32-byte tokens today; Apple says they may grow
 MAX_GROUPS = 1024
+# `device` words of providers this server does not push to, and what a client is told
+UNSUPPORTED_DEVICES = {"huawei": "Parameter device: huawei push is not supported by this server"}
+PRINTABLE_ASCII_ERROR = "Parameter token must be 1 to 4096 printable ASCII characters"
 
 
 class InvalidParameter(ClientError):
@@ -44,41 +46,43 @@ def session_id(params: dict[str, Any], name: str) -> str:
     return value.lower()
 
 
-def _is_apns_token(token: str) -> bool:
-    return len(token) in APNS_TOKEN_LENGTHS and all(c in "0123456789abcdefABCDEF" for c in token)
+def _normalized(token: str, providers: Sequence[ProviderInfo[Any]]) -> str:
+    """Tokens of a provider that ignores case (APNs: hex) are compared in lower case; others
+    (FCM) are kept verbatim."""
+    ignore_case = any(info.tokens_ignore_case and info.token_valid(token) for info in providers)
+    return token.lower() if ignore_case else token
 
 
-def _normalized(token: str) -> str:
-    """APNs tokens are hex: compare them case-insensitively. FCM tokens are kept verbatim."""
-    return token.lower() if _is_apns_token(token) else token
-
-
-def device_token(params: dict[str, Any]) -> tuple[str, Provider]:
-    """The token and its provider: `device` decides if given, else the token's shape."""
+def device_token(
+    params: dict[str, Any], providers: Sequence[ProviderInfo[Any]] = PROVIDERS
+) -> tuple[str, Provider]:
+    """The token and its provider: `device` decides if given, else the first provider of the
+    table that claims the token's shape."""
     token = require_str(params, "token")
     device = params.get("device")
     if device is not None and not isinstance(device, str):
         raise InvalidParameter("Parameter device must be a string")
     kind = device.lower() if device else None
-    if kind == "huawei":
-        raise InvalidParameter("Parameter device: huawei push is not supported by this server")
-    if kind not in (None, "ios", "android"):
-        raise InvalidParameter("Parameter device must be one of ios, android, huawei")
-    if kind == "ios" or (kind is None and _HEX64.fullmatch(token)):
-        if not _is_apns_token(token):
-            raise InvalidParameter("Parameter token: an iOS token must be 64 hex characters")
-        return _normalized(token), Provider.APNS
-    if not _PRINTABLE_ASCII.fullmatch(token):
-        raise InvalidParameter("Parameter token must be 1 to 4096 printable ASCII characters")
-    return _normalized(token), Provider.FCM
+    if kind in UNSUPPORTED_DEVICES:
+        raise InvalidParameter(UNSUPPORTED_DEVICES[kind])
+    if kind is None:
+        info = next((info for info in providers if info.token_claims(token)), None)
+    else:
+        info = next((info for info in providers if info.device == kind), None)
+        if info is None:
+            words = ", ".join([*(entry.device for entry in providers), *UNSUPPORTED_DEVICES])
+            raise InvalidParameter(f"Parameter device must be one of {words}")
+    if info is None or not info.token_valid(token):
+        raise InvalidParameter(info.shape_error if info is not None else PRINTABLE_ASCII_ERROR)
+    return _normalized(token, providers), info.provider
 
 
-def token_only(params: dict[str, Any]) -> str:
+def token_only(params: dict[str, Any], providers: Sequence[ProviderInfo[Any]] = PROVIDERS) -> str:
     """A token to forget: any shape a register could have stored."""
     token = require_str(params, "token")
-    if not _PRINTABLE_ASCII.fullmatch(token):
-        raise InvalidParameter("Parameter token must be 1 to 4096 printable ASCII characters")
-    return _normalized(token)
+    if not any(info.token_valid(token) for info in providers):
+        raise InvalidParameter(PRINTABLE_ASCII_ERROR)
+    return _normalized(token, providers)
 
 
 def notify_data(params: dict[str, Any], max_bytes: int) -> str:

@@ -30,14 +30,16 @@ push). Now:
   for a stream included), and the whole `send` (`send_timeout_s`, well below DELIVERY_LEASE's
   60 s default); a request given up is reset (RST_STREAM CANCEL) and its stream released.
 
+The batch loop (rounds, the resend of refused requests, the deadline) is push/batch.py's,
+shared with FCM; this module says how a request is built and an answer judged.
+
 tests/test_apns_flow_control.py drives it against the fake APNs granting only 65,535 bytes;
 tests/test_apns_sender.py checks the wire (headers, JWT, answers); tests/test_sandbox_apns.py
-drives the fake with it.
+drives the fake with it; tests/test_provider_adapters.py its connections, JWT and cert auth.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import ssl
@@ -48,10 +50,13 @@ from typing import Any
 from hpack import NeverIndexedHeaderTuple
 
 from push.apns_auth import ProviderTokens, load_signing_key
+from push.batch import PooledSender
+from push.config_checks import DeliveryConfigError, host_port, readable
 from push.exchange import Exchange
-from push.httppool import ConnectionPool, Endpoint
-from push.outcome import ACCEPTED, ProviderSender, Push, PushOutcome, Verdict
+from push.httppool import ConnectionPool, Endpoint, PoolLimits
+from push.outcome import ACCEPTED, Push, PushOutcome, Verdict
 from push.payloads import apns_payload
+from settings import Settings
 from storage.records import Provider
 
 PRODUCTION_HOST = "api.push.apple.com"
@@ -62,6 +67,27 @@ TOPIC_HINT = "APNS_TOPIC (the app's bundle id)"
 DEAD_TOKEN_REASONS = {"BadDeviceToken", "Unregistered", "ExpiredToken"}
 TOPIC_REASONS = {"DeviceTokenNotForTopic", "TopicDisallowed", "BadTopic", "MissingTopic"}
 PATH_PREFIX = b"/3/device/"
+# Answers that mean "not our token" or "our configuration is wrong", told apart by how many
+# say the same (push/dispatcher.py), and the settings to check when it is the configuration.
+SUSPECT_REASONS = {
+    "BadDeviceToken": (
+        "APNS_SANDBOX (False for App Store and TestFlight builds, True for development builds)"
+        " and APNS_TOPIC"
+    ),
+    "DeviceTokenNotForTopic": "APNS_TOPIC (the app's bundle id) and APNS_SANDBOX",
+}
+TOKEN_LENGTHS = range(64, 201, 2)  # 32-byte tokens today; Apple says they may grow
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+def is_device_token(token: str) -> bool:
+    """A token APNs could accept: hex, of one of `TOKEN_LENGTHS` (compared ignoring case)."""
+    return len(token) in TOKEN_LENGTHS and _HEX.issuperset(token)
+
+
+def has_token_shape(token: str) -> bool:
+    """An APNs token as they are today (64 hex characters), for a client naming no device."""
+    return len(token) == 64 and _HEX.issuperset(token)
 
 
 @dataclass(frozen=True)
@@ -180,35 +206,40 @@ _PUSH_TYPE = (b"apns-push-type", b"alert")
 _PRIORITY = (b"apns-priority", b"10")
 
 
-class APNsSender(ProviderSender):
+class APNsSender(PooledSender[APNsConfig]):
     provider = Provider.APNS
     name = "APNs"
+    credential_hint = CREDENTIAL_HINT
 
     def __init__(
         self, config: APNsConfig, *, max_in_flight: int = 250, batch_size: int = 50
     ) -> None:
-        self.config = config
-        self.max_in_flight = max_in_flight
-        self.batch_size = batch_size
-        self.pool: ConnectionPool | None = None
+        super().__init__(config, max_in_flight=max_in_flight, batch_size=batch_size)
         self.tokens: ProviderTokens | None = None
         self._host = (b"host", config.host.encode("idna"))
         self._topic = (b"apns-topic", config.topic.encode())
         self._authorization: tuple[bytes, bytes] | None = None
 
-    def _build(self) -> ConnectionPool:
+    def _connect(self) -> ConnectionPool:
         config = self.config
         context = ssl_context(config)
         self.tokens = provider_tokens(config)
-        self.pool = ConnectionPool(
+        return ConnectionPool(
             Endpoint(host=config.host, port=config.port, path="/3/device/", ssl_context=context),
-            max_h2_connections=config.max_connections,
-            max_streams=config.max_streams,
-            connect_timeout_s=config.connect_timeout_s,
-            http2_only=True,
+            PoolLimits(
+                max_h2_connections=config.max_connections,
+                max_streams=config.max_streams,
+                connect_timeout_s=config.connect_timeout_s,
+                http2_only=True,
+            ),
             name="APNs",
         )
-        return self.pool
+
+    def _payload(self, push: Push) -> tuple[bytes, bool]:
+        return apns_payload(push.data)
+
+    def _batch(self, pushes: list[Push]) -> _APNsBatch:
+        return _APNsBatch(self, pushes)
 
     def _authorization_field(self) -> tuple[bytes, bytes] | None:
         if self.tokens is None:
@@ -237,78 +268,101 @@ class APNsSender(ProviderSender):
             headers.append(authorization)
         return headers
 
-    async def send(self, pushes: list[Push]) -> list[PushOutcome]:
-        pool = self.pool
-        if pool is None:
-            try:
-                pool = self._build()
-            except (ValueError, OSError) as exc:  # settings checked them; a file changed since
-                outcome = PushOutcome(
-                    Verdict.CONFIG_ERROR, reason=type(exc).__name__, hint=CREDENTIAL_HINT
-                )
-                return [outcome] * len(pushes)
-        loop = asyncio.get_running_loop()
-        config = self.config
-        deadline = loop.time() + config.send_timeout_s
-        count = len(pushes)
-        bodies: list[bytes] = []
-        trimmed: list[bool] = []
-        for push in pushes:
-            body, cut = apns_payload(push.data)
-            bodies.append(body)
-            trimmed.append(cut)
-        outcomes: list[PushOutcome | None] = [None] * count
-        resent = [False] * count  # sent once more after APNs refused it unprocessed
-        todo = list(range(count))
-        while todo:
-            authorization = self._authorization_field()
-            exchanges = [
-                Exchange(
-                    bodies[i],
-                    "",
-                    i,
-                    headers=self._headers(pushes[i], authorization),
-                    response_headers={},
-                )
-                for i in todo
-            ]
-            await pool.run(exchanges, min(deadline, loop.time() + config.request_timeout_s))
-            todo = []
-            for exchange in exchanges:
-                index = exchange.index
-                if not exchange.failure:
-                    answered = read_answer(exchange)
-                    outcomes[index] = classify(answered, answered.retry_after)
-                    if (
-                        answered.description == EXPIRED_JWT_REASON
-                        and self.tokens is not None
-                        and authorization is not None
-                        and self.tokens.renew(authorization[1])
-                    ):
-                        log.warning("APNs said our provider token expired: signing a new one")
-                elif exchange.refused and not resent[index]:
-                    resent[index] = True
-                    todo.append(index)
-                elif exchange.failure == "timeout":
-                    outcomes[index] = PushOutcome.transient("timeout")
-                else:
-                    outcomes[index] = PushOutcome.transient(f"transport: {exchange.failure}")
-            if todo and loop.time() >= deadline:
-                for index in todo:
-                    outcomes[index] = PushOutcome.transient("timeout")
-                break
-        result: list[PushOutcome] = []
-        for answer, cut in zip(outcomes, trimmed, strict=True):
-            assert answer is not None
-            result.append(answer.with_trimmed() if cut else answer)
-        return result
-
     async def close(self) -> None:
-        pool, self.pool, self.tokens = self.pool, None, None
-        if pool is not None:
-            await pool.close()
+        self.tokens = None
+        await super().close()
+
+
+class _APNsBatch:
+    """One `send`: each round signs with the current JWT; an ExpiredProviderToken answer
+    renews it (the push itself is transient: the dispatcher tries it again)."""
+
+    def __init__(self, sender: APNsSender, pushes: list[Push]) -> None:
+        self.sender = sender
+        self.pushes = pushes
+        self.authorization: tuple[bytes, bytes] | None = None
+
+    async def authorize(self, deadline: float) -> PushOutcome | None:
+        self.authorization = self.sender._authorization_field()
+        return None
+
+    def exchange(self, index: int, body: bytes) -> Exchange:
+        headers = self.sender._headers(self.pushes[index], self.authorization)
+        return Exchange(body, "", index, headers=headers, response_headers={})
+
+    def judge(self, exchange: Exchange) -> PushOutcome:
+        answered = read_answer(exchange)
+        tokens, authorization = self.sender.tokens, self.authorization
+        if (
+            answered.description == EXPIRED_JWT_REASON
+            and tokens is not None
+            and authorization is not None
+            and tokens.renew(authorization[1])
+        ):
+            log.warning("APNs said our provider token expired: signing a new one")
+        return classify(answered, answered.retry_after)
 
 
 def describe(config: APNsConfig) -> str:
     auth = "certificate" if config.cert_file else "token (.p8)"
     return f"{config.host}:{config.port}, {auth} auth, topic {config.topic}"
+
+
+def config_from_settings(settings: Settings) -> APNsConfig | None:
+    """The sender's config, None without credentials (APNs off); DeliveryConfigError when
+    the credentials are inconsistent or a file they name is not what it should be."""
+    if settings.APNS_KEY_FILE is None and settings.APNS_CERT_FILE is None:
+        return None
+    if settings.APNS_KEY_FILE is not None and settings.APNS_CERT_FILE is not None:
+        raise DeliveryConfigError("APNS_KEY_FILE and APNS_CERT_FILE: set one, not both")
+    if settings.APNS_KEY_FILE is not None:
+        readable(settings.APNS_KEY_FILE, "APNS_KEY_FILE")
+        if not settings.APNS_KEY_ID or not settings.APNS_TEAM_ID:
+            raise DeliveryConfigError("APNS_KEY_FILE needs APNS_KEY_ID and APNS_TEAM_ID too")
+    if settings.APNS_CERT_FILE is not None:
+        readable(settings.APNS_CERT_FILE, "APNS_CERT_FILE")
+    if settings.APNS_CA_FILE is not None:
+        readable(settings.APNS_CA_FILE, "APNS_CA_FILE")
+    if settings.APNS_ENDPOINT:
+        host, port = host_port(settings.APNS_ENDPOINT, "APNS_ENDPOINT")
+    else:
+        host, port = (SANDBOX_HOST if settings.APNS_SANDBOX else PRODUCTION_HOST), 443
+    config = APNsConfig(
+        topic=settings.APNS_TOPIC,
+        host=host,
+        port=port,
+        key_file=settings.APNS_KEY_FILE,
+        key_id=settings.APNS_KEY_ID or None,
+        team_id=settings.APNS_TEAM_ID or None,
+        cert_file=settings.APNS_CERT_FILE,
+        ca_file=settings.APNS_CA_FILE,
+        max_connections=settings.APNS_CONNECTIONS,
+        request_timeout_s=settings.APNS_REQUEST_TIMEOUT,
+    )
+    _check_files(config)
+    return config
+
+
+def _check_files(config: APNsConfig) -> None:
+    """Read the files APNs will use now, not at the first push: a wrong one stops the start."""
+    try:
+        provider_tokens(config)
+    except (ValueError, OSError):
+        raise DeliveryConfigError(
+            f"APNS_KEY_FILE: {config.key_file} is not an APNs signing key"
+            " (the .p8 file from Apple: an EC P-256 private key in PEM)"
+        ) from None
+    if config.ca_file is not None:
+        try:
+            ssl.create_default_context(cafile=str(config.ca_file))
+        except (ValueError, OSError):
+            raise DeliveryConfigError(
+                f"APNS_CA_FILE: {config.ca_file} holds no PEM certificate to trust"
+            ) from None
+    if config.cert_file is not None:
+        try:
+            ssl_context(config)
+        except (ValueError, OSError):
+            raise DeliveryConfigError(
+                f"APNS_CERT_FILE: {config.cert_file} is not a PEM certificate with its private key"
+            ) from None

@@ -14,6 +14,7 @@ import base64
 import json
 import time
 from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass, field
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
@@ -57,36 +58,29 @@ def provider_jwt(key: ec.EllipticCurvePrivateKey, key_id: str, team_id: str, iss
 JWT_MIN_RENEW_SECONDS = 60.0
 
 
+@dataclass(eq=False)
 class ProviderTokens:
     """The `authorization` header value for one team, signed again every `refresh_s`."""
 
-    def __init__(
-        self,
-        key: ec.EllipticCurvePrivateKey,
-        key_id: str,
-        team_id: str,
-        *,
-        refresh_s: float = JWT_REFRESH_SECONDS,
-        wall_clock: Callable[[], float] = time.time,
-        monotonic: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._key = key
-        self._key_id = key_id
-        self._team_id = team_id
-        self._refresh_s = refresh_s
-        self._wall_clock = wall_clock
-        self._monotonic = monotonic
-        self._header: bytes | None = None
-        self._signed_at = 0.0  # monotonic
-        self._renewed_at: float | None = None  # monotonic: the last renewal APNs asked for
-        self.signed = 0  # how many tokens were signed
+    key: ec.EllipticCurvePrivateKey = field(repr=False)
+    key_id: str
+    team_id: str
+    _: KW_ONLY
+    refresh_s: float = JWT_REFRESH_SECONDS
+    wall_clock: Callable[[], float] = time.time
+    monotonic: Callable[[], float] = time.monotonic
+    signed: int = field(default=0, init=False)  # how many tokens were signed
+    _header: bytes | None = field(default=None, init=False, repr=False)
+    _signed_at: float = field(default=0.0, init=False, repr=False)  # monotonic
+    # monotonic: the last renewal APNs asked for
+    _renewed_at: float | None = field(default=None, init=False, repr=False)
 
     def renew(self, rejected: bytes | None) -> bool:
         """APNs called `rejected` expired (ExpiredProviderToken): sign a new one next time, if
         `rejected` is still the current token and none was renewed in the last
         JWT_MIN_RENEW_SECONDS (with a wrong host clock every new token is "expired" too, and
         renewing at each answer would earn TooManyProviderTokenUpdates). True if renewed."""
-        now = self._monotonic()
+        now = self.monotonic()
         if rejected is None or rejected is not self._header:
             return False
         if self._renewed_at is not None and now - self._renewed_at < JWT_MIN_RENEW_SECONDS:
@@ -97,9 +91,9 @@ class ProviderTokens:
 
     def header(self) -> bytes:
         """`bearer <jwt>`: the same bytes object until the next signing."""
-        now = self._monotonic()
-        if self._header is None or now - self._signed_at >= self._refresh_s:
-            token = provider_jwt(self._key, self._key_id, self._team_id, int(self._wall_clock()))
+        now = self.monotonic()
+        if self._header is None or now - self._signed_at >= self.refresh_s:
+            token = provider_jwt(self.key, self.key_id, self.team_id, int(self.wall_clock()))
             self._header = b"bearer " + token.encode("ascii")
             self._signed_at = now
             self.signed += 1

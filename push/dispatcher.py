@@ -57,6 +57,7 @@ from typing import Any, Protocol
 
 from push.answer_window import Answer, AnswerWindow, WindowCounts
 from push.outcome import ProviderSender, Push, PushOutcome, Verdict
+from push.providers import PROVIDERS, LaneEvent, provider_info
 from settings import Settings
 from stats.counters import Counters
 from storage.clock import RelayClock
@@ -67,26 +68,12 @@ from storage.writer import BatchWriter, StorageError
 
 log = logging.getLogger(__name__)
 
-COUNTERS = {
-    Provider.APNS: ("ios_pn_number", "ios_pn_failed"),
-    Provider.FCM: ("android_pn_number", "android_pn_failed"),
-}
-PROVIDER_NAMES = {Provider.APNS: "APNs", Provider.FCM: "FCM"}
-PROVIDER_KEYS = {Provider.APNS: "apns", Provider.FCM: "fcm"}
 TRANSIENT_LOG_INTERVAL_S = 60.0
 
 # Provider reasons that mean "this token is not ours" or "our configuration is wrong", told
 # apart by how many answers say the same (module docstring), and the settings to check.
 SUSPECT_REASONS: dict[str, str] = {
-    "BadDeviceToken": (
-        "APNS_SANDBOX (False for App Store and TestFlight builds, True for development builds)"
-        " and APNS_TOPIC"
-    ),
-    "DeviceTokenNotForTopic": "APNS_TOPIC (the app's bundle id) and APNS_SANDBOX",
-    "SENDER_ID_MISMATCH": (
-        "FCM_SERVICE_ACCOUNT_FILE (a service account of the app's own Firebase project)"
-        " and FCM_PROJECT_ID"
-    ),
+    reason: hint for info in PROVIDERS for reason, hint in info.suspect_reasons.items()
 }
 SUSPECT_VERDICTS = (Verdict.DEAD_TOKEN, Verdict.CONFIG_ERROR)
 # A configuration error is not mended within one retry's delay (someone has to edit a
@@ -147,13 +134,14 @@ class ProviderLane:
         rng: random.Random | None = None,
     ) -> None:
         self.provider = provider
-        self.name = PROVIDER_NAMES[provider]
+        info = provider_info(provider)
+        self.name = info.name
         self._sender = sender
         self._writer = writer
         self._queue = queue
         self._protector = protector
         self._counters = counters
-        self._ok_counter, self._failed_counter = COUNTERS[provider]
+        self._ok_counter, self._failed_counter = info.sent_counter, info.failed_counter
         self._settings = settings
         self._observe_latency = observe_latency
         self._clock: Clock = clock or RelayClock()
@@ -173,9 +161,8 @@ class ProviderLane:
         self._storm_logged = False  # this storm of suspect answers was logged
         self._held_logged_at: float | None = None
         self._held_unlogged = 0
-        key = PROVIDER_KEYS[provider]
-        self._storm_counter = f"{key}_config_storms"
-        self._held_counter = f"{key}_suspect_answers_held"
+        self._storm_counter = info.lane_counter(LaneEvent.CONFIG_STORM)
+        self._held_counter = info.lane_counter(LaneEvent.SUSPECT_HELD)
         # The pushes being sent, by delivery id, with the lease this lane holds on each now.
         self._sending: dict[int, ClaimedDelivery] = {}
         # Results of pushes that finished in the same loop iteration, written as one operation.

@@ -23,29 +23,50 @@ against ~3,800 now (and ~70 us of the sender's CPU per push: bench/sender_bench.
   else that fails before an answer is transient: the dispatcher retries it later.
 - Every step is bounded: connecting (TCP, TLS, HTTP/2 SETTINGS), the token, each request,
   and the whole `send` (`send_timeout_s`, well below DELIVERY_LEASE's 60 s default).
+- The batch loop (rounds, resends, the deadline) is push/batch.py's, shared with APNs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+from firebase_admin import credentials
+
+from push.batch import PooledSender
+from push.config_checks import DeliveryConfigError, http_url, readable
 from push.exchange import Exchange
 from push.fcm_auth import AccessTokens
-from push.httppool import ConnectionPool, Endpoint
-from push.outcome import ACCEPTED, ProviderSender, Push, PushOutcome, Verdict
+from push.httppool import ConnectionPool, Endpoint, PoolLimits
+from push.outcome import ACCEPTED, Push, PushOutcome, Verdict
 from push.payloads import fcm_body
+from settings import Settings
 from storage.records import Provider
 
 CREDENTIAL_HINT = "FCM_SERVICE_ACCOUNT_FILE and FCM_PROJECT_ID"
 DEFAULT_ENDPOINT = "https://fcm.googleapis.com"
 FCM_ERROR_TYPE = "type.googleapis.com/google.firebase.fcm.v1.FcmError"
 THIRD_PARTY_AUTH_CODES = frozenset({"THIRD_PARTY_AUTH_ERROR", "APNS_AUTH_ERROR"})
+# The answer that means "not our token" or "our configuration is wrong", told apart by how many
+# say the same (push/dispatcher.py), and the settings to check when it is the configuration.
+SUSPECT_REASONS = {
+    "SENDER_ID_MISMATCH": (
+        "FCM_SERVICE_ACCOUNT_FILE (a service account of the app's own Firebase project)"
+        " and FCM_PROJECT_ID"
+    ),
+}
+_PRINTABLE_ASCII = re.compile(r"[\x21-\x7e]{1,4096}")
+
+
+def is_device_token(token: str) -> bool:
+    """A token FCM could accept: 1 to 4096 printable ASCII characters, kept verbatim."""
+    return _PRINTABLE_ASCII.fullmatch(token) is not None
 
 # firebase-admin's reading of a Google API error (firebase_admin/_utils.py): the JSON
 # `error.status` if any, else the HTTP status's canonical code; unknown words are UNKNOWN.
@@ -201,20 +222,14 @@ def endpoint_for(config: FCMConfig, project_id: str) -> Endpoint:
     return Endpoint(host=url.hostname, port=port, path=path, ssl_context=context)
 
 
-class FCMSender(ProviderSender):
+class FCMSender(PooledSender[FCMConfig]):
     provider = Provider.FCM
     name = "FCM"
+    credential_hint = CREDENTIAL_HINT
 
-    def __init__(
-        self, config: FCMConfig, *, max_in_flight: int = 250, batch_size: int = 50
-    ) -> None:
-        self.config = config
-        self.max_in_flight = max_in_flight
-        self.batch_size = batch_size
-        self.tokens: AccessTokens | None = None
-        self.pool: ConnectionPool | None = None
+    tokens: AccessTokens | None = None  # with the pool
 
-    def _build(self) -> tuple[AccessTokens, ConnectionPool]:
+    def _connect(self) -> ConnectionPool:
         config = self.config
         tokens = AccessTokens(
             config.service_account_file, timeout_s=config.token_timeout_s, ca_file=config.ca_file
@@ -223,108 +238,100 @@ class FCMSender(ProviderSender):
         if not project_id:
             tokens.close()
             raise ValueError("no project id")
-        pool = ConnectionPool(
+        self.tokens = tokens
+        return ConnectionPool(
             endpoint_for(config, project_id),
-            max_h2_connections=config.max_connections,
-            max_streams=config.max_streams,
-            max_h1_connections=config.http1_connections,
-            connect_timeout_s=config.connect_timeout_s,
+            PoolLimits(
+                max_h2_connections=config.max_connections,
+                max_streams=config.max_streams,
+                max_h1_connections=config.http1_connections,
+                connect_timeout_s=config.connect_timeout_s,
+            ),
             name="FCM",
         )
-        self.tokens, self.pool = tokens, pool
-        return tokens, pool
 
-    async def send(self, pushes: list[Push]) -> list[PushOutcome]:
-        tokens, pool = self.tokens, self.pool
-        if tokens is None or pool is None:
-            try:
-                tokens, pool = self._build()
-            except (ValueError, OSError) as exc:  # settings checked it; the file changed since
-                outcome = PushOutcome(
-                    Verdict.CONFIG_ERROR, reason=type(exc).__name__, hint=CREDENTIAL_HINT
-                )
-                return [outcome] * len(pushes)
-        loop = asyncio.get_running_loop()
-        config = self.config
-        deadline = loop.time() + config.send_timeout_s
-        count = len(pushes)
-        bodies: list[bytes] = []
-        trimmed: list[bool] = []
-        for push in pushes:
-            body, cut = fcm_body(push.token, push.data)
-            bodies.append(body)
-            trimmed.append(cut)
-        outcomes: list[PushOutcome | None] = [None] * count
-        resent = [False] * count  # sent once more after the server refused it unprocessed
-        reauthorised = [False] * count  # sent once more with a new token after a 401
-        todo = list(range(count))
-        while todo:
-            try:
-                async with asyncio.timeout_at(min(deadline, loop.time() + config.token_timeout_s)):
-                    authorization = await tokens.header()
-            except Exception as exc:  # noqa: BLE001 - any failure to get a token
-                outcome = classify_token_error(exc)
-                for index in todo:
-                    outcomes[index] = outcome
-                break
-            exchanges = await self._round(pool, todo, bodies, authorization, deadline)
-            todo = []
-            for exchange in exchanges:
-                index = exchange.index
-                if exchange.failure:
-                    if exchange.refused and not resent[index]:
-                        resent[index] = True
-                        todo.append(index)
-                    else:
-                        outcomes[index] = PushOutcome.transient(
-                            "timeout"
-                            if exchange.failure == "timeout"
-                            else f"transport: {exchange.failure}"
-                        )
-                elif _needs_new_token(exchange) and not reauthorised[index]:
-                    reauthorised[index] = True
-                    tokens.invalidate(authorization)
-                    todo.append(index)
-                else:
-                    outcomes[index] = classify(
-                        exchange.status, bytes(exchange.response), exchange.retry_after
-                    )
-            if todo and loop.time() >= deadline:
-                for index in todo:
-                    outcomes[index] = PushOutcome.transient("timeout")
-                break
-        result: list[PushOutcome] = []
-        for answer, cut in zip(outcomes, trimmed, strict=True):
-            assert answer is not None
-            result.append(answer.with_trimmed() if cut else answer)
-        return result
+    def _payload(self, push: Push) -> tuple[bytes, bool]:
+        return fcm_body(push.token, push.data)
 
-    async def _round(
-        self,
-        pool: ConnectionPool,
-        indexes: list[int],
-        bodies: list[bytes],
-        authorization: str,
-        deadline: float,
-    ) -> list[Exchange]:
-        """Send these bodies at once; returns their exchanges, each answered or failed."""
-        timeout_at = min(
-            deadline, asyncio.get_running_loop().time() + self.config.request_timeout_s
-        )
-        exchanges = [Exchange(bodies[i], authorization, i) for i in indexes]
-        await pool.run(exchanges, timeout_at)
-        return exchanges
+    def _batch(self, pushes: list[Push]) -> _FCMBatch:
+        assert self.tokens is not None  # built with the pool
+        return _FCMBatch(self.tokens, len(pushes), self.config.token_timeout_s)
 
     async def close(self) -> None:
-        pool, tokens = self.pool, self.tokens
-        self.pool = self.tokens = None
-        if pool is not None:
-            await pool.close()
+        tokens, self.tokens = self.tokens, None
+        await super().close()
         if tokens is not None:
             tokens.close()
+
+
+class _FCMBatch:
+    """One `send`: each round gets an access token first (a failure is every push's outcome);
+    a 401 for that token invalidates it and sends the push once more, with a new one."""
+
+    def __init__(self, tokens: AccessTokens, count: int, token_timeout_s: float) -> None:
+        self.tokens = tokens
+        self.token_timeout_s = token_timeout_s
+        self.authorization = ""
+        self.reauthorised = [False] * count  # sent once more with a new token after a 401
+
+    async def authorize(self, deadline: float) -> PushOutcome | None:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout_at(min(deadline, loop.time() + self.token_timeout_s)):
+                self.authorization = await self.tokens.header()
+        except Exception as exc:  # noqa: BLE001 - any failure to get a token
+            return classify_token_error(exc)
+        return None
+
+    def exchange(self, index: int, body: bytes) -> Exchange:
+        return Exchange(body, self.authorization, index)
+
+    def judge(self, exchange: Exchange) -> PushOutcome | None:
+        index = exchange.index
+        if _needs_new_token(exchange) and not self.reauthorised[index]:
+            self.reauthorised[index] = True
+            self.tokens.invalidate(self.authorization)
+            return None
+        return classify(exchange.status, bytes(exchange.response), exchange.retry_after)
 
 
 def describe(config: FCMConfig) -> str:
     endpoint = config.endpoint or DEFAULT_ENDPOINT
     trust = f", trusting {config.ca_file.name}" if config.ca_file else ""
     return f"{endpoint}{trust}, service account {config.service_account_file.name}"
+
+
+def config_from_settings(settings: Settings) -> FCMConfig | None:
+    """The sender's config, None without a service account (FCM off); DeliveryConfigError
+    when the file or the endpoint is not what it should be."""
+    path = settings.FCM_SERVICE_ACCOUNT_FILE
+    if path is None:
+        return None
+    readable(path, "FCM_SERVICE_ACCOUNT_FILE")
+    try:
+        account = json.loads(path.read_text())
+    except (UnicodeDecodeError, ValueError):
+        raise DeliveryConfigError(f"FCM_SERVICE_ACCOUNT_FILE: {path} is not JSON") from None
+    if not isinstance(account, dict) or account.get("type") != "service_account":
+        raise DeliveryConfigError(
+            f"FCM_SERVICE_ACCOUNT_FILE: {path} is not a Google service account key"
+        )
+    if not settings.FCM_PROJECT_ID and not account.get("project_id"):
+        raise DeliveryConfigError("FCM_PROJECT_ID: the service account names no project")
+    try:
+        credentials.Certificate(str(path))
+    except ValueError:
+        raise DeliveryConfigError(
+            f"FCM_SERVICE_ACCOUNT_FILE: {path} is not a usable service account key"
+        ) from None
+    endpoint = settings.FCM_ENDPOINT.rstrip("/") or None
+    if endpoint is not None:
+        http_url(endpoint, "FCM_ENDPOINT")
+    if settings.FCM_CA_FILE is not None:
+        readable(settings.FCM_CA_FILE, "FCM_CA_FILE")
+    return FCMConfig(
+        service_account_file=path,
+        project_id=settings.FCM_PROJECT_ID or None,
+        endpoint=endpoint,
+        ca_file=settings.FCM_CA_FILE,
+    )

@@ -3,8 +3,8 @@
 Each connection is HTTP/2 when TLS negotiated ALPN "h2" (many exchanges at once, up to the
 stream limit), else HTTP/1.1 (one at a time, kept alive); `http2_only` speaks HTTP/2 whatever
 ALPN said (APNs). The pool learns which from its connections and bounds them:
-`max_h2_connections` or `max_h1_connections`, opening one more only when every open one is
-full. Exchanges that find no free slot wait in a queue (FIFO) and start as slots free,
+`max_h2_connections` or `max_h1_connections` (`PoolLimits`), opening one more only when every
+open one is full. Exchanges that find no free slot wait in a queue (FIFO) and start as slots free,
 without a task each. Opening a connection (TCP, TLS, the server's HTTP/2 SETTINGS) is bounded
 by `connect_timeout_s`; when it fails and no connection is left, the waiting exchanges fail
 with the reason. `run` sends a list of exchanges and waits for all of them, by a deadline.
@@ -46,6 +46,18 @@ class Endpoint:
         return host if self.port == default else f"{host}:{self.port}"
 
 
+@dataclass(frozen=True)
+class PoolLimits:
+    """How many connections a pool may open, how many streams each, how long connecting may
+    take, and whether to speak HTTP/2 whatever ALPN said (APNs)."""
+
+    max_h2_connections: int = 4
+    max_streams: int = 100  # per HTTP/2 connection (the server's own limit may be lower)
+    max_h1_connections: int = 16
+    connect_timeout_s: float = 10.0
+    http2_only: bool = False
+
+
 class _Handshake(asyncio.Protocol):
     """Chooses HTTP/2 or HTTP/1.1 from ALPN once TLS is up, and hands the transport over."""
 
@@ -63,24 +75,10 @@ class _Handshake(asyncio.Protocol):
 
 
 class ConnectionPool:
-    def __init__(
-        self,
-        endpoint: Endpoint,
-        *,
-        max_h2_connections: int = 4,
-        max_streams: int = 100,
-        max_h1_connections: int = 16,
-        connect_timeout_s: float = 10.0,
-        http2_only: bool = False,
-        name: str = "FCM",
-    ) -> None:
+    def __init__(self, endpoint: Endpoint, limits: PoolLimits, *, name: str) -> None:
         self.endpoint = endpoint
-        self.http2_only = http2_only
+        self.limits = limits
         self.name = name
-        self.max_h2_connections = max_h2_connections
-        self.max_streams = max_streams
-        self.max_h1_connections = max_h1_connections
-        self.connect_timeout_s = connect_timeout_s
         self.protocol: str | None = None  # "h2" or "http/1.1", once a connection said so
         self.connections: list[Connection] = []
         self.connections_opened = 0
@@ -166,8 +164,10 @@ class ConnectionPool:
     # -- internals -------------------------------------------------------------------------
     def _new_connection(self, alpn: str | None) -> Connection:
         endpoint = self.endpoint
-        if alpn == "h2" or self.http2_only:
-            return H2ClientConnection(self, endpoint.authority, endpoint.path, self.max_streams)
+        if alpn == "h2" or self.limits.http2_only:
+            return H2ClientConnection(
+                self, endpoint.authority, endpoint.path, self.limits.max_streams
+            )
         return H1ClientConnection(self, endpoint.authority, endpoint.path)
 
     def _place(self, exchange: Exchange) -> bool:
@@ -190,10 +190,10 @@ class ConnectionPool:
         if self._closed:
             return
         if self.protocol == "http/1.1":
-            wanted = min(len(self._waiting), self.max_h1_connections - len(self.connections))
+            wanted = min(len(self._waiting), self.limits.max_h1_connections - len(self.connections))
             wanted -= self._connecting
         else:  # HTTP/2, or not known yet: one connection at a time
-            room = self.max_h2_connections - len(self.connections)
+            room = self.limits.max_h2_connections - len(self.connections)
             wanted = 1 if self._connecting == 0 and room > 0 else 0
         for _ in range(max(0, wanted)):
             self._connecting += 1
@@ -206,7 +206,7 @@ class ConnectionPool:
         loop = asyncio.get_running_loop()
         connection: Connection | None = None
         try:
-            async with asyncio.timeout(self.connect_timeout_s):
+            async with asyncio.timeout(self.limits.connect_timeout_s):
                 _, handshake = await loop.create_connection(
                     lambda: _Handshake(self),
                     endpoint.host,

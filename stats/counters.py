@@ -4,38 +4,43 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from collections.abc import Sequence
+from typing import Any
 
-COUNTER_NAMES = (
-    "total_message_number",
-    "ios_pn_number",
-    "android_pn_number",
-    "closed_group_message_number",
-    "untracked_message_number",
-    "ios_pn_failed",
-    "android_pn_failed",
-    "tokens_pruned",
-    "deduplicated_number",
-    "payload_trimmed_number",
-    # a queued push whose registration was gone or had changed hands when its turn came
-    "pushes_dropped_unregistered",
-    # a provider's answer that arrived after its lease had been taken over: nothing changed
-    "stale_results",
-)
+from push.providers import PROVIDERS, LaneEvent, ProviderInfo
 
-# Counted for /metrics only, never a statistics column (stats/metrics.py says how each is
-# exported). Refusals by an abuse limit, by reason (`pn_relay_refused_total{reason}`):
+
+def counter_names(providers: Sequence[ProviderInfo[Any]] = PROVIDERS) -> tuple[str, ...]:
+    """The statistics counters, one column each (stats/schema.py), in their column order."""
+    return (
+        "total_message_number",
+        *(info.sent_counter for info in providers),
+        "closed_group_message_number",
+        "untracked_message_number",
+        *(info.failed_counter for info in providers),
+        "tokens_pruned",
+        "deduplicated_number",
+        "payload_trimmed_number",
+        # a queued push whose registration was gone or had changed hands when its turn came
+        "pushes_dropped_unregistered",
+        # a provider's answer that arrived after its lease had been taken over: nothing changed
+        "stale_results",
+    )
+
+
+def metric_events(providers: Sequence[ProviderInfo[Any]] = PROVIDERS) -> tuple[str, ...]:
+    """Events counted for /metrics only, never a statistics column (stats/metrics.py says how
+    each is exported): registrations that replaced the least recently registered device of a
+    Session ID at MAX_DEVICES_PER_SESSION; per provider lane, storms of "wrong configuration"
+    answers that paused it, and such answers held back unjudged (push/dispatcher.py)."""
+    lanes = (info.lane_counter(event) for event in LaneEvent for info in providers)
+    return ("devices_replaced", *lanes)
+
+
+COUNTER_NAMES = counter_names()
+METRIC_EVENTS = metric_events()
+# Refusals by an abuse limit, by reason (`pn_relay_refused_total{reason}`), for /metrics only.
 REFUSAL_REASONS = ("notify_rate", "group_members", "data_too_large")
-# Other events (`pn_relay_events_total{event}`): registrations that replaced the least recently
-# registered device of a Session ID at MAX_DEVICES_PER_SESSION; per provider lane, storms of
-# "wrong configuration" answers that paused it, and such answers held back unjudged
-# (push/dispatcher.py).
-METRIC_EVENTS = (
-    "devices_replaced",
-    "apns_config_storms",
-    "fcm_config_storms",
-    "apns_suspect_answers_held",
-    "fcm_suspect_answers_held",
-)
 
 
 def refusal_counter(reason: str) -> str:

@@ -7,7 +7,9 @@ per process: each relay process is its own scrape target.
 Exposed families (labels are fixed words, never an identifier):
 
 - ``pn_relay_pushes_total{provider="apns"|"fcm", outcome="sent"|"failed"}``: from the lifetime
-  counters ``ios_pn_number``, ``ios_pn_failed``, ``android_pn_number``, ``android_pn_failed``.
+  counters ``ios_pn_number``, ``ios_pn_failed``, ``android_pn_number``, ``android_pn_failed``
+  (each provider's `sent_counter` and `failed_counter`, push/providers.py, whose `label` is the
+  ``provider`` label everywhere).
 - ``pn_relay_events_total{event=<counter name>}``: every other counter of `COUNTER_NAMES`
   (``total_message_number``, ``closed_group_message_number``, ``tokens_pruned``, ...), and
   the events of `METRIC_EVENTS` (``devices_replaced``, ``apns_config_storms``, ...), which have
@@ -45,7 +47,8 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from flask import Blueprint, Response
 from prometheus_client import (
@@ -61,26 +64,14 @@ from prometheus_client.registry import Collector
 
 from push.outcome import PushOutcome
 from push.outcome import Verdict as PushVerdict
+from push.providers import PROVIDERS, ProviderInfo
 from stats.auth import StatsAuth, requires_auth
-from stats.counters import (
-    COUNTER_NAMES,
-    METRIC_EVENTS,
-    REFUSAL_REASONS,
-    Counters,
-    refusal_counter,
-)
+from stats.counters import REFUSAL_REASONS, Counters, counter_names, metric_events, refusal_counter
 from storage.records import Provider
 from web.answers import plain
 
 log = logging.getLogger(__name__)
 
-PROVIDERS = ("apns", "fcm")
-PUSH_COUNTERS: dict[str, tuple[str, str]] = {
-    "ios_pn_number": ("apns", "sent"),
-    "ios_pn_failed": ("apns", "failed"),
-    "android_pn_number": ("fcm", "sent"),
-    "android_pn_failed": ("fcm", "failed"),
-}
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, float("inf"))
 MAX_REASONS = 64  # distinct reason labels per provider; beyond, "other"
 _REASON_CHARS = re.compile(r"[^A-Za-z0-9_]+")
@@ -103,19 +94,33 @@ class Lane(Protocol):
     def paused(self) -> bool: ...
 
 
-def provider_label(provider: ProviderKey) -> str:
-    """A provider as a label value: "apns", "fcm", or "other" (bounded cardinality).
+class ProviderLabels:
+    """The providers of the table as label values, and the counters that count their pushes."""
 
-    Takes the `storage.records.Provider` enum (what the dispatcher passes) or its name.
-    """
-    if isinstance(provider, Provider):
-        return provider.name.lower()
-    return provider if provider in PROVIDERS else "other"
+    def __init__(self, providers: Sequence[ProviderInfo[Any]]) -> None:
+        self.labels = tuple(info.label for info in providers)
+        self._by_provider = {info.provider: info.label for info in providers}
+        self.counter_names = counter_names(providers)
+        self.metric_events = metric_events(providers)
+        self.push_counters: dict[str, tuple[str, str]] = {}
+        for info in providers:
+            self.push_counters[info.sent_counter] = (info.label, "sent")
+            self.push_counters[info.failed_counter] = (info.label, "failed")
+
+    def __call__(self, provider: ProviderKey) -> str:
+        """A provider as a label value: its `label`, or "other" (bounded cardinality).
+
+        Takes the `storage.records.Provider` enum (what the dispatcher passes) or a label.
+        """
+        if isinstance(provider, str):
+            return provider if provider in self.labels else "other"
+        return self._by_provider.get(provider, "other")
 
 
+@dataclass(eq=False)  # a registry keys its collectors by identity
 class _CountersCollector(Collector):
-    def __init__(self, counters: Counters) -> None:
-        self._counters = counters
+    counters: Counters
+    providers: ProviderLabels
 
     @staticmethod
     def _families() -> tuple[CounterMetricFamily, CounterMetricFamily, CounterMetricFamily]:
@@ -142,11 +147,13 @@ class _CountersCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         refusal_names = tuple(refusal_counter(reason) for reason in REFUSAL_REASONS)
-        lifetime = self._counters.lifetime(COUNTER_NAMES + METRIC_EVENTS + refusal_names)
+        names = self.providers.counter_names + self.providers.metric_events
+        lifetime = self.counters.lifetime(names + refusal_names)
         pushes, events, refused = self._families()
-        for name in COUNTER_NAMES + METRIC_EVENTS:
-            if name in PUSH_COUNTERS:
-                pushes.add_metric(list(PUSH_COUNTERS[name]), lifetime.get(name, 0))
+        push_counters = self.providers.push_counters
+        for name in names:
+            if name in push_counters:
+                pushes.add_metric(list(push_counters[name]), lifetime.get(name, 0))
             else:
                 events.add_metric([name], lifetime.get(name, 0))
         for reason, name in zip(REFUSAL_REASONS, refusal_names, strict=True):
@@ -158,22 +165,16 @@ def _gauge(name: str, documentation: str, labels: list[str] | None = None) -> Ga
     return GaugeMetricFamily(name, documentation, labels=labels)
 
 
+@dataclass(eq=False)  # a registry keys its collectors by identity
 class _CallbackCollector(Collector):
     """Gauges read from callables at scrape time (never at registration: `describe`)."""
 
-    def __init__(
-        self,
-        queue_stats: QueueStats | None,
-        requests_in_flight: Callable[[], int] | None,
-        pushes_in_flight: InFlightPushes,
-        lanes_paused: PausedLanes | None = None,
-        database_errors: Callable[[], int] | None = None,
-    ) -> None:
-        self._queue_stats = queue_stats
-        self._requests_in_flight = requests_in_flight
-        self._pushes_in_flight = pushes_in_flight
-        self._lanes_paused = lanes_paused
-        self._database_errors = database_errors
+    providers: ProviderLabels
+    _queue_stats: QueueStats | None
+    _requests_in_flight: Callable[[], int] | None
+    _pushes_in_flight: InFlightPushes
+    _lanes_paused: PausedLanes | None = None
+    _database_errors: Callable[[], int] | None = None
 
     def _families(self) -> dict[str, GaugeMetricFamily]:
         families = {
@@ -219,9 +220,9 @@ class _CallbackCollector(Collector):
         families = self._families()
         found: list[Metric] = []
         if self._lanes_paused is not None:
-            paused = dict.fromkeys(PROVIDERS, 0)
+            paused = dict.fromkeys(self.providers.labels, 0)
             for provider, is_paused in self._lanes_paused():
-                paused[provider_label(provider)] = int(is_paused)
+                paused[self.providers(provider)] = int(is_paused)
             for label, value in paused.items():
                 families["paused"].add_metric([label], value)
             found.append(families["paused"])
@@ -229,10 +230,10 @@ class _CallbackCollector(Collector):
             errors = self._counter_families()["database_errors"]
             errors.add_metric([], self._database_errors())
             found.append(errors)
-        totals = dict.fromkeys(PROVIDERS, 0)
+        totals = dict.fromkeys(self.providers.labels, 0)
         try:
             for provider, count in self._pushes_in_flight():
-                label = provider_label(provider)
+                label = self.providers(provider)
                 totals[label] = totals.get(label, 0) + count
         except Exception as exc:  # noqa: BLE001 - the rest of the scrape still answers
             log.warning("in-flight pushes unavailable for /metrics (%s)", type(exc).__name__)
@@ -268,12 +269,15 @@ class RelayMetrics:
         lanes_paused: PausedLanes | None = None,
         database_errors: Callable[[], int] | None = None,
         process_metrics: bool = True,
+        providers: Sequence[ProviderInfo[Any]] = PROVIDERS,
     ) -> None:
-        self._in_flight: dict[str, int] = dict.fromkeys(PROVIDERS, 0)
+        self._label = labels = ProviderLabels(providers)
+        self._in_flight: dict[str, int] = dict.fromkeys(labels.labels, 0)
         self._in_flight_lock = threading.Lock()
         self.registry = CollectorRegistry(auto_describe=True)
-        self.registry.register(_CountersCollector(counters))
+        self.registry.register(_CountersCollector(counters, labels))
         self._gauges = _CallbackCollector(
+            labels,
             queue_stats,
             requests_in_flight,
             pushes_in_flight or self._own_in_flight,
@@ -297,7 +301,7 @@ class RelayMetrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
-        for provider in PROVIDERS:  # show zeros before the first push
+        for provider in labels.labels:  # show zeros before the first push
             self._latency.labels(provider)
         if process_metrics:
             ProcessCollector(registry=self.registry)
@@ -312,11 +316,11 @@ class RelayMetrics:
     # -- hooks for push/ -------------------------------------------------------------------
     def observe_push_latency(self, provider: ProviderKey, seconds: float) -> None:
         """Fits `push.dispatcher.LatencyObserver`: pass this method as `observe_latency`."""
-        self._latency.labels(provider_label(provider)).observe(max(0.0, seconds))
+        self._latency.labels(self._label(provider)).observe(max(0.0, seconds))
 
     def observe_push_outcome(self, provider: ProviderKey, outcome: PushOutcome) -> None:
         """Fits `push.observed.OutcomeObserver`: count one provider answer."""
-        label = provider_label(provider)
+        label = self._label(provider)
         accepted = outcome.verdict is PushVerdict.ACCEPTED
         reason = "" if accepted else self._reason(label, outcome.reason)
         self._results.labels(label, outcome.verdict.value, reason).inc()
@@ -332,7 +336,7 @@ class RelayMetrics:
         return cleaned
 
     def push_started(self, provider: ProviderKey, count: int = 1) -> None:
-        label = provider_label(provider)
+        label = self._label(provider)
         with self._in_flight_lock:
             self._in_flight[label] = self._in_flight.get(label, 0) + count
 

@@ -26,11 +26,12 @@ from push.apns import (
     classify,
     read_answer,
 )
+from push.apns import config_from_settings as apns_config
 from push.apns_auth import JWT_REFRESH_SECONDS, ProviderTokens, load_signing_key
+from push.config_checks import DeliveryConfigError
 from push.exchange import Exchange
 from push.outcome import Push, PushOutcome, Verdict
 from push.payloads import apns_payload
-from push.senders import DeliveryConfigError, apns_config
 from sandbox import script
 from sandbox.apns import FakeApns
 from sandbox.certs import ApnsKey, generate_apns_certificate, generate_apns_key

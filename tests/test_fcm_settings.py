@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from push.config_checks import DeliveryConfigError
 from push.fcm import FCMConfig
-from push.senders import DeliveryConfigError, fcm_config
+from push.fcm import config_from_settings as fcm_config
 from sandbox.certs import generate_service_account
 from settings import load_settings
 
