@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from hpack import Decoder, Encoder, HeaderTuple, HPACKError, NeverIndexedHeaderTuple
-from hypothesis import given, settings
+from hypothesis import given, reject, settings
 from hypothesis import strategies as st
 
 from push.hpack_cache import CachingDecoder, CachingEncoder
@@ -109,8 +109,14 @@ def encoded_blocks(draw: st.DrawFn) -> list[tuple[bytes, list[Any]]]:
 def test_the_decoder_reads_what_hpack_reads(blocks: list[tuple[bytes, list[Any]]]) -> None:
     decoder, reference = CachingDecoder(65536), Decoder()
     for block, headers in blocks:
+        try:
+            theirs = reference.decode(block, raw=True)
+        except HPACKError:
+            # hpack's own encoder sometimes sends a size update late (see the test below
+            # on a table size set twice) and refers to a field its peer has evicted: the
+            # block is not valid HPACK, so it says nothing of our decoder.
+            reject()
         ours = decoder.decode(block, raw=True)
-        theirs = reference.decode(block, raw=True)
         assert plain(ours) == plain(theirs) == plain(headers)
         assert [h.indexable for h in ours] == [h.indexable for h in theirs]
 
