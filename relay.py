@@ -54,7 +54,7 @@ from stats.auth import StatsAuth
 from stats.counters import Counters
 from stats.healthz import PATH as HEALTH_PATH
 from stats.healthz import HealthHandler, HealthProbe, HealthSettings
-from stats.metrics import RelayMetrics
+from stats.metrics import PushObservations, RelayMetrics
 from stats.rollup import MinuteRollup, RetentionJob
 from storage.clock import HeartbeatWriter, RelayClock, boot_id, resume_clock
 from storage.protect import IdentifierProtector
@@ -176,13 +176,11 @@ class Relay:
             self.queue = DeliveryQueue(self.engine)
             self._queue_stats_cache: tuple[float, tuple[int, float]] | None = None
             self._dispatching = False
-            # The lanes report to the metrics (latencies, provider answers) and the metrics
-            # read the lanes (in flight, paused): the metrics come first, and are handed the
-            # lanes once the dispatcher is built.
-            self.metrics = self._metrics() if settings.METRICS_ENABLED else None
-            self.dispatcher = self._dispatcher(senders, rng)
-            if self.metrics is not None:
-                self.metrics.read_lanes(self.dispatcher.lanes)
+            # The lanes report their answers and latencies to `pushes`; the metrics, built
+            # after the dispatcher, expose those and read the lanes' gauges.
+            pushes = PushObservations() if settings.METRICS_ENABLED else None
+            self.dispatcher = self._dispatcher(senders, rng, pushes)
+            self.metrics = self._metrics(pushes) if pushes is not None else None
             self.jobs = self._jobs(HeartbeatWriter(self.engine, clock, boot))
             self.onion, self.app = self._apps()
             lanes = self.dispatcher.lanes
@@ -203,16 +201,21 @@ class Relay:
 
     # -- the parts built from other parts ------------------------------------------------------
 
-    def _metrics(self) -> RelayMetrics:
+    def _metrics(self, pushes: PushObservations) -> RelayMetrics:
+        lanes = self.dispatcher.lanes
         return RelayMetrics(
             self.counters,
             self.queue_stats,
             requests_in_flight=lambda: self.in_flight.count,
+            pushes_in_flight=lambda: [(lane.provider, lane.in_flight) for lane in lanes],
+            lanes_paused=lambda: [(lane.provider, lane.paused) for lane in lanes],
             database_errors=lambda: self.writer.failures,
+            pushes=pushes,
         )
 
-    def _dispatcher(self, senders: Senders, rng: random.Random | None) -> Dispatcher:
-        metrics = self.metrics
+    def _dispatcher(
+        self, senders: Senders, rng: random.Random | None, metrics: PushObservations | None
+    ) -> Dispatcher:
         reporting = observed(dict(senders), metrics.observe_push_outcome if metrics else None)
         lane_settings = DispatchSettings.from_settings(self.settings)
         return Dispatcher(

@@ -48,7 +48,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from flask import Blueprint, Response
 from prometheus_client import (
@@ -82,16 +82,6 @@ ProviderKey = str | Provider
 InFlightPushes = Callable[[], Iterable[tuple[ProviderKey, int]]]
 # (provider, paused) pairs, e.g. `[(lane.provider, lane.paused) for lane in lanes]`
 PausedLanes = Callable[[], Iterable[tuple[ProviderKey, bool]]]
-
-
-class Lane(Protocol):
-    """What the gauges read of a push/dispatcher.py ProviderLane."""
-
-    provider: Provider
-    in_flight: int
-
-    @property
-    def paused(self) -> bool: ...
 
 
 class ProviderLabels:
@@ -256,8 +246,57 @@ class _CallbackCollector(Collector):
         return found
 
 
+class PushObservations:
+    """What the dispatcher reports as it pushes: each provider answer (by verdict and reason)
+    and each push's latency. Built before the dispatcher, which reports to it; the
+    RelayMetrics built after the dispatcher exposes it."""
+
+    def __init__(self, providers: Sequence[ProviderInfo[Any]] = PROVIDERS) -> None:
+        self.labels = labels = ProviderLabels(providers)
+        self.results = Counter(
+            "pn_relay_push_results",
+            "Provider answers by provider, verdict and reason (every attempt, retries included).",
+            ["provider", "result", "reason"],
+            registry=None,
+        )
+        self._reasons: dict[str, set[str]] = {}
+        self._reasons_lock = threading.Lock()
+        self.latency = Histogram(
+            "pn_relay_push_latency_seconds",
+            "Push latency by provider, as the dispatcher observes it (from the notify's"
+            " acceptance to the provider accepting the push).",
+            ["provider"],
+            buckets=LATENCY_BUCKETS,
+            registry=None,
+        )
+        for provider in labels.labels:  # show zeros before the first push
+            self.latency.labels(provider)
+
+    def observe_push_latency(self, provider: ProviderKey, seconds: float) -> None:
+        """Fits `push.dispatcher.LatencyObserver`: pass this method as `observe_latency`."""
+        self.latency.labels(self.labels(provider)).observe(max(0.0, seconds))
+
+    def observe_push_outcome(self, provider: ProviderKey, outcome: PushOutcome) -> None:
+        """Fits `push.observed.OutcomeObserver`: count one provider answer."""
+        label = self.labels(provider)
+        accepted = outcome.verdict is PushVerdict.ACCEPTED
+        reason = "" if accepted else self._reason(label, outcome.reason)
+        self.results.labels(label, outcome.verdict.value, reason).inc()
+
+    def _reason(self, provider: str, reason: str) -> str:
+        cleaned = _REASON_CHARS.sub("_", reason)[:48] or "unknown"
+        with self._reasons_lock:
+            seen = self._reasons.setdefault(provider, set())
+            if cleaned not in seen:
+                if len(seen) >= MAX_REASONS:
+                    return "other"
+                seen.add(cleaned)
+        return cleaned
+
+
 class RelayMetrics:
-    """One process's metrics, in its own registry, with hooks for the delivery code."""
+    """One process's metrics, in its own registry: the counters, the gauges read at scrape
+    time, and the dispatcher's `pushes` (its own PushObservations when none is given)."""
 
     def __init__(
         self,
@@ -270,70 +309,35 @@ class RelayMetrics:
         database_errors: Callable[[], int] | None = None,
         process_metrics: bool = True,
         providers: Sequence[ProviderInfo[Any]] = PROVIDERS,
+        pushes: PushObservations | None = None,
     ) -> None:
-        self._label = labels = ProviderLabels(providers)
+        self.pushes = pushes if pushes is not None else PushObservations(providers)
+        self._label = labels = self.pushes.labels
         self._in_flight: dict[str, int] = dict.fromkeys(labels.labels, 0)
         self._in_flight_lock = threading.Lock()
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(_CountersCollector(counters, labels))
-        self._gauges = _CallbackCollector(
-            labels,
-            queue_stats,
-            requests_in_flight,
-            pushes_in_flight or self._own_in_flight,
-            lanes_paused,
-            database_errors,
+        self.registry.register(
+            _CallbackCollector(
+                labels,
+                queue_stats,
+                requests_in_flight,
+                pushes_in_flight or self._own_in_flight,
+                lanes_paused,
+                database_errors,
+            )
         )
-        self.registry.register(self._gauges)
-        self._results = Counter(
-            "pn_relay_push_results",
-            "Provider answers by provider, verdict and reason (every attempt, retries included).",
-            ["provider", "result", "reason"],
-            registry=self.registry,
-        )
-        self._reasons: dict[str, set[str]] = {}
-        self._reasons_lock = threading.Lock()
-        self._latency = Histogram(
-            "pn_relay_push_latency_seconds",
-            "Push latency by provider, as the dispatcher observes it (from the notify's"
-            " acceptance to the provider accepting the push).",
-            ["provider"],
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
-        )
-        for provider in labels.labels:  # show zeros before the first push
-            self._latency.labels(provider)
+        self.registry.register(self.pushes.results)
+        self.registry.register(self.pushes.latency)
         if process_metrics:
             ProcessCollector(registry=self.registry)
 
-    def read_lanes(self, lanes: Sequence[Lane]) -> None:
-        """Read the pushes in flight and the pauses from the dispatcher's `lanes` at scrape
-        time. The lanes report to these metrics (the hooks below), so the relay builds the
-        metrics first and hands them the lanes once the dispatcher is built."""
-        self._gauges._pushes_in_flight = lambda: [(lane.provider, lane.in_flight) for lane in lanes]
-        self._gauges._lanes_paused = lambda: [(lane.provider, lane.paused) for lane in lanes]
-
-    # -- hooks for push/ -------------------------------------------------------------------
+    # -- hooks for push/ (and tests) ---------------------------------------------------------
     def observe_push_latency(self, provider: ProviderKey, seconds: float) -> None:
-        """Fits `push.dispatcher.LatencyObserver`: pass this method as `observe_latency`."""
-        self._latency.labels(self._label(provider)).observe(max(0.0, seconds))
+        self.pushes.observe_push_latency(provider, seconds)
 
     def observe_push_outcome(self, provider: ProviderKey, outcome: PushOutcome) -> None:
-        """Fits `push.observed.OutcomeObserver`: count one provider answer."""
-        label = self._label(provider)
-        accepted = outcome.verdict is PushVerdict.ACCEPTED
-        reason = "" if accepted else self._reason(label, outcome.reason)
-        self._results.labels(label, outcome.verdict.value, reason).inc()
-
-    def _reason(self, provider: str, reason: str) -> str:
-        cleaned = _REASON_CHARS.sub("_", reason)[:48] or "unknown"
-        with self._reasons_lock:
-            seen = self._reasons.setdefault(provider, set())
-            if cleaned not in seen:
-                if len(seen) >= MAX_REASONS:
-                    return "other"
-                seen.add(cleaned)
-        return cleaned
+        self.pushes.observe_push_outcome(provider, outcome)
 
     def push_started(self, provider: ProviderKey, count: int = 1) -> None:
         label = self._label(provider)
