@@ -62,8 +62,9 @@ from settings import Settings
 from stats.counters import Counters
 from storage.clock import RelayClock
 from storage.protect import IdentifierProtector, SealedTokenError
-from storage.queue import NEVER, ClaimedDelivery, DeliveryQueue, Settlement
+from storage.queue import NEVER, Claim, ClaimedDelivery, DeliveryQueue, Settlement
 from storage.records import Provider
+from storage.sql import Tx
 from storage.writer import BatchWriter, StorageError
 
 log = logging.getLogger(__name__)
@@ -204,12 +205,14 @@ class ProviderLane:
             await self._slot_freed.wait()
             return
         self._wake.clear()
-        if await self.claim_once(free):
-            return
+        size = min(self._settings.claim_batch, free)
+        claimed, next_due = await self._claim(size, with_next_due=True)
+        if claimed >= size:
+            return  # there may be more due already
+        # Fewer than asked for: nothing else was due at the claim, and the same transaction
+        # said when the next row will be (one write transaction per wake-up, not three: a
+        # claim, an empty claim and this query). A notify committed since sets `_wake`.
         now = self._clock.now_ms()
-        loop = asyncio.get_running_loop()
-        next_due_op = self._queue.next_due_op(self.provider, now)
-        next_due = await self._writer.submit_on_loop(next_due_op, loop)
         timeout = self._settings.idle_poll_s
         if next_due is not None:
             timeout = min(timeout, max(0.005, (next_due - now) / 1000))
@@ -217,17 +220,34 @@ class ProviderLane:
 
     async def claim_once(self, limit: int | None = None) -> int:
         """Claim due pushes (up to `limit`) and start sending them; returns how many claimed."""
-        now = self._clock.now_ms()
         size = self._settings.claim_batch
         if limit is not None:
             size = min(size, limit)
+        claimed, _ = await self._claim(size, with_next_due=False)
+        return claimed
+
+    async def _claim(self, size: int, *, with_next_due: bool) -> tuple[int, int | None]:
+        """Claim up to `size` due pushes and start sending them: (how many claimed, and, if
+        `with_next_due` and fewer than `size`, when the next row falls due, read in the same
+        transaction)."""
+        now = self._clock.now_ms()
         claim_op = self._queue.claim_op(self.provider, size, now, self._settings.lease_ms)
-        claim = await self._writer.submit_on_loop(claim_op, asyncio.get_running_loop())
+        next_due_op = self._queue.next_due_op(self.provider, now)
+
+        def claim_and_next_due(tx: Tx) -> tuple[Claim, int | None]:
+            claim = claim_op(tx)
+            taken = len(claim.deliveries) + claim.dropped_unregistered
+            if with_next_due and taken < size:
+                return claim, next_due_op(tx)
+            return claim, None
+
+        loop = asyncio.get_running_loop()
+        claim, next_due = await self._writer.submit_on_loop(claim_and_next_due, loop)
         if claim.dropped_unregistered:
             self._counters.incr("pushes_dropped_unregistered", claim.dropped_unregistered)
         if claim.deliveries:
             self._launch(claim.deliveries, now)
-        return len(claim.deliveries) + claim.dropped_unregistered
+        return len(claim.deliveries) + claim.dropped_unregistered, next_due
 
     async def _renew_forever(self) -> None:
         interval = max(0.05, self._settings.lease_ms / 3000)
