@@ -9,6 +9,7 @@ only way HTTP/1.1 has to abandon a request.
 from __future__ import annotations
 
 import asyncio
+from typing import cast
 
 import h11
 
@@ -71,8 +72,9 @@ class H1ClientConnection(PooledConnection):
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # asyncio's and uvloop's TLS transports both write and close; uvloop's is not
+        # an asyncio.Transport subclass, so no isinstance check.
+        self._transport = cast(asyncio.Transport, transport)
         self.usable = True
         self.ready.set_result(None)
 

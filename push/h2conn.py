@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
+from typing import Any, cast
 
 from h2.connection import ConnectionState, H2Connection
 from h2.errors import ErrorCodes
@@ -148,8 +148,9 @@ class H2ClientConnection(PooledConnection):
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = self._outbox.transport = transport
+        # asyncio's and uvloop's TLS transports both write and close; uvloop's is not
+        # an asyncio.Transport subclass, so no isinstance check.
+        self._transport = self._outbox.transport = cast(asyncio.Transport, transport)
         h2 = self.h2
         h2.local_settings.update(
             {
