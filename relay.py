@@ -159,7 +159,11 @@ class Relay:
                 with self.engine.connect() as conn:
                     clock = resume_clock(conn, boot=boot)
             self.clock = clock
-            self.writer = BatchWriter(self.engine, max_batch=settings.WRITE_BATCH_MAX)
+            self.writer = BatchWriter(
+                self.engine,
+                max_batch=settings.WRITE_BATCH_MAX,
+                gather_s=settings.WRITE_GATHER,
+            )
             built.callback(self.writer.close)
             self.store = RelayStore(
                 self.engine,

@@ -98,6 +98,9 @@ class DispatchSettings:
     storm_window_s: float = 60.0
     storm_min_answers: int = 20
     storm_max_accepted_share: float = 0.1
+    # a lane that found nothing more to send waits this long, once woken, before it claims
+    # (PUSH_GATHER): the notifies of that moment are claimed, sent and settled together
+    gather_s: float = 0.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DispatchSettings:
@@ -107,6 +110,7 @@ class DispatchSettings:
             max_age_ms=int(settings.PUSH_MAX_AGE * 1000),
             backoff_base_s=settings.PUSH_RETRY_BASE,
             config_pause_s=max(settings.PUSH_RETRY_BASE, 1.0) * CONFIG_PAUSE_RETRIES,
+            gather_s=settings.PUSH_GATHER,
         )
 
 
@@ -169,6 +173,7 @@ class ProviderLane:
         # Results of pushes that finished in the same loop iteration, written as one operation.
         self._unsettled = Settlement()
         self._flush_scheduled = False
+        self._idle = True  # the last claim found fewer than it asked for
 
     # -- the feeding loop ----------------------------------------------------------------
 
@@ -204,9 +209,12 @@ class ProviderLane:
             self._slot_freed.clear()
             await self._slot_freed.wait()
             return
+        if self._idle and self._settings.gather_s > 0:
+            await asyncio.sleep(self._settings.gather_s)  # let this moment's notifies join
         self._wake.clear()
         size = min(self._settings.claim_batch, free)
         claimed, next_due = await self._claim(size, with_next_due=True)
+        self._idle = claimed < size
         if claimed >= size:
             return  # there may be more due already
         # Fewer than asked for: nothing else was due at the claim, and the same transaction

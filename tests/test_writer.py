@@ -137,3 +137,29 @@ def test_expired_dedup_fingerprints_are_purged(tmp_path: Path) -> None:
         assert conn.execute(select(func.count()).select_from(notify_dedup)).scalar_one() == 0
     writer.close()
     engine.dispose()
+
+
+def test_a_busy_writer_gathers_writes_arriving_within_its_window(engine_and_insert) -> None:
+    """WRITE_GATHER: right after a commit, a write waits for others to join its transaction."""
+    engine, insert_meta = engine_and_insert
+    writer = BatchWriter(engine, gather_s=2.0)  # wide: the second write is due after 0.05 s
+    before = rows(engine)
+    writer.submit(inserter(insert_meta, "warm"))  # a commit just now: the writer is busy
+    commits = writer.commits
+    first = writer.submit_async(inserter(insert_meta, "first"))
+    threading.Event().wait(0.05)
+    second = writer.submit_async(inserter(insert_meta, "second"))
+    first.result(timeout=30)
+    second.result(timeout=30)
+    assert writer.commits == commits + 1  # both in one transaction
+    assert rows(engine) == before + 3
+    writer.close()
+
+
+def test_an_idle_writer_commits_at_once(engine_and_insert) -> None:
+    """A write to a writer that has not committed lately does not wait for company: with a
+    gather of an hour, it would otherwise not be answered within the 30 s bound here."""
+    engine, insert_meta = engine_and_insert
+    writer = BatchWriter(engine, gather_s=3600.0 / 5)  # busy means "committed within an hour"
+    assert writer.submit_async(inserter(insert_meta, "alone")).result(timeout=30) == 1
+    writer.close()
