@@ -88,6 +88,9 @@ class DispatchSettings:
     max_age_ms: int = 3_600_000
     claim_batch: int = 500
     idle_poll_s: float = 2.0
+    # a lane that found nothing more to send waits this long, once woken, before it claims
+    # (PUSH_GATHER): the notifies of that moment are claimed, sent and settled together
+    gather_s: float = 0.0
     backoff_base_s: float = 1.0
     backoff_cap_s: float = 300.0
     config_pause_s: float = 30.0
@@ -98,9 +101,6 @@ class DispatchSettings:
     storm_window_s: float = 60.0
     storm_min_answers: int = 20
     storm_max_accepted_share: float = 0.1
-    # a lane that found nothing more to send waits this long, once woken, before it claims
-    # (PUSH_GATHER): the notifies of that moment are claimed, sent and settled together
-    gather_s: float = 0.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DispatchSettings:
