@@ -31,6 +31,7 @@ from flask import Blueprint, Response, request
 from sqlalchemy import Engine, Select, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
+from push.providers import PROVIDERS
 from stats.auth import StatsAuth, requires_auth
 from stats.charts import Series, step_chart
 from stats.rollup import MINUTE_MS, minute_floor
@@ -42,20 +43,31 @@ log = logging.getLogger(__name__)
 PATH = "/stats"
 QueueStats = Callable[[], tuple[int, float]]
 
-# Counters on the page, with their labels and colours (chosen to read apart, also in grey).
+# Colours of each provider's pushes and failures, in the order of the provider table
+# (chosen to read apart, also in grey).
+PUSH_COLOURS = ("#1f6feb", "#2da44e", "#9467bd", "#17becf")
+FAILURE_COLOURS = ("#cf222e", "#d4a72c", "#e377c2", "#7f7f7f")
+# Counters on the page, with their labels and colours: every provider of the table's.
 COUNTERS: dict[str, tuple[str, str]] = {
     "total_message_number": ("Messages", "#6f42c1"),
-    "ios_pn_number": ("iOS pushes", "#1f6feb"),
-    "android_pn_number": ("Android pushes", "#2da44e"),
-    "ios_pn_failed": ("iOS failures", "#cf222e"),
-    "android_pn_failed": ("Android failures", "#d4a72c"),
+    **{
+        info.sent_counter: (f"{info.platform} pushes", PUSH_COLOURS[n % len(PUSH_COLOURS)])
+        for n, info in enumerate(PROVIDERS)
+    },
+    **{
+        info.failed_counter: (
+            f"{info.platform} failures",
+            FAILURE_COLOURS[n % len(FAILURE_COLOURS)],
+        )
+        for n, info in enumerate(PROVIDERS)
+    },
     "tokens_pruned": ("Tokens pruned", "#8c564b"),
 }
 QUEUE_LABEL, QUEUE_COLOUR = "Queue depth (largest sample)", "#0a7ea4"
 CHARTS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("messages", "Messages", ("total_message_number",)),
-    ("pushes", "Pushes by platform", ("ios_pn_number", "android_pn_number")),
-    ("failures", "Failed pushes by platform", ("ios_pn_failed", "android_pn_failed")),
+    ("pushes", "Pushes by platform", tuple(info.sent_counter for info in PROVIDERS)),
+    ("failures", "Failed pushes by platform", tuple(info.failed_counter for info in PROVIDERS)),
     ("pruned", "Tokens pruned", ("tokens_pruned",)),
     ("queue", "Queue depth", (QUEUE_DEPTH,)),
 )
