@@ -293,7 +293,7 @@ class Relay:
         if cached is not None and now - cached[0] < QUEUE_STATS_CACHE_S:
             return cached[1]
         count, oldest = self.queue.depth(self.engine)
-        age = 0.0 if oldest is None else max(0.0, (self.clock.now_ms() - oldest) / 1000)
+        age = self._age_s(oldest)
         self._queue_stats_cache = (now, (count, age))
         return count, age
 
@@ -301,7 +301,13 @@ class Relay:
         """Seconds the oldest queued push has waited (0 when none), for /healthz (uncached:
         health caches its own probe). Read beside the writer, like `queue_stats`."""
         _, oldest = self.queue.depth(self.engine)
-        return 0.0 if oldest is None else max(0.0, (self.clock.now_ms() - oldest) / 1000)
+        return self._age_s(oldest)
+
+    def _age_s(self, created_at_ms: int | None) -> float:
+        """Seconds since `created_at_ms` on the relay clock (0 for none, or for the future)."""
+        if created_at_ms is None:
+            return 0.0
+        return max(0.0, (self.clock.now_ms() - created_at_ms) / 1000)
 
     # -- serving -----------------------------------------------------------------------------
 

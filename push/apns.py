@@ -232,7 +232,7 @@ class APNsSender(PooledSender[APNsConfig]):
                 connect_timeout_s=config.connect_timeout_s,
                 http2_only=True,
             ),
-            name="APNs",
+            name=self.name,
         )
 
     def _payload(self, push: Push) -> tuple[bytes, bool]:

@@ -20,7 +20,8 @@ push this lane is still sending adopts the new lease instead of sending it twice
 Time: persisted times come from the relay clock (storage/clock.py, never jumps); pauses,
 log intervals and renewal use the monotonic clock.
 
-Answers that look like dead tokens but may be our configuration (`SUSPECT_REASONS`): APNs
+Answers that look like dead tokens but may be our configuration (each provider's
+`suspect_reasons`, push/providers.py): APNs
 `BadDeviceToken` is what Apple answers for *every* token when APNS_SANDBOX names the wrong
 environment; `DeviceTokenNotForTopic` for every token when APNS_TOPIC is wrong; FCM
 `SENDER_ID_MISMATCH` for every token when the service account belongs to another project. One
@@ -57,7 +58,7 @@ from typing import Any, Protocol
 
 from push.answer_window import Answer, AnswerWindow, WindowCounts
 from push.outcome import ProviderSender, Push, PushOutcome, Verdict
-from push.providers import PROVIDERS, LaneEvent, provider_info
+from push.providers import LaneEvent, provider_info
 from settings import Settings
 from stats.counters import Counters
 from storage.clock import RelayClock
@@ -71,11 +72,6 @@ log = logging.getLogger(__name__)
 
 TRANSIENT_LOG_INTERVAL_S = 60.0
 
-# Provider reasons that mean "this token is not ours" or "our configuration is wrong", told
-# apart by how many answers say the same (module docstring), and the settings to check.
-SUSPECT_REASONS: dict[str, str] = {
-    reason: hint for info in PROVIDERS for reason, hint in info.suspect_reasons.items()
-}
 SUSPECT_VERDICTS = (Verdict.DEAD_TOKEN, Verdict.CONFIG_ERROR)
 # A configuration error is not mended within one retry's delay (someone has to edit a
 # setting): the first pause is this many PUSH_RETRY_BASEs (at least 30 s), doubling from there.
@@ -167,6 +163,9 @@ class ProviderLane:
         self._held_logged_at: float | None = None
         self._held_unlogged = 0
         self._storm_counter = info.lane_counter(LaneEvent.CONFIG_STORM)
+        # this provider's answers that mean "not our token" or "our configuration is wrong",
+        # told apart by how many answers say the same, and the settings to check
+        self._suspect_reasons = info.suspect_reasons
         self._held_counter = info.lane_counter(LaneEvent.SUSPECT_HELD)
         # The pushes being sent, by delivery id, with the lease this lane holds on each now.
         self._sending: dict[int, ClaimedDelivery] = {}
@@ -385,7 +384,7 @@ class ProviderLane:
                 self._observe_latency(self.provider, max(0.0, (now - delivery.created_at) / 1000))
             return
         counters.incr(self._failed_counter)
-        if verdict in SUSPECT_VERDICTS and outcome.reason in SUSPECT_REASONS:
+        if verdict in SUSPECT_VERDICTS and outcome.reason in self._suspect_reasons:
             self._judge_suspect(delivery, outcome, settlement, now)
             return
         if verdict is not Verdict.TRANSIENT:  # a transient answer says nothing about the token
@@ -431,7 +430,7 @@ class ProviderLane:
         module docstring): storm → pause; healthy → this token is not ours; else hold back."""
         counts = self._answers.add(Answer.SUSPECT)
         settings = self._settings
-        hint = SUSPECT_REASONS[outcome.reason]
+        hint = self._suspect_reasons[outcome.reason]
         enough = counts.total >= settings.storm_min_answers
         mostly_suspect = 2 * counts.suspect > counts.total
         if enough and not mostly_suspect:

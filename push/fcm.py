@@ -247,7 +247,7 @@ class FCMSender(PooledSender[FCMConfig]):
                 max_h1_connections=config.http1_connections,
                 connect_timeout_s=config.connect_timeout_s,
             ),
-            name="FCM",
+            name=self.name,
         )
 
     def _payload(self, push: Push) -> tuple[bytes, bool]:
@@ -319,7 +319,7 @@ def config_from_settings(settings: Settings) -> FCMConfig | None:
     if not settings.FCM_PROJECT_ID and not account.get("project_id"):
         raise DeliveryConfigError("FCM_PROJECT_ID: the service account names no project")
     try:
-        credentials.Certificate(str(path))
+        credentials.Certificate(account)
     except ValueError:
         raise DeliveryConfigError(
             f"FCM_SERVICE_ACCOUNT_FILE: {path} is not a usable service account key"

@@ -38,12 +38,9 @@ class LaneEvent(enum.Enum):
 @dataclass(frozen=True)
 class ProviderInfo(Generic[ConfigT]):
     provider: Provider  # how its registrations are stored
-    name: str  # in logs: "APNs"
-    label: str  # the /metrics label value and the prefix of its event counters: "apns"
+    name: str  # in logs: "APNs"; in lower case, its /metrics label
     platform: str  # the devices it serves, in logs: "iOS"
-    device: str  # the `device` word a register names it by: "ios"
-    sent_counter: str  # statistics counter of pushes it accepted
-    failed_counter: str  # statistics counter of pushes that failed or were dropped
+    device: str  # the `device` word a register names it by, and its counters' prefix: "ios"
     # settings -> the sender's config; None when its credentials are absent (provider off)
     config: Callable[[Settings], ConfigT | None]
     sender: Callable[[ConfigT, Settings], ProviderSender]
@@ -56,6 +53,21 @@ class ProviderInfo(Generic[ConfigT]):
     # answers that mean "not our token" or "our configuration is wrong", and the settings
     # to check (push/dispatcher.py tells them apart)
     suspect_reasons: Mapping[str, str]
+
+    @property
+    def label(self) -> str:
+        """The /metrics label value and the prefix of its event counters: "apns"."""
+        return self.name.lower()
+
+    @property
+    def sent_counter(self) -> str:
+        """The statistics counter of pushes it accepted (the 2021 server's names)."""
+        return f"{self.device}_pn_number"
+
+    @property
+    def failed_counter(self) -> str:
+        """The statistics counter of pushes that failed or were dropped."""
+        return f"{self.device}_pn_failed"
 
     def lane_counter(self, event: LaneEvent) -> str:
         """The /metrics event counter of `event` in this provider's lane."""
@@ -78,11 +90,8 @@ PROVIDERS: tuple[ProviderInfo[Any], ...] = (
     ProviderInfo(
         provider=Provider.APNS,
         name="APNs",
-        label="apns",
         platform="iOS",
         device="ios",
-        sent_counter="ios_pn_number",
-        failed_counter="ios_pn_failed",
         config=apns.config_from_settings,
         sender=_apns_sender,
         describe=apns.describe,
@@ -96,11 +105,8 @@ PROVIDERS: tuple[ProviderInfo[Any], ...] = (
     ProviderInfo(
         provider=Provider.FCM,
         name="FCM",
-        label="fcm",
         platform="Android",
         device="android",
-        sent_counter="android_pn_number",
-        failed_counter="android_pn_failed",
         config=fcm.config_from_settings,
         sender=_fcm_sender,
         describe=fcm.describe,

@@ -42,11 +42,8 @@ def web_info(*, configured: bool = True) -> ProviderInfo[str]:
     return ProviderInfo(
         provider=WEB,
         name="WebPush",
-        label="webpush",
         platform="Web",
         device="web",
-        sent_counter="web_pn_number",
-        failed_counter="web_pn_failed",
         config=config,
         sender=lambda config, settings: ScriptedSender(WEB),
         describe=lambda config: f"endpoint {config}",
