@@ -65,7 +65,7 @@ from storage.writer import BatchWriter
 from web.connections import CappedHTTPServer, fit_to_file_limit
 from web.errorlog import RateLimitedLog
 from web.onion import OnionCore
-from web.onion_routes import GuardedFallbackHandler, LsrpcHandler
+from web.onion_routes import GuardedFallbackHandler, OnionFront
 
 log = logging.getLogger("pn_relay")
 
@@ -311,10 +311,30 @@ class Relay:
 
     # -- serving -----------------------------------------------------------------------------
 
-    def tornado_app(self) -> Application:
-        """The onion paths and /healthz on Tornado directly (on the IOLoop), all else on the
-        Flask app; aliases of the onion paths reach neither Flask nor a web thread."""
+    def http_front(self) -> OnionFront:
+        """What the HTTP server runs: the onion paths answered by `OnionFront` (on the
+        IOLoop, no RequestHandler), every other request by `tornado_app`."""
+        in_flight, errors = self.in_flight, self.errors
         access = AccessLog(self.settings.ACCESS_LOG)
+
+        def answered(method: str, path: str, status: int, seconds: float) -> None:
+            log_server_error(errors, status, method, path)
+            access.record(method, path, status, seconds)
+
+        return OnionFront(
+            {
+                V2_PATH: in_flight.wrap_async(self.onion.answer_v2),
+                V4_PATH: in_flight.wrap_async(self.onion.answer_v4),
+            },
+            self.tornado_app(access),
+            max_body_bytes=self.settings.MAX_BODY_BYTES,
+            errors=errors,
+            answered=answered,
+        )
+
+    def tornado_app(self, access: AccessLog) -> Application:
+        """/healthz on Tornado directly (on the IOLoop), all else on the Flask app; aliases
+        of the onion paths reach neither Flask nor a web thread."""
         wsgi = LoggedWSGIContainer(
             self.in_flight.wrap_wsgi(self.app.wsgi_app),
             executor=self.executor,
@@ -326,16 +346,8 @@ class Relay:
             log_server_errors(handler, errors)
             access.tornado(handler)
 
-        onion_routes = [
-            (path, LsrpcHandler, {"answer": self.in_flight.wrap_async(answer), "errors": errors})
-            for path, answer in (
-                (V2_PATH, self.onion.answer_v2),
-                (V4_PATH, self.onion.answer_v4),
-            )
-        ]
         return Application(
             [
-                *onion_routes,
                 (HEALTH_PATH, HealthHandler, {"probe": self.health, "errors": errors}),
                 (r".*", GuardedFallbackHandler, {"fallback": wsgi, "errors": errors}),
             ],
@@ -351,7 +363,7 @@ class Relay:
         # them; keep it well above MAX_BODY_BYTES so oversized bodies get a clear 413.
         tornado_limit = max(4 * self.settings.MAX_BODY_BYTES, 1024 * 1024)
         self.http = CappedHTTPServer(
-            self.tornado_app(),
+            self.http_front(),
             max_body_size=tornado_limit,
             xheaders=False,
             idle_connection_timeout=self.settings.IDLE_CONNECTION_TIMEOUT,
@@ -418,13 +430,17 @@ def _stats_auth(settings: Settings) -> StatsAuth:
 def log_server_errors(handler: RequestHandler, errors: RateLimitedLog) -> None:
     """Tornado's per-request log, reduced to server errors (never a client's data), at most
     a line per status and minute."""
-    status = handler.get_status()
     # /healthz answers 503 on purpose, and stats/healthz.py logs each change of its answer.
-    if status >= 500 and not isinstance(handler, HealthHandler):
-        method = handler.request.method
-        errors.log(
-            logging.ERROR, f"status {status}", "%d %s %s", status, method, type(handler).__name__
-        )
+    if not isinstance(handler, HealthHandler):
+        status, method = handler.get_status(), handler.request.method or "-"
+        log_server_error(errors, status, method, type(handler).__name__)
+
+
+def log_server_error(errors: RateLimitedLog, status: int, method: str, where: str) -> None:
+    """One line per server-error status and minute: the status, method and `where` (a
+    handler's name or an onion path: never a client's data)."""
+    if status >= 500:
+        errors.log(logging.ERROR, f"status {status}", "%d %s %s", status, method, where)
 
 
 def _bound_port(http: HTTPServer) -> int:

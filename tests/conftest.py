@@ -7,7 +7,7 @@ Where the other test helpers live, one concern a module:
 - checks.py: SUCCESS, count() of rows, wait_until();
 - http_calls.py: one HTTP request on a connection of its own (http_request, request);
 - server_process.py: `python server.py` as a real process (run_server, ServerProcess);
-- served.py: a Tornado server for one Application or Flask app;
+- served.py: a Tornado server for one Application (or other connection delegate) or Flask app;
 - providers.py: the sandbox APNs and FCM, the relay's APNs sender pointed at one;
 - strategies.py: the hypothesis strategies of the fuzz tests, mutate();
 - scripted_sender.py and lane_harness.py: one dispatcher lane on virtual time.
@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from flask import Flask
 from sqlalchemy import Engine
-from tornado.web import Application
+from tornado.httputil import HTTPServerConnectionDelegate
 
 from sandbox.apns import FakeApns
 from tests.providers import Providers, reset_apns, start_providers
@@ -123,11 +123,12 @@ def fake_apns(module_fake_apns: FakeApns) -> Iterator[FakeApns]:
 
 
 @pytest.fixture
-def serve() -> Iterator[Callable[[Application | Flask], Served]]:
-    """Serves a Tornado Application or a Flask app on a port of its own; closed at the end."""
+def serve() -> Iterator[Callable[[HTTPServerConnectionDelegate | Flask], Served]]:
+    """Serves a Tornado Application (or another HTTPServerConnectionDelegate) or a Flask app
+    on a port of its own; closed at the end."""
     started: list[Served] = []
 
-    def start(app: Application | Flask) -> Served:
+    def start(app: HTTPServerConnectionDelegate | Flask) -> Served:
         started.append(Served(app))
         return started[-1]
 

@@ -1,6 +1,7 @@
 """A Tornado HTTPServer for one application on 127.0.0.1:<ephemeral>, on its own loop thread:
 for tests of a web part without a whole relay. A Flask app is served as the relay serves its
-WSGI routes: through Tornado's WSGIContainer on a small thread pool."""
+WSGI routes: through Tornado's WSGIContainer on a small thread pool; a Tornado Application or
+any other HTTPServerConnectionDelegate (web/onion_routes.py's OnionFront) as it is."""
 
 from __future__ import annotations
 
@@ -11,17 +12,17 @@ from concurrent.futures import ThreadPoolExecutor
 
 from flask import Flask
 from tornado.httpserver import HTTPServer
+from tornado.httputil import HTTPServerConnectionDelegate
 from tornado.netutil import bind_sockets
-from tornado.web import Application
 from tornado.wsgi import WSGIContainer
 
 from tests.http_calls import Received, http_request
 
 
 class Served:
-    def __init__(self, app: Application | Flask) -> None:
+    def __init__(self, app: HTTPServerConnectionDelegate | Flask) -> None:
         self.executor: ThreadPoolExecutor | None = None
-        handler: Application | WSGIContainer
+        handler: HTTPServerConnectionDelegate | WSGIContainer
         if isinstance(app, Flask):
             self.executor = ThreadPoolExecutor(4, thread_name_prefix="served-wsgi")
             handler = WSGIContainer(app.wsgi_app, executor=self.executor)

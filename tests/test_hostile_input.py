@@ -26,7 +26,7 @@ from tests.support import RunningRelay, random_apns_token, random_session_id
 from web.answers import HttpAnswer
 from web.errorlog import RateLimitedLog
 from web.onion import OnionCore
-from web.onion_routes import LsrpcHandler
+from web.onion_routes import OnionFront
 
 ISSUE_BODY = b"\0\0\0\0" + b"[" * 2000
 DEEP = "[" * 2000
@@ -186,7 +186,7 @@ def failing_route(call: ClientCall) -> Reply:
 
 
 def test_an_unexpected_error_is_generic_and_logged_once_per_kind(
-    serve: Callable[[Application], Served], caplog: pytest.LogCaptureFixture
+    serve: Callable[[OnionFront], Served], caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
     errors = RateLimitedLog(logging.getLogger("test.unexpected"))
@@ -196,15 +196,11 @@ def test_an_unexpected_error_is_generic_and_logged_once_per_kind(
         raise RuntimeError(body[:8])
 
     served = serve(
-        Application(
-            [
-                (
-                    "/loki/v2/lsrpc",
-                    LsrpcHandler,
-                    {"answer": core.answer_v2, "errors": errors},
-                ),
-                ("/broken", LsrpcHandler, {"answer": broken_answer, "errors": errors}),
-            ]
+        OnionFront(
+            {"/loki/v2/lsrpc": core.answer_v2, "/broken": broken_answer},
+            Application(),
+            max_body_bytes=65536,
+            errors=errors,
         )
     )
     client = OnionClient(KEYPAIR.public_bytes)
@@ -220,7 +216,7 @@ def test_an_unexpected_error_is_generic_and_logged_once_per_kind(
     assert len(lines) == 2, lines  # one per kind, not one per request
     assert lines[0].startswith("unexpected KeyError while handling a request (")
     assert "test_hostile_input.py" in lines[0]  # where, not what
-    assert lines[1].startswith("unexpected RuntimeError while answering LsrpcHandler")
+    assert lines[1].startswith("unexpected RuntimeError while answering an onion path")
     text = caplog.text
     assert secret not in text and "12345678" not in text
     no_traceback_logged(caplog)

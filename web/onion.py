@@ -68,6 +68,7 @@ V4 = Framing(parse_v4, seal_v4)
 
 INTERNAL_ERROR = Reply(status=500, code=0, message="Internal error")
 INTERNAL_ERROR_ANSWER = plain(500, "Internal error")
+TOO_LARGE = plain(413, "Request body too large")
 
 
 class OnionCore:
@@ -109,7 +110,7 @@ class OnionCore:
 
     def _open(self, body: bytes) -> OpenedRequest | HttpAnswer:
         if len(body) > self.max_body_bytes:
-            return plain(413, "Request body too large")
+            return TOO_LARGE
         try:
             return open_request(body, self.keypair)
         except FramingError as exc:
