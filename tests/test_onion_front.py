@@ -136,6 +136,8 @@ def test_a_chunked_body_is_read_whole(sqlite_relay: RunningRelay, connect: Conne
     )
     answer = connect.answer()
     assert answer.status_line == b"HTTP/1.1 200 OK"
+    assert answer.headers["content-type"] == "application/json"
+    assert answer.body.startswith(b'{"result": "') and answer.body.endswith(b'"}')  # as before
     assert prepared.open_v2_reply(answer.body) == (200, {"code": 1, "message": "Success"})
 
 

@@ -45,8 +45,8 @@ def parse_v4(plaintext: bytes) -> ClientCall:
 
 def seal_v2(opened: OpenedRequest, reply: Reply) -> HttpAnswer:
     sealed = opened.seal(v2.render_reply(reply.status, reply.body()))
-    result = json.dumps({"result": base64.b64encode(sealed).decode("ascii")})
-    return HttpAnswer(200, "application/json", result.encode("ascii"))
+    # The bytes json.dumps({"result": text}) gives (base64 needs no escaping), ~3 us less.
+    return HttpAnswer(200, "application/json", b'{"result": "' + base64.b64encode(sealed) + b'"}')
 
 
 def seal_v4(opened: OpenedRequest, reply: Reply) -> HttpAnswer:
