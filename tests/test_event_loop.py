@@ -56,6 +56,15 @@ def notify_is_pushed(
     assert (push.token, push.json()["ENCRYPTED_DATA"]) == (token, data)
 
 
+def notify_is_pushed_then_stop(server: ServerProcess, providers: Providers) -> None:
+    notify_is_pushed(
+        lambda body: server.post("/loki/v2/lsrpc", body),
+        bytes.fromhex(server.public_key),
+        providers,
+    )
+    assert server.terminate() == 0  # a clean stop on this loop
+
+
 @pytest.mark.parametrize("choice", LOOPS)
 def test_a_relay_process_runs_on_the_chosen_loop(
     tmp_path: Path, providers: Providers, choice: str
@@ -63,12 +72,7 @@ def test_a_relay_process_runs_on_the_chosen_loop(
     with ServerProcess(tmp_path, **providers.environment(PN_EVENT_LOOP=choice)) as server:
         assert f"onion requests on its {choice} event loop" in server.log
         assert holds_an_eventfd(server.process.pid) == (choice == "uvloop")
-        notify_is_pushed(
-            lambda body: server.post("/loki/v2/lsrpc", body),
-            bytes.fromhex(server.public_key),
-            providers,
-        )
-        assert server.terminate() == 0
+        notify_is_pushed_then_stop(server, providers)
 
 
 @pytest.mark.parametrize("choice", LOOPS)
@@ -82,12 +86,7 @@ def test_every_worker_runs_on_the_chosen_loop(
         assert f"each: onion requests on its {choice} event loop" in found.string
         assert [holds_an_eventfd(pid) for pid in pids] == [choice == "uvloop"] * 2
         assert not holds_an_eventfd(server.process.pid)  # the supervisor runs no loop
-        notify_is_pushed(
-            lambda body: server.post("/loki/v2/lsrpc", body),
-            bytes.fromhex(server.public_key),
-            providers,
-        )
-        assert server.terminate() == 0
+        notify_is_pushed_then_stop(server, providers)
 
 
 @pytest.mark.parametrize("choice", LOOPS)
