@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import eventloop
 from errors import StartupError as StartupError  # noqa: PLC0414 - re-exported
 from logsetup import configure_logging as configure_logging  # noqa: PLC0414 - re-exported
 from logsetup import held_until_started
@@ -96,15 +97,16 @@ async def serve(loaded: LoadedSettings, worker: WorkerContext | None = None) -> 
             for sock in sockets:
                 sock.close()
             raise
+        loop = asyncio.get_running_loop()
         if worker is None:
             log.info(
-                "workers: 1 process (onion requests on its event loop, %d threads for the other"
-                " routes)%s",
+                "workers: 1 process (onion requests on its %s event loop, %d threads for the"
+                " other routes)%s",
+                eventloop.loop_name(loop),
                 settings.WEB_THREADS,
                 "; REUSE_PORT lets more processes share the port" if settings.REUSE_PORT else "",
             )
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         try:
@@ -151,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         if workers > 1:
             return run_workers(loaded, serve, bind_listening_sockets)
-        asyncio.run(serve(loaded))
+        eventloop.run(serve(loaded), loaded.settings.EVENT_LOOP)
     except (SettingsError, StartupError) as exc:
         message = loaded.in_user_words(str(exc)) if loaded is not None else str(exc)
         print(f"pn-relay: {message}", file=sys.stderr)

@@ -111,6 +111,8 @@ class Settings:
     # -- workers (issue 10) ------------------------------------------------------------
     # "auto" in config.py, PN_WORKERS or --workers: the usable CPUs
     WORKERS: int = setting(1, within=(1, 256))
+    # the event loop under Tornado (eventloop.py)
+    EVENT_LOOP: str = setting("uvloop", one_of=("uvloop", "asyncio"))
     # -- faults: provider timeouts (docs/security.md, "Fault tests") -------------------
     APNS_REQUEST_TIMEOUT: float = setting(15.0, within=(0.1, 600))
 

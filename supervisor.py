@@ -37,7 +37,6 @@ whose supervisor dies gets SIGTERM (Linux: PR_SET_PDEATHSIG), so none is left or
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ctypes
 import logging
@@ -52,6 +51,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import eventloop
 from errors import StartupError
 from settings import LoadedSettings, Settings, SettingsError
 
@@ -474,7 +474,7 @@ def run_workers(loaded: LoadedSettings, serve: Serve, bind: Bind) -> int:
         for sock in reserved:  # the worker binds its own
             sock.close()
         try:
-            asyncio.run(serve(worker_loaded, worker))
+            eventloop.run(serve(worker_loaded, worker), settings.EVENT_LOOP)
         except (SettingsError, StartupError) as exc:
             worker.report_failed(loaded.in_user_words(str(exc)))
             return CANNOT_START
@@ -485,12 +485,13 @@ def run_workers(loaded: LoadedSettings, serve: Serve, bind: Bind) -> int:
             log.warning("%s", warning)
         log.info(
             "workers: %d processes (pids %s), sharing http://%s:%d (SO_REUSEPORT) and the"
-            " database; each: onion requests on its event loop, %d threads for the other"
+            " database; each: onion requests on its %s event loop, %d threads for the other"
             " routes, the dispatcher",
             len(pids),
             ", ".join(map(str, pids)),
             settings.HOST,
             worker_settings.PORT,
+            settings.EVENT_LOOP,
             settings.WEB_THREADS,
         )
 

@@ -120,6 +120,11 @@ class Bench:
     rows: list[Row] = field(default_factory=list)
     failed: bool = False
 
+    def settings(self, given: dict[str, str] | None = None) -> dict[str, str]:
+        """A relay's settings (PN_* names without the prefix): a section's own, then those of
+        --relay-setting, which win."""
+        return {**(given or {}), **self.args.relay_settings}
+
     def data_dir(self, name: str) -> Path:
         path = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=self.workdir))
         return path / "data"
@@ -286,7 +291,7 @@ def intake(bench: Bench) -> None:
     cpu_ms: dict[str, float] = {}
     for workers in worker_counts(bench):
         label = "1 worker" if workers == 1 else f"{workers} workers"
-        with RelayProcess(bench.data_dir("intake"), workers=workers) as relay:
+        with RelayProcess(bench.data_dir("intake"), bench.settings(), workers=workers) as relay:
             for endpoint in ("register", "notify"):
                 result, cpu = run_load(relay, endpoint, sizes.intake, sizes.concurrency)
                 if workers == 1:
@@ -347,7 +352,7 @@ def push(bench: Bench) -> None:
     figures: dict[str, float] = {}
     with (
         FakesProcess(Path(tempfile.mkdtemp(prefix="fakes-", dir=bench.workdir))) as fakes,
-        RelayProcess(bench.data_dir("push"), fakes.settings) as relay,
+        RelayProcess(bench.data_dir("push"), bench.settings(fakes.settings)) as relay,
     ):
         for provider in ("apns", "fcm"):
             common = [
@@ -408,7 +413,9 @@ def real(bench: Bench) -> None:
         apns = RemoteFake(fakes.control_port, "apns")
         for workers in worker_counts(bench):
             label = "1 worker" if workers == 1 else f"{workers} workers"
-            with RelayProcess(bench.data_dir("real"), fakes.settings, workers=workers) as relay:
+            with RelayProcess(
+                bench.data_dir("real"), bench.settings(fakes.settings), workers=workers
+            ) as relay:
                 for steady in (False, True):
                     count = sizes.steady if steady else sizes.real
                     pace = ["--rate", str(sizes.steady_rate)] if steady else []
@@ -458,7 +465,7 @@ def postgres(bench: Bench) -> None:
             return
         rates: dict[str, float] = {}
         for backend, settings in (("SQLite", {}), ("PostgreSQL", {"DATABASE_URL": url})):
-            with RelayProcess(bench.data_dir(backend.lower()), settings) as relay:
+            with RelayProcess(bench.data_dir(backend.lower()), bench.settings(settings)) as relay:
                 result, cpu = run_load(relay, "notify", sizes.intake, sizes.concurrency)
             rates[backend] = result["rate"]
             target, met = "—", "—"
@@ -509,7 +516,10 @@ def scale(bench: Bench) -> None:
     p50: dict[tuple[int, str], list[float]] = {}
     cpu_ms: dict[tuple[int, str], list[float]] = {}
     memory: dict[int, tuple[int, int, int]] = {}
-    with RelayProcess(dirs[counts[0]]) as small, RelayProcess(dirs[counts[1]]) as large:
+    with (
+        RelayProcess(dirs[counts[0]], bench.settings()) as small,
+        RelayProcess(dirs[counts[1]], bench.settings()) as large,
+    ):
         relays = {counts[0]: small, counts[1]: large}
         at_start = {count: relay.memory_kb("VmRSS") for count, relay in relays.items()}
         for _ in range(sizes.scale_rounds):
@@ -574,7 +584,7 @@ def group_case(bench: Bench, fakes: FakesProcess | None) -> None:
     group_notifies = max(1, round(sizes.group_seconds))  # one a second
     registers = round(sizes.register_rate * sizes.group_seconds)
     settings = fakes.settings if fakes is not None else {}
-    with RelayProcess(bench.data_dir("group"), settings) as relay:
+    with RelayProcess(bench.data_dir("group"), bench.settings(settings)) as relay:
         key = setup_group(relay.client(), "apns", members=sizes.group_members)
         register_argv = [
             *load_argv(relay, "register", registers, 8),
@@ -731,6 +741,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--postgres-url", default=DEFAULT_POSTGRES)
     parser.add_argument(
+        "--relay-setting",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting for every relay started (PN_NAME=VALUE), e.g. EVENT_LOOP=asyncio;"
+        " repeat for several",
+    )
+    parser.add_argument(
         "--write",
         action="store_true",
         help="also put the table, the machine, the commit and the command into --output",
@@ -742,6 +760,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown or not only:
         parser.error(f"--only: unknown section(s) {', '.join(unknown) or '(none given)'}")
     args.only = [name for name in SECTIONS if name in only]
+    args.relay_settings = {}
+    for pair in args.relay_setting:
+        name, equals, value = pair.partition("=")
+        name = name.strip().removeprefix("PN_")
+        if not equals or not name:
+            parser.error(f"--relay-setting: expected NAME=VALUE, got {pair!r}")
+        args.relay_settings[name] = value
     return args
 
 

@@ -28,7 +28,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import hpack.hpack
 import hpack.huffman_table
@@ -203,8 +203,8 @@ class _H2Protocol(H2ServerSession, asyncio.Protocol):
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # (uvloop's transports are not asyncio.Transport subclasses, but write and close alike)
+        self.transport = transport = cast(asyncio.Transport, transport)
         self.certificate_authenticated = bool(transport.get_extra_info("peercert"))
         server = self.server
         server.connections_total += 1

@@ -13,7 +13,7 @@ import ssl
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from h2.config import H2Configuration
 from h2.connection import H2Connection
@@ -126,8 +126,8 @@ class RawH2Client(asyncio.Protocol):
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = self._outbox.transport = transport
+        # (uvloop's transports are not asyncio.Transport subclasses, but write and close alike)
+        self.transport = self._outbox.transport = cast(asyncio.Transport, transport)
         self.conn.initiate_connection()
         self._flush()
 

@@ -25,6 +25,7 @@ from storage.records import Provider
 from storage.schema import deliveries
 from storage.store import RelayStore
 from storage.writer import BatchWriter
+from tests import loops
 from tests.scripted_sender import ScriptedSender
 
 # The numbers the lane tests count on, spelled out (they are DispatchSettings' defaults today).
@@ -69,7 +70,7 @@ class LaneHarness:
     def __post_init__(self) -> None:
         self.engine = make_engine(f"sqlite:///{self.directory / 'lane.sqlite3'}", pool_size=2)
         create_schema(self.engine)
-        self.loop = asyncio.new_event_loop()
+        self.loop = loops.new_loop()
         self.clock = RelayClock(wall=lambda: self.time.wall, monotonic=lambda: self.time.mono)
         self.writer = BatchWriter(self.engine)
         self.protector = IdentifierProtector(b"i" * 32, b"t" * 32)

@@ -16,6 +16,7 @@ from tornado.httputil import HTTPServerConnectionDelegate
 from tornado.netutil import bind_sockets
 from tornado.wsgi import WSGIContainer
 
+from tests import loops
 from tests.http_calls import Received, http_request
 
 
@@ -28,7 +29,7 @@ class Served:
             handler = WSGIContainer(app.wsgi_app, executor=self.executor)
         else:
             handler = app
-        self.loop = asyncio.new_event_loop()
+        self.loop = loops.new_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
 

@@ -16,11 +16,13 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine
 
+from eventloop import loop_factory
 from lsrpc.client import OnionClient, PreparedRequest
 from relay import Relay
 from settings import Settings, SettingsError, load_settings
 from storage.engine import create_schema, make_engine
 from storage.scratch_schema import scratch_schema
+from tests import loops
 from tests.http_calls import Received, http_request
 
 POSTGRES_URL_VARIABLE = "RELAY_TEST_POSTGRES_URL"
@@ -68,7 +70,7 @@ class RunningRelay:
     _thread: threading.Thread = field(init=False)
 
     def __post_init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
+        self.loop = loop_factory(self.settings.EVENT_LOOP)()
         self._thread = threading.Thread(
             target=self.loop.run_forever, name="relay-loop", daemon=True
         )
@@ -148,6 +150,7 @@ def relay_settings(data_dir: Path, database_url: str, **overrides: Any) -> Setti
         "DATABASE_URL": database_url,
         "PORT": 0,
         "WEB_THREADS": 8,
+        "EVENT_LOOP": loops.chosen(),
     }
     values.update(overrides)
     return load_settings(environ={}, overrides=values, cwd=data_dir)

@@ -29,6 +29,7 @@ from sandbox.apns import FakeApns, provider_token
 from sandbox.certs import ApnsKey, TlsFiles, generate_apns_key, generate_tls
 from sandbox.h2client import ConnectionClosedError, H2Response, RawH2Client
 from storage.records import Provider
+from tests import loops
 from tests.providers import apns_sender
 from tests.support import random_apns_token
 
@@ -119,7 +120,7 @@ def test_500_large_pushes_through_the_rfc_default_window(fake: FakeApns) -> None
         finally:
             await sender.close()
 
-    outcomes = asyncio.run(run())
+    outcomes = loops.run(run())
     assert [o.verdict for o in outcomes] == [Verdict.ACCEPTED] * 500
     recorded = fake.pushes.snapshot()
     assert sorted(p.apns_id for p in recorded) == sorted(p.apns_id for p in pushes)
@@ -171,7 +172,7 @@ def test_a_send_cancelled_part_way_resets_its_stream_and_frees_it(fake: FakeApns
         finally:
             await sender.close()
 
-    outcomes = asyncio.run(run())
+    outcomes = loops.run(run())
     assert [o.verdict for o in outcomes] == [Verdict.ACCEPTED] * (FIT + 40)
     resets = fake.client_resets
     assert {(r.error_code, r.request_complete) for r in resets} == {(ErrorCodes.CANCEL, False)}
@@ -199,7 +200,7 @@ def test_a_send_that_times_out_part_way_resets_its_stream_and_frees_it(fake: Fak
         finally:
             await sender.close()
 
-    outcomes = asyncio.run(run())
+    outcomes = loops.run(run())
     timed_out = [o for o in outcomes if o.verdict is Verdict.TRANSIENT]
     assert {o.reason for o in timed_out} == {"timeout"}
     assert len(timed_out) >= 4  # at least those whose body the window could not take
@@ -230,7 +231,7 @@ def test_a_connection_lost_part_way_releases_everything_and_sends_again(fake: Fa
         finally:
             await sender.close()
 
-    outcomes = asyncio.run(run())
+    outcomes = loops.run(run())
     assert [o.verdict for o in outcomes] == [Verdict.ACCEPTED] * (FIT + 4)
     assert fake.connections_total == 2
     assert fake.violations == []
@@ -268,7 +269,7 @@ def test_two_sends_with_one_apns_id_both_get_their_own_answer(
         finally:
             await sender.close()
 
-    outcomes = asyncio.run(run())
+    outcomes = loops.run(run())
     assert [o.verdict for o in outcomes] == expected
     recorded = fake.pushes.snapshot()
     assert [p.apns_id for p in recorded] == [push.apns_id] * 2
@@ -308,7 +309,7 @@ def test_the_fake_grants_only_the_default_window_and_records_a_client_beyond_it(
         await client.wait_closed()
         return results
 
-    results = asyncio.run(run())
+    results = loops.run(run())
     assert sum(isinstance(r, ConnectionClosedError) for r in results) >= 1
     (violation,) = fake.violations
     assert violation.error == "FlowControlError"
@@ -325,7 +326,7 @@ def test_the_fake_records_frames_over_its_max_frame_size(fake: FakeApns) -> None
             await future
         await client.wait_closed()
 
-    asyncio.run(run())
+    loops.run(run())
     assert [v.error for v in fake.violations] == ["FrameTooLargeError"]
 
 
@@ -340,6 +341,6 @@ def test_the_fake_counts_requests_left_half_open(fake: FakeApns) -> None:
         await client.aclose()
         await until(lambda: fake.connections_open == 0, "the connection closed")
 
-    asyncio.run(run())
+    loops.run(run())
     assert fake.half_open_at_close == 1
     assert fake.pushes.snapshot() == []

@@ -3,7 +3,6 @@ and the files it needs, checked when the relay starts."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import dataclasses
 import os
@@ -37,6 +36,7 @@ from sandbox.apns import FakeApns
 from sandbox.certs import ApnsKey, generate_apns_certificate, generate_apns_key
 from settings import load_settings
 from storage.records import Provider
+from tests import loops
 from tests.providers import apns_sender
 from tests.support import random_apns_token
 
@@ -64,7 +64,7 @@ def send(sender: APNsSender, *batches: list[Push]) -> list[list[PushOutcome]]:
         finally:
             await sender.close()
 
-    return asyncio.run(run())
+    return loops.run(run())
 
 
 # -- the wire ---------------------------------------------------------------------------------

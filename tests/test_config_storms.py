@@ -36,6 +36,7 @@ from storage.records import Continuation, Provider
 from storage.schema import deliveries, devices
 from storage.store import RelayStore
 from storage.writer import BatchWriter
+from tests import loops
 from tests.checks import count, wait_until
 from tests.lane_harness import LANE_SETTINGS, settle
 from tests.providers import Providers
@@ -162,7 +163,7 @@ def make_lane(database_url: str) -> Iterator[Callable[[Provider], Lane]]:
         store = RelayStore(engine, writer, protector, clock.now_ms)
         counters = Counters()
         sender = ScriptedSender(provider, max_in_flight=1000)
-        loop = asyncio.new_event_loop()
+        loop = loops.new_loop()
         lane = ProviderLane(
             provider,
             sender,

@@ -32,6 +32,7 @@ from sandbox.certs import generate_service_account
 from sandbox.fcm import FakeFcm
 from sandbox.script import Behaviour
 from storage.records import Provider
+from tests import loops
 from tests.checks import wait_until
 from tests.support import random_fcm_token
 
@@ -115,7 +116,7 @@ def send(config: FCMConfig, *batches: list[str], data: str = "QUJD") -> list[lis
         finally:
             await sender.close()
 
-    return asyncio.run(run())
+    return loops.run(run())
 
 
 # -- the reference: today's contract, on firebase-admin's exceptions ---------------------------
@@ -297,7 +298,7 @@ def test_concurrent_sends_share_bounded_connections(h2: Fake) -> None:
         finally:
             await sender.close()
 
-    outcomes = asyncio.run(run())
+    outcomes = loops.run(run())
     assert {o.verdict for o in outcomes} == {Verdict.ACCEPTED}
     pushes = h2.server.pushes.snapshot()
     assert len(pushes) == 200
@@ -349,7 +350,7 @@ def test_a_revoked_access_token_is_replaced_and_the_push_goes(fake: Fake) -> Non
         finally:
             await sender.close()
 
-    first, second = asyncio.run(run())
+    first, second = loops.run(run())
     assert [o.verdict for o in first + second] == [Verdict.ACCEPTED] * 3
     assert server.tokens_issued == issued + 2
     statuses = sorted(p.status for p in server.pushes.snapshot())
@@ -389,7 +390,7 @@ def test_the_token_is_refreshed_ahead_of_expiry_while_the_old_one_serves(
             finally:
                 await sender.close()
 
-        asyncio.run(run())
+        loops.run(run())
         first, second, third = (p.headers["authorization"] for p in server.pushes.snapshot())
         assert first == second  # the old token, still valid, served meanwhile
         assert third != first
@@ -493,7 +494,7 @@ def test_a_graceful_goaway_lets_open_streams_finish(h2: Fake) -> None:
         finally:
             await sender.close()
 
-    first, second = asyncio.run(run())
+    first, second = loops.run(run())
     assert first == [PushOutcome(Verdict.ACCEPTED)] * 10
     assert second == [PushOutcome(Verdict.ACCEPTED)]
     pushes = h2.server.pushes.snapshot()
@@ -519,7 +520,7 @@ def test_a_refused_connection_is_transient_until_fcm_is_back(fake: Fake) -> None
         finally:
             await sender.close()
 
-    before, down, up = asyncio.run(run())
+    before, down, up = loops.run(run())
     assert before == up == [PushOutcome(Verdict.ACCEPTED)]
     assert down == [PushOutcome.transient("transport: connect: ConnectionRefusedError")]
 
@@ -563,7 +564,7 @@ def test_a_send_cancelled_midway_resets_its_streams(h2: Fake) -> None:
         finally:
             await sender.close()
 
-    asyncio.run(run())
+    loops.run(run())
     wait_until(lambda: h2.server.streams_reset == reset_before + 3)
 
 

@@ -28,6 +28,7 @@ from stats.healthz import HealthProbe, HealthSettings
 from storage.engine import create_schema, make_engine
 from storage.schema import deliveries
 from storage.write_probe import PROBE_KEY
+from tests import loops
 from tests.checks import SUCCESS, wait_until
 from tests.http_calls import request
 from tests.providers import Providers
@@ -233,7 +234,7 @@ def test_a_read_only_postgresql_transaction_is_a_503(postgres_url: str) -> None:
         with read_only.connect() as conn:  # reads work: a SELECT 1 would have said "ok"
             assert conn.execute(text("SELECT 1")).scalar() == 1
             assert conn.execute(text("SHOW default_transaction_read_only")).scalar() == "on"
-        assert asyncio.run(probe.check()) == (
+        assert loops.run(probe.check()) == (
             503,
             "database refuses writes: cannot execute INSERT in a read-only transaction",
         )
@@ -248,8 +249,8 @@ def test_an_unreachable_database_is_named_in_the_answer_and_explained_in_the_log
     engine = make_engine(f"sqlite:///{tmp_path / 'missing' / 'dir' / 'x.sqlite3'}", pool_size=1)
     probe = HealthProbe(engine, settings=HealthSettings(write_probe_interval_s=0.0))
     try:
-        assert asyncio.run(probe.check()) == (503, "database unreachable")
-        assert asyncio.run(probe.check()) == (503, "database unreachable")
+        assert loops.run(probe.check()) == (503, "database unreachable")
+        assert loops.run(probe.check()) == (503, "database unreachable")
     finally:
         probe.close()
         engine.dispose()
@@ -281,13 +282,13 @@ def test_the_write_probe_runs_at_most_once_per_interval_and_is_shared(
         return list(await asyncio.gather(*(probe.check() for _ in range(n))))
 
     try:
-        assert asyncio.run(checks(8)) == [(200, "ok")] * 8
+        assert loops.run(checks(8)) == [(200, "ok")] * 8
         assert probe.probes == 1  # eight concurrent requests, one write
         clock.now += 4.9
-        asyncio.run(checks(1))
+        loops.run(checks(1))
         assert probe.probes == 1
         clock.now += 0.2
-        asyncio.run(checks(1))
+        loops.run(checks(1))
         assert probe.probes == 2
         with sqlite_engine.connect() as conn:
             value = conn.execute(
@@ -317,10 +318,10 @@ def test_a_lock_held_by_our_own_busy_writer_is_not_a_failure(
     holder = sqlite3.connect(database, isolation_level=None)
     try:
         holder.execute("BEGIN IMMEDIATE")
-        assert asyncio.run(busy.check()) == (200, "ok")
-        assert asyncio.run(stuck.check()) == (503, "database refuses writes: database is locked")
+        assert loops.run(busy.check()) == (200, "ok")
+        assert loops.run(stuck.check()) == (503, "database refuses writes: database is locked")
         holder.execute("ROLLBACK")
-        assert asyncio.run(stuck.check()) == (200, "ok")
+        assert loops.run(stuck.check()) == (200, "ok")
     finally:
         holder.close()
         busy.close()

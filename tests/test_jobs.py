@@ -30,6 +30,7 @@ from storage.protect import IdentifierProtector
 from storage.schema import schema_meta
 from storage.store import RelayStore
 from storage.writer import BatchWriter
+from tests import loops
 from tests.support import RunningRelay
 
 
@@ -101,7 +102,7 @@ def test_housekeeping_beats_at_start_and_once_more_on_stop(housekept: Housekept)
         await jobs.stop()
         seen.append(heartbeats(engine))
 
-    asyncio.run(run())
+    loops.run(run())
     first, last = seen
     assert len(first) == len(last) == 1
     assert int(last[0].split(":")[0]) >= int(first[0].split(":")[0])
@@ -113,8 +114,8 @@ def test_a_housekeeping_write_that_fails_is_logged_not_raised(
 ) -> None:
     housekept.writer.close()  # every write now fails with WriterClosedError, a StorageError
     with caplog.at_level(logging.WARNING, logger="jobs"):
-        asyncio.run(housekept.housekeeping.beat())
-        asyncio.run(housekept.housekeeping.purge())
+        loops.run(housekept.housekeeping.beat())
+        loops.run(housekept.housekeeping.purge())
     assert [r.getMessage().split(":")[0] for r in caplog.records] == [
         "housekeeping write failed",
         "housekeeping write failed",

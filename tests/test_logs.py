@@ -85,7 +85,8 @@ def test_one_line_per_start_up_fact_and_no_password(
         " data/token_secret.hex (mode 0600); back them up",
         f"database: {shown_url}",
         "the statistics endpoint refuses everyone",
-        "workers: 1 process (onion requests on its event loop, 16 threads for the other routes)",
+        "workers: 1 process (onion requests on its uvloop event loop, 16 threads for the other"
+        " routes)",
         f"pn-relay listening on http://127.0.0.1:{server.port} (server public key",
         "shutting down",
         "pn-relay stopped",

@@ -21,6 +21,7 @@ from push.fcm import FCMConfig, FCMSender
 from push.outcome import Push, Verdict
 from sandbox import script
 from storage.records import Provider
+from tests import loops
 from tests.providers import Providers
 from tests.support import random_apns_token, random_fcm_token
 
@@ -100,7 +101,7 @@ def test_apns_connection_survives_thousands_of_error_bodies(providers: Providers
         finally:
             await sender.close()
 
-    verdicts = asyncio.run(run())
+    verdicts = loops.run(run())
     assert verdicts == [Verdict.DEAD_TOKEN] * 3000
     assert providers.apns.connections_total == 1
 
@@ -118,7 +119,7 @@ def test_apns_jwt_is_shared_by_connections(providers: Providers) -> None:
         finally:
             await sender.close()
 
-    assert asyncio.run(run()) == [Verdict.ACCEPTED] * 30
+    assert loops.run(run()) == [Verdict.ACCEPTED] * 30
     pushes = providers.apns.pushes.snapshot()
     assert {p.status for p in pushes} == {200}
     assert len({p.connection_id for p in pushes}) == 3
@@ -141,7 +142,7 @@ def test_fcm_sender_goes_to_the_configured_endpoint_and_closes(providers: Provid
         finally:
             await sender.close()
 
-    assert asyncio.run(run()) == [Verdict.ACCEPTED] * 150
+    assert loops.run(run()) == [Verdict.ACCEPTED] * 150
     assert len(providers.fcm.pushes) == 150
     assert {p.http_version for p in providers.fcm.pushes.snapshot()} == {"HTTP/2"}
     assert providers.fcm.tokens_issued == 1
@@ -179,7 +180,7 @@ def test_apns_certificate_authentication(tmp_path: Path) -> None:
             finally:
                 await sender.close()
 
-        assert asyncio.run(run()) == [Verdict.ACCEPTED]
+        assert loops.run(run()) == [Verdict.ACCEPTED]
         (push,) = fake.pushes.snapshot()
         assert push.status == 200
         assert "authorization" not in push.headers
@@ -205,7 +206,7 @@ def test_apns_without_certificate_or_jwt_is_a_configuration_error(providers: Pro
         finally:
             await sender.close()
 
-    (outcome,) = asyncio.run(run())
+    (outcome,) = loops.run(run())
     assert outcome.verdict is Verdict.CONFIG_ERROR
     assert outcome.reason == "InvalidProviderToken"
     assert "APNS_KEY_ID" in outcome.hint

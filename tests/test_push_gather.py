@@ -18,6 +18,7 @@ from storage.queue import DeliveryQueue
 from storage.records import Provider
 from storage.store import RelayStore
 from storage.writer import BatchWriter
+from tests import loops
 from tests.lane_harness import LANE_SETTINGS
 from tests.scripted_sender import ScriptedSender
 from tests.support import random_apns_token, random_session_id
@@ -80,7 +81,7 @@ def sends_for_two_notifies_apart(
         running.cancel()
         await asyncio.gather(running, return_exceptions=True)
 
-    asyncio.run(scenario())
+    loops.run(scenario())
     return sender.sends
 
 

@@ -47,6 +47,7 @@ from storage.schema import deliveries, devices
 from storage.sql import Prepared, Tx
 from storage.store import RelayStore
 from storage.writer import BatchWriter
+from tests import loops
 from tests.scripted_sender import ScriptedSender
 from tests.support import postgres_base_url, postgres_schema_url
 
@@ -159,7 +160,7 @@ class QueueMachine(RuleBasedStateMachine):
         url = next(self._url_context)
         self.engine = make_engine(url, pool_size=4)
         create_schema(self.engine)
-        self.loop = asyncio.new_event_loop()
+        self.loop = loops.new_loop()
         self.time = VirtualTime()
         self.protector = IdentifierProtector(b"i" * 32, b"t" * 32)
         self.applied: set[tuple[int, int]] = set()

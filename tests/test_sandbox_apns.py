@@ -25,6 +25,7 @@ from sandbox.apns import FakeApns, provider_token
 from sandbox.certs import generate_apns_key, generate_tls
 from sandbox.h2client import ConnectionClosedError, RawH2Client, StreamResetError
 from storage.records import Provider
+from tests import loops
 from tests.providers import apns_sender
 
 DATA = "aGVsbG8="
@@ -152,7 +153,7 @@ def test_relay_sender_push_is_delivered_and_recorded(fake):
             await sender.close()
 
     before = time.monotonic()
-    (outcome,) = asyncio.run(main())
+    (outcome,) = loops.run(main())
     assert outcome.verdict is Verdict.ACCEPTED
     [recorded] = fake.pushes.snapshot()
     assert recorded.token == token
@@ -173,7 +174,7 @@ def test_relay_sender_sees_scripted_errors(fake):
     fake.scripts.set(dead, script.unregistered(1_700_000_000_123))
     fake.scripts.set(bad, script.bad_device_token())
 
-    gone, invalid = asyncio.run(send_each(relay_sender(fake), [dead, bad]))
+    gone, invalid = loops.run(send_each(relay_sender(fake), [dead, bad]))
     assert (gone.verdict, gone.reason, gone.invalid_since_ms) == (
         Verdict.DEAD_TOKEN,
         "Unregistered",
@@ -191,7 +192,7 @@ def test_relay_sender_resends_after_goaway_but_not_after_a_drop(fake):
     fake.scripts.fail_times(after_drop, 1, script.drop())
 
     before = fake.connections_total
-    outcomes = asyncio.run(send_each(relay_sender(fake), [after_goaway, after_drop, after_drop]))
+    outcomes = loops.run(send_each(relay_sender(fake), [after_goaway, after_drop, after_drop]))
     assert [o.verdict for o in outcomes] == [Verdict.ACCEPTED, Verdict.TRANSIENT, Verdict.ACCEPTED]
     assert outcomes[1].reason.startswith("transport: ")
     statuses = [p.status for p in fake.pushes.snapshot()]
@@ -203,7 +204,7 @@ def test_relay_sender_fail_n_times_then_succeed(fake):
     token = new_token()
     fake.scripts.fail_times(token, 2, script.server_error())
 
-    outcomes = asyncio.run(send_each(relay_sender(fake), [token] * 3))
+    outcomes = loops.run(send_each(relay_sender(fake), [token] * 3))
     assert [(o.verdict, o.reason) for o in outcomes] == [
         (Verdict.TRANSIENT, "InternalServerError"),
         (Verdict.TRANSIENT, "InternalServerError"),
@@ -225,7 +226,7 @@ def test_relay_sender_survives_1600_errors_on_one_connection(fake):
             await sender.close()
 
     before = fake.connections_total
-    assert asyncio.run(asyncio.wait_for(main(), 20)) == {"Unregistered": MANY}
+    assert loops.run(asyncio.wait_for(main(), 20)) == {"Unregistered": MANY}
     assert fake.connections_total == before + 1
 
 
@@ -239,7 +240,7 @@ def test_serve_on_the_callers_loop(tmp_path):
                 await sender.close()
             return outcome.verdict, len(server.pushes)
 
-    assert asyncio.run(main()) == (Verdict.ACCEPTED, 1)
+    assert loops.run(main()) == (Verdict.ACCEPTED, 1)
 
 
 # -- scripted behaviours, seen by httpx ----------------------------------------------------------
@@ -365,7 +366,7 @@ def test_slow_token_does_not_block_other_streams(fake):
         await client.aclose()
         return fast_at, slow_at
 
-    fast_at, slow_at = asyncio.run(main())
+    fast_at, slow_at = loops.run(main())
     assert fast_at < 0.3
     assert slow_at >= 0.4
 
@@ -401,7 +402,7 @@ def test_goaway_names_the_last_processed_stream(fake):
         assert json.loads(client.terminated.additional_data) == {"reason": "Shutdown"}
         await client.wait_closed()
 
-    asyncio.run(main())
+    loops.run(main())
 
 
 def test_drop_closes_the_connection_without_answer(fake):
@@ -417,7 +418,7 @@ def test_drop_closes_the_connection_without_answer(fake):
         assert client.terminated is None
         await client.wait_closed()
 
-    asyncio.run(main())
+    loops.run(main())
     assert [p.status for p in fake.pushes.snapshot()] == [0]
 
 
@@ -435,7 +436,7 @@ def test_no_alpn_client_is_accepted(fake):
         await offered.aclose()
         return result
 
-    assert asyncio.run(main()) == (None, "h2", 200)
+    assert loops.run(main()) == (None, "h2", 200)
 
 
 def test_server_down_and_back(fake):
@@ -461,7 +462,7 @@ def test_server_down_and_back(fake):
         await client.aclose()
 
     before = fake.connections_total
-    asyncio.run(main())
+    loops.run(main())
     assert fake.connections_total >= before + 3
 
 
@@ -476,7 +477,7 @@ def test_disconnect_all_sends_goaway(fake):
         assert client.terminated is not None
         assert client.terminated.error_code == 0
 
-    asyncio.run(main())
+    loops.run(main())
 
 
 # -- flow control ----------------------------------------------------------------------------------
@@ -499,7 +500,7 @@ def test_many_error_bodies_on_one_acknowledging_connection(fake):
         return Counter(r.status for r in responses)
 
     before = fake.connections_total
-    assert asyncio.run(asyncio.wait_for(main(), 20)) == {410: MANY}
+    assert loops.run(asyncio.wait_for(main(), 20)) == {410: MANY}
     assert fake.connections_total == before + 1
 
 
@@ -530,7 +531,7 @@ def test_server_buffers_data_until_the_window_opens(fake):
         await client.aclose()
 
     before = fake.connections_total
-    asyncio.run(asyncio.wait_for(main(), 20))
+    loops.run(asyncio.wait_for(main(), 20))
     assert fake.connections_total == before + 1
 
 
@@ -547,7 +548,7 @@ def test_body_split_across_frames_by_a_tiny_stream_window(fake):
         assert response.json() == {"reason": "Unregistered", "timestamp": 1_700_000_000_000}
         await client.aclose()
 
-    asyncio.run(asyncio.wait_for(main(), 10))
+    loops.run(asyncio.wait_for(main(), 10))
 
 
 # -- recording -----------------------------------------------------------------------------------
@@ -590,4 +591,4 @@ def test_streams_over_the_limit_are_refused_not_fatal(tmp_path):
             await client.aclose()
             return outcomes
 
-    assert asyncio.run(main()) == [200, 200, "reset 7", 200]  # 7: REFUSED_STREAM
+    assert loops.run(main()) == [200, 200, "reset 7", 200]  # 7: REFUSED_STREAM

@@ -21,6 +21,7 @@ from sandbox import script
 from sandbox.certs import generate_service_account, load_service_account
 from sandbox.fcm import GOOGLE_TOKEN_ENDPOINT, FakeFcm
 from sandbox.h2client import ConnectionClosedError, RawH2Client, StreamResetError
+from tests import loops
 
 DATA = {"ENCRYPTED_DATA": "aGVsbG8="}
 
@@ -377,7 +378,7 @@ def test_streams_over_the_limit_are_refused(tls_fake: FakeFcm) -> None:
             await client.aclose()
 
     refused_before = tls_fake.streams_refused
-    first, second, third = asyncio.run(main())
+    first, second, third = loops.run(main())
     assert (first.status, second.status) == (200, 200)
     assert isinstance(third, StreamResetError)
     assert third.error_code == 7  # REFUSED_STREAM: never processed, safe to retry
@@ -414,7 +415,7 @@ def test_answers_wait_for_the_clients_flow_control_window(tls_fake: FakeFcm) -> 
         finally:
             await client.aclose()
 
-    held, frames, answer = asyncio.run(main())
+    held, frames, answer = loops.run(main())
     assert held == 16
     assert frames > 5
     assert answer["error"]["details"][0]["errorCode"] == "UNREGISTERED"
@@ -444,7 +445,7 @@ def test_goaway_leaves_the_stream_unprocessed(tls_fake: FakeFcm) -> None:
         finally:
             await client.aclose()
 
-    first, terminated = asyncio.run(main())
+    first, terminated = loops.run(main())
     assert first.status == 200
     assert terminated is not None
     assert (terminated.error_code, terminated.last_stream_id) == (0, 1)  # stream 3 not taken
@@ -462,4 +463,4 @@ def test_serve_on_the_callers_loop_for_raw_clients():
                 )
             return response.status_code
 
-    assert asyncio.run(main()) == 200
+    assert loops.run(main()) == 200

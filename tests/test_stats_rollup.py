@@ -19,6 +19,7 @@ from stats.counters import COUNTER_NAMES, Counters
 from stats.rollup import DAY_MS, MinuteRollup, RetentionJob, claim_lease, minute_floor
 from stats.schema import create_stats_schema, job_leases, statistics_minutes
 from storage.engine import create_schema, make_engine
+from tests import loops
 from tests.support import DrivenClock, ms
 
 
@@ -137,7 +138,7 @@ def test_tick_swaps_on_the_loop_and_writes_the_ended_minute(sqlite_engine: Engin
         clock.set("2021-05-04T03:41:00.002")
         await rollup.tick()
 
-    asyncio.run(fire())
+    loops.run(fire())
     executor.shutdown()
     assert rows(sqlite_engine) == {
         ms("2021-05-04T03:40:00"): {
@@ -181,7 +182,7 @@ def test_the_scheduler_fires_the_job_and_stop_flushes_the_last_minute(
         clock.set("2021-05-04T03:41:40")
         await jobs.stop()
 
-    asyncio.run(run())
+    loops.run(run())
     found = rows(engine)
     assert found[ms("2021-05-04T03:40:00")]["ios_pn_number"] == 2
     # A firing may have taken the android counts before stop() did; none are lost, and
@@ -263,7 +264,7 @@ def test_a_failed_retention_releases_the_lease(sqlite_engine: Engine) -> None:
     with sqlite_engine.begin() as conn:
         conn.execute(text("DROP TABLE statistics_minutes"))
     job = RetentionJob(sqlite_engine, clock)
-    asyncio.run(job.tick())  # logged, not raised
+    loops.run(job.tick())  # logged, not raised
     create_stats_schema(sqlite_engine)
     assert job.run() == 0  # the failed run's claim rolled back with it
 

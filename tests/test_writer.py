@@ -14,6 +14,7 @@ from storage.engine import create_schema, make_engine
 from storage.schema import schema_meta
 from storage.sql import Prepared, Tx
 from storage.writer import BatchWriter, StorageError, WriterClosedError
+from tests import loops
 
 
 @pytest.fixture
@@ -99,7 +100,7 @@ def test_loop_submissions_resolve_on_the_loop(engine_and_insert) -> None:
         futures = [writer.submit_on_loop(inserter(insert_meta, f"a{n}"), loop) for n in range(50)]
         return list(await asyncio.gather(*futures))
 
-    assert asyncio.run(main()) == [1] * 50
+    assert loops.run(main()) == [1] * 50
     writer.close()
 
 
