@@ -46,7 +46,7 @@ def send_within_window(h2: H2Connection, stream_id: int, data: bytes) -> bytes:
 class WaitingBodies:
     """Bodies waiting for flow-control window, by stream id, oldest first.
 
-    `sent(stream_id)` is called once a body's last byte has gone (END_STREAM with it);
+    `sent(stream_id)`, if given, is called once a body's last byte has gone (END_STREAM with it);
     `failed(stream_id)` when h2 refuses to send on the stream (reset or closed meanwhile),
     the body dropped.
     """
@@ -57,8 +57,8 @@ class WaitingBodies:
         self,
         h2: H2Connection,
         *,
-        sent: Callable[[int], None],
         failed: Callable[[int], None],
+        sent: Callable[[int], None] | None = None,
     ) -> None:
         self._h2 = h2
         self._sent = sent
@@ -84,7 +84,8 @@ class WaitingBodies:
             self.waiting[stream_id] = data
         else:
             del self.waiting[stream_id]
-            self._sent(stream_id)
+            if self._sent is not None:
+                self._sent(stream_id)
 
     def drain_all(self) -> None:
         for stream_id in list(self.waiting):
