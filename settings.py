@@ -58,7 +58,7 @@ class Settings:
     WEB_THREADS: int = setting(16, within=(1, 1024))
     DB_POOL_SIZE: int = setting(0, within=(0, 1024))
     WRITE_BATCH_MAX: int = setting(256, within=(1, 100_000))
-    WRITE_GATHER: float = setting(0.002, within=(0, 0.1))
+    WRITE_GATHER: float = setting(0.004, within=(0, 0.1))
     DEDUP_WINDOW: float = setting(600.0, within=(0, 7 * 24 * 3600))
     SQLITE_SYNCHRONOUS: str = setting("FULL", one_of=("FULL", "NORMAL"))
     LOG_LEVEL: str = setting("INFO", one_of=("DEBUG", "INFO", "WARNING", "ERROR"))
