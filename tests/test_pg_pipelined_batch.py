@@ -17,34 +17,22 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, func, select, text, update
 
-from storage.engine import create_schema, make_engine
-from storage.protect import IdentifierProtector
-from storage.queue import DeliveryQueue, Settlement, SettleResult
+from storage.queue import Settlement, SettleResult
 from storage.records import Continuation, Enqueued, Provider
 from storage.schema import deliveries, devices, notifications
 from storage.sql import PipelinedOperation, Prepared, Sent, Tx
-from storage.store import RelayStore
-from storage.writer import BatchWriter, StorageError
+from storage.writer import StorageError
 from tests.checks import count
 from tests.support import random_apns_token, random_session_id
-from tests.test_fanout_chunks import World, data
+from tests.test_fanout_chunks import World, data, open_world
 
 ONE = Enqueued(deliveries=1, via_group=False, duplicate=False)
 
 
 @pytest.fixture
 def pg(postgres_url: str) -> Iterator[World]:
-    engine = make_engine(postgres_url, pool_size=2)
-    create_schema(engine)
-    writer = BatchWriter(engine)
-    clock = [1_800_000_000_000]
-    protector = IdentifierProtector(b"i" * 32, b"t" * 32)
-    store = RelayStore(engine, writer, protector, lambda: clock[0], fanout_chunk=3)
-    try:
-        yield World(engine, writer, store, DeliveryQueue(engine), clock)
-    finally:
-        writer.close()
-        engine.dispose()
+    """The store, its writer and queue on PostgreSQL, fan-outs in chunks of 3."""
+    yield from open_world(postgres_url, fanout_chunk=3)
 
 
 def one_batch(world: World, operations: list[Callable[[Tx], Any]]) -> list[Future[Any]]:
