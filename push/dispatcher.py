@@ -63,9 +63,8 @@ from settings import Settings
 from stats.counters import Counters
 from storage.clock import RelayClock
 from storage.protect import IdentifierProtector, SealedTokenError
-from storage.queue import NEVER, Claim, ClaimedDelivery, DeliveryQueue, Settlement
+from storage.queue import NEVER, ClaimedDelivery, DeliveryQueue, Settlement
 from storage.records import Provider
-from storage.sql import Tx
 from storage.writer import BatchWriter, StorageError
 
 log = logging.getLogger(__name__)
@@ -238,23 +237,15 @@ class ProviderLane:
         `with_next_due` and fewer than `size`, when the next row falls due, read in the same
         transaction)."""
         now = self._clock.now_ms()
-        claim_op = self._queue.claim_op(self.provider, size, now, self._settings.lease_ms)
-        next_due_op = self._queue.next_due_op(self.provider, now)
-
-        def claim_and_next_due(tx: Tx) -> tuple[Claim, int | None]:
-            claim = claim_op(tx)
-            taken = len(claim.deliveries) + claim.dropped_unregistered
-            if with_next_due and taken < size:
-                return claim, next_due_op(tx)
-            return claim, None
-
-        loop = asyncio.get_running_loop()
-        claim, next_due = await self._writer.submit_on_loop(claim_and_next_due, loop)
+        claim_op = self._queue.claim_op(
+            self.provider, size, now, self._settings.lease_ms, with_next_due=with_next_due
+        )
+        claim = await self._writer.submit_on_loop(claim_op, asyncio.get_running_loop())
         if claim.dropped_unregistered:
             self._counters.incr("pushes_dropped_unregistered", claim.dropped_unregistered)
         if claim.deliveries:
             self._launch(claim.deliveries, now)
-        return len(claim.deliveries) + claim.dropped_unregistered, next_due
+        return len(claim.deliveries) + claim.dropped_unregistered, claim.next_due
 
     async def _renew_forever(self) -> None:
         interval = max(0.05, self._settings.lease_ms / 3000)

@@ -9,7 +9,7 @@ against ~15 µs; bench/README.md).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -55,6 +55,13 @@ class Sent:
         finally:
             self._cursor.close()
 
+    def rowcount(self) -> int:
+        """The number of rows a statement without RETURNING changed."""
+        try:
+            return int(self._cursor.rowcount)
+        finally:
+            self._cursor.close()
+
 
 class Tx:
     """One transaction of the writer, as seen by an operation."""
@@ -90,17 +97,37 @@ class Tx:
         return None if row is None else row[0]
 
 
+@dataclass(frozen=True)
+class FollowUp(Generic[T]):
+    """What a `PipelinedOperation` still has to do once its answer is read: `operation` runs
+    the rest and gives the operation's result. (The writer may have committed the statements
+    sent by then: it runs `operation` in a transaction of its own.)"""
+
+    operation: Callable[[Tx], T]
+
+
 class PipelinedOperation(Generic[T]):
-    """An operation in two halves: `send` sends its first statement (`Tx.send`) and returns
-    what `receive` needs; `receive` reads the answer and finishes (it may run more
-    statements). The writer sends a run of such operations back to back in one round trip
-    (psycopg pipeline mode) before receiving any; anywhere else it is one call, in order."""
+    """An operation in two halves: `send` sends its statements (`Tx.send`) and returns what
+    `receive` needs; `receive` reads the answers, running no statement, and gives the result
+    or, when more must be written (rare: a fan-out larger than a chunk), a `FollowUp`.
+
+    The writer sends a batch made only of such operations in one round trip, BEGIN and COMMIT
+    included (psycopg pipeline mode), then receives them, then runs each follow-up in a
+    transaction of its own; in a batch with other operations it sends each run of them in one
+    round trip, and runs a follow-up in the same transaction. Anywhere else it is one call."""
 
     def send(self, tx: Tx) -> Any:
         raise NotImplementedError
 
-    def receive(self, tx: Tx, sent: Any) -> T:
+    def receive(self, sent: Any) -> T | FollowUp[T]:
         raise NotImplementedError
 
     def __call__(self, tx: Tx) -> T:
-        return self.receive(tx, self.send(tx))
+        return finish_in(tx, self.receive(self.send(tx)))
+
+
+def finish_in(tx: Tx, result: T | FollowUp[T]) -> T:
+    """A received result, with its follow-up (if any) run in the same transaction."""
+    if isinstance(result, FollowUp):
+        return result.operation(tx)
+    return result

@@ -49,7 +49,7 @@ from storage.protect import IdentifierProtector
 from storage.queue import finished_notification_delete
 from storage.records import Continuation, Enqueued, Membership, Provider, Registered
 from storage.schema import deliveries, devices, group_members, notifications, notify_dedup
-from storage.sql import PipelinedOperation, Prepared, Sent, Tx
+from storage.sql import FollowUp, PipelinedOperation, Prepared, Sent, Tx
 from storage.writer import BatchWriter, StorageError
 
 Clock = Callable[[], int]
@@ -757,10 +757,13 @@ class _NotifyAtOnce(PipelinedOperation[Enqueued | Continuation]):
         params = self._store.at_once_params(self._notify, admitted)
         return admitted, tx.send(self._statement, params)
 
-    def receive(self, tx: Tx, sent: tuple[bool, Sent]) -> Enqueued | Continuation:
+    def receive(
+        self, sent: tuple[bool, Sent]
+    ) -> Enqueued | Continuation | FollowUp[Enqueued | Continuation]:
         admitted, answer = sent
         (found,) = answer.rows()
         outcome = self._store.at_once_outcome(self._notify, admitted, found)
-        if outcome is None:
-            return self._store.enqueue_in_steps(tx, self._notify)
+        if outcome is None:  # more recipients than a chunk: it wrote nothing
+            store, notify = self._store, self._notify
+            return FollowUp(lambda tx: store.enqueue_in_steps(tx, notify))
         return outcome

@@ -8,7 +8,9 @@ bad operation cannot fail its neighbours.
 
 The writer owns one DBAPI connection and drives its transactions itself: `BEGIN IMMEDIATE`
 on SQLite (take the write lock up front, so a concurrent writer waits instead of failing
-with a lost update), the driver's implicit transaction on PostgreSQL.
+with a lost update), an explicit `BEGIN` on PostgreSQL (its connection in autocommit mode),
+so that a batch of pipelined operations (notifies, claims, settlements) goes to PostgreSQL
+as BEGIN, its statements and COMMIT in one round trip (psycopg pipeline mode).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from sqlalchemy import Engine
 from sqlalchemy.pool import PoolProxiedConnection
 
 from errors import PnRelayError
-from storage.sql import PipelinedOperation, Tx
+from storage.sql import FollowUp, PipelinedOperation, Tx, finish_in
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +85,9 @@ class BatchWriter:
         # commit, one fsync and one loop wake-up per few requests instead of per request.
         self._gather_s = gather_s
         self._last_commit_at = -1e9
-        self._begin_sql = "BEGIN IMMEDIATE" if engine.dialect.name == "sqlite" else None
         # psycopg's pipeline mode: a run of pipelined operations (notifies) in one round trip.
         self._pipelines = engine.dialect.name == "postgresql"
+        self._begin_sql = "BEGIN" if self._pipelines else "BEGIN IMMEDIATE"
         dbapi = engine.dialect.loaded_dbapi
         self._dbapi_error: type[BaseException] = dbapi.Error
         self._connection_errors: tuple[type[BaseException], ...] = (
@@ -177,7 +179,7 @@ class BatchWriter:
                 log.debug("a batch of %d writes failed; retrying them one by one", len(batch))
             else:
                 return [
-                    (target, True, result)
+                    self._follow_up(target, result)
                     for (_, target), result in zip(batch, results, strict=True)
                 ]
         settled: list[Settled] = []
@@ -190,8 +192,22 @@ class BatchWriter:
             except Exception as exc:  # noqa: BLE001 - handed to the waiting caller
                 settled.append((target, False, exc))
             else:
-                settled.append((target, True, result))
+                settled.append(self._follow_up(target, result))
         return settled
+
+    def _follow_up(self, target: Target, result: Any) -> Settled:
+        """A committed operation's result; a `FollowUp` is run first, in a transaction of its
+        own (what was committed stays, whatever the follow-up meets)."""
+        if not isinstance(result, FollowUp):
+            return (target, True, result)
+        try:
+            (value,) = self._transaction_retrying([result.operation])
+        except self._dbapi_error as exc:
+            self.failures += 1
+            return (target, False, StorageError(type(exc).__name__))
+        except Exception as exc:  # noqa: BLE001 - handed to the waiting caller
+            return (target, False, exc)
+        return (target, True, value)
 
     @staticmethod
     def _settle(settled: list[Settled]) -> None:
@@ -224,17 +240,28 @@ class BatchWriter:
                 log.debug("write conflict (%s); running the transaction again", sqlstate)
         raise AssertionError("unreachable")
 
+    def _connect(self) -> PoolProxiedConnection:
+        connection = self._engine.raw_connection()
+        if self._pipelines:
+            connection.rollback()  # whatever the pool's ping began
+            connection.driver_connection.autocommit = True  # type: ignore[union-attr]
+        return connection
+
     def _transaction(self, operations: list[Operation]) -> list[Any]:
+        """Run `operations` in one transaction and commit it. On PostgreSQL, if they are all
+        pipelined, the results may hold `FollowUp`s, not yet run (see `_follow_up`)."""
         if self._connection is None:
-            self._connection = self._engine.raw_connection()
+            self._connection = self._connect()
         connection = self._connection
         cursor = connection.cursor()
         try:
-            if self._begin_sql:
-                cursor.execute(self._begin_sql)
             tx = Tx(cursor, connection)
-            results = self._run_operations(tx, connection, operations)
-            connection.commit()
+            if self._pipelines and all(isinstance(op, PipelinedOperation) for op in operations):
+                results = self._pipelined_transaction(tx, cursor, connection, operations)
+            else:
+                cursor.execute(self._begin_sql)
+                results = self._run_operations(tx, connection, operations)
+                connection.commit()
             self.commits += 1  # only this thread writes it
             return results
         except BaseException as exc:
@@ -273,9 +300,23 @@ class BatchWriter:
             with connection.driver_connection.pipeline():  # type: ignore[union-attr]
                 sent = [operation.send(tx) for operation in run]
             for operation, each in zip(run, sent, strict=True):
-                results.append(operation.receive(tx, each))
+                results.append(finish_in(tx, operation.receive(each)))
             start = stop
         return results
+
+    @staticmethod
+    def _pipelined_transaction(
+        tx: Tx, cursor: Any, connection: PoolProxiedConnection, operations: list[Operation]
+    ) -> list[Any]:
+        """BEGIN, every operation's statements and COMMIT in one round trip; then their
+        answers. An error anywhere is raised on leaving the pipeline, before any answer is
+        read, and the transaction (its COMMIT skipped by the server) is rolled back."""
+        run: list[PipelinedOperation[Any]] = operations  # type: ignore[assignment]
+        with connection.driver_connection.pipeline():  # type: ignore[union-attr]
+            cursor.execute("BEGIN")
+            sent = [operation.send(tx) for operation in run]
+            cursor.execute("COMMIT")
+        return [operation.receive(each) for operation, each in zip(run, sent, strict=True)]
 
     def _discard_connection(self) -> None:
         if self._connection is not None:

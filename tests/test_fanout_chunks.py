@@ -149,19 +149,23 @@ class World:
         return len(claim.deliveries) + claim.dropped_unregistered
 
 
-@pytest.fixture
-def world(database_url: str) -> Iterator[World]:
+def open_world(database_url: str, fanout_chunk: int = 500) -> Iterator[World]:
     engine = make_engine(database_url, pool_size=2)
     create_schema(engine)
     writer = BatchWriter(engine)
     clock = [1_800_000_000_000]
     protector = IdentifierProtector(b"i" * 32, b"t" * 32)
-    store = RelayStore(engine, writer, protector, lambda: clock[0], fanout_chunk=500)
+    store = RelayStore(engine, writer, protector, lambda: clock[0], fanout_chunk=fanout_chunk)
     try:
         yield World(engine, writer, store, DeliveryQueue(engine), clock)
     finally:
         writer.close()
         engine.dispose()
+
+
+@pytest.fixture
+def world(database_url: str) -> Iterator[World]:
+    yield from open_world(database_url)
 
 
 def test_a_crash_between_chunks_pushes_nothing_and_the_retry_is_written_afresh(
