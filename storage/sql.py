@@ -10,7 +10,8 @@ against ~15 µs; bench/README.md).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Dialect
@@ -24,6 +25,19 @@ class Prepared:
     sql: str
     positional_names: tuple[str, ...] | None
     defaults: Mapping[str, Any]
+    # The positional parameters out of a mapping, in order (an itemgetter: no dict is built).
+    _pick: Callable[[Mapping[str, Any]], Any] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        names = self.positional_names
+        if names:
+            pick = itemgetter(*names)
+            if len(names) == 1:
+                object.__setattr__(self, "_pick", lambda values: (pick(values),))
+            else:
+                object.__setattr__(self, "_pick", pick)
 
     @classmethod
     def compile(
@@ -33,14 +47,22 @@ class Prepared:
             dialect=dialect, column_keys=list(columns) if columns else None, for_executemany=True
         )
         names = tuple(compiled.positiontup) if compiled.positional else None
-        defaults = {k: v for k, v in compiled.params.items() if v is not None}
+        # Only values the statement carries (a literal's parameter): a required parameter's
+        # placeholder is no default, and leaving it out spares a merged dict per call.
+        binds = compiled.binds
+        defaults = {
+            k: v
+            for k, v in compiled.params.items()
+            if v is not None and not (k in binds and binds[k].required)
+        }
         return cls(sql=compiled.string, positional_names=names, defaults=defaults)
 
     def bind(self, values: Mapping[str, Any]) -> Sequence[Any] | Mapping[str, Any]:
-        merged = {**self.defaults, **values} if self.defaults else values
-        if self.positional_names is None:
-            return merged
-        return tuple(merged[name] for name in self.positional_names)
+        if self.defaults:
+            values = {**self.defaults, **values}
+        if self._pick is None:
+            return values if self.positional_names is None else ()
+        return self._pick(values)  # type: ignore[no-any-return]
 
 
 class Sent:
@@ -81,6 +103,16 @@ class Tx:
         """Run a statement; return the number of rows it changed."""
         self._cursor.execute(statement.sql, statement.bind(values))
         return int(self._cursor.rowcount)
+
+    def insert(self, statement: Prepared, values: Mapping[str, Any]) -> int:
+        """Insert one row; return its id: the row the statement's RETURNING gives, or, for a
+        statement without one (SQLite's, which spares fetching a row), the cursor's
+        `lastrowid`."""
+        cursor = self._cursor
+        cursor.execute(statement.sql, statement.bind(values))
+        if cursor.description is None:
+            return int(cursor.lastrowid)
+        return int(cursor.fetchone()[0])
 
     def execute_many(self, statement: Prepared, rows: Iterable[Mapping[str, Any]]) -> int:
         """Run a statement once per row; return the rows changed, summed over all of them."""

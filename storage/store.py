@@ -22,7 +22,7 @@ The unready leftovers are deleted, a chunk at a time, by `purge_abandoned_fanout
 
 from __future__ import annotations
 
-import uuid
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, Protocol, TypeVar
@@ -303,9 +303,11 @@ class Statements:
         self.purge_dedup = prepare(
             delete(notify_dedup).where(notify_dedup.c.expires_at <= bindparam("now"))
         )
-        self.insert_notification = prepare(
-            insert(notifications).returning(notifications.c.id), ("data", "created_at", "ready")
-        )
+        # Its id: RETURNING on PostgreSQL, the cursor's lastrowid on SQLite (`Tx.insert`).
+        new_notification = insert(notifications)
+        if dialect.name == "postgresql":
+            new_notification = new_notification.returning(notifications.c.id)
+        self.insert_notification = prepare(new_notification, ("data", "created_at", "ready"))
         self.insert_delivery = prepare(insert(deliveries), DELIVERY_COLUMNS)
         self.fanout_alive = prepare(
             select(notifications.c.id).where(
@@ -576,7 +578,9 @@ class RelayStore:
 
     def enqueue_in_steps(self, tx: Tx, notify: _Notify) -> Enqueued | Continuation:
         """The notify a statement at a time: SQLite's path, and any fan-out of more than one
-        chunk."""
+        chunk. One that fits a chunk and is admitted is four statements: the recipients, the
+        dedup claim (which finds a duplicate by claiming nothing), the notification and its
+        deliveries."""
         sql = self._sql
         chunk = self.fanout_chunk
         dedup_key = notify.dedup_key
@@ -588,24 +592,27 @@ class RelayStore:
         via_group = any(via for *_, via in rows)
         now = self.clock_ms()
         duplicate = Enqueued(deliveries=0, via_group=via_group, duplicate=True)
-        if dedup_key is not None and tx.scalar(sql.dedup_live, {"key_hash": dedup_key, "now": now}):
-            ticket.give_back()
-            return duplicate
-        if not ticket.take():
-            return Enqueued(0, via_group, duplicate=False, refused="notify_rate")
         unique = {device_id: (gen, provider) for device_id, gen, provider, _ in rows}
         registrations = [
             (device_id, gen, provider) for device_id, (gen, provider) in unique.items()
         ]
         whole = len(registrations) <= chunk
-        if (
-            whole
-            and dedup_key is not None
-            and not self._claim_dedup(tx, dedup_key, now, notify.dedup_window_ms)
-        ):
-            ticket.give_back()
-            return duplicate  # another process took the same notify since our check
-        notification_id = tx.scalar(
+        # Taken before the dedup claim, and given back below if the notify is a duplicate:
+        # a duplicate costs the recipient nothing, refused or not.
+        admitted = ticket.take()
+        if dedup_key is not None:
+            if admitted and whole:
+                if not self._claim_dedup(tx, dedup_key, now, notify.dedup_window_ms):
+                    ticket.give_back()
+                    return duplicate
+            elif tx.scalar(sql.dedup_live, {"key_hash": dedup_key, "now": now}):
+                # Refused, or a fan-out of several chunks (which claims in its last one):
+                # only look.
+                ticket.give_back()
+                return duplicate
+        if not admitted:
+            return Enqueued(0, via_group, duplicate=False, refused="notify_rate")
+        notification_id = tx.insert(
             sql.insert_notification, {"data": notify.data, "created_at": now, "ready": whole}
         )
         self._insert_deliveries(tx, notification_id, registrations[:chunk], now)
@@ -634,7 +641,7 @@ class RelayStore:
                     "device_id": device_id,
                     "device_generation": generation,
                     "provider": provider,
-                    "apns_id": str(uuid.uuid4()),
+                    "apns_id": new_apns_id(),
                     "created_at": now,
                     "attempts": 0,
                     "not_before": now,
@@ -696,6 +703,16 @@ class RelayStore:
     def purge_expired_dedup_op(self) -> Callable[[Tx], int]:
         """Forget dedup fingerprints whose window has passed (run periodically)."""
         return lambda tx: tx.execute(self._sql.purge_dedup, {"now": self.clock_ms()})
+
+
+def new_apns_id() -> str:
+    """A random (version 4) UUID in its canonical text, as str(uuid.uuid4()) gives but in
+    half the time (~1.1 against 2.6 µs): a delivery's `apns_id`."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = raw[6] & 0x0F | 0x40  # version 4
+    raw[8] = raw[8] & 0x3F | 0x80  # the RFC 4122 variant
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 @dataclass(frozen=True)

@@ -590,3 +590,22 @@ def test_sqlite_normal_sync_only_when_asked(
 ) -> None:
     relay = start_relay(sqlite_url, SQLITE_SYNCHRONOUS="NORMAL")
     assert synchronous_modes(relay) == (1, 1)
+
+
+def test_a_delivery_apns_id_is_a_canonical_random_uuid() -> None:
+    import uuid
+
+    from storage.store import new_apns_id
+
+    ids = [new_apns_id() for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    for each in ids:
+        parsed = uuid.UUID(each)
+        assert (str(parsed), parsed.version, parsed.variant) == (each, 4, uuid.RFC_4122)
+    # every bit but the version's four and the variant's two varies
+    values = [int(each.replace("-", ""), 16) for each in ids]
+    varying = 0
+    for value in values:
+        varying |= value ^ values[0]
+    fixed = 0xF << 76 | 0x3 << 62
+    assert varying == ((1 << 128) - 1) ^ fixed

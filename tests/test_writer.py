@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 
 from storage.engine import create_schema, make_engine
 from storage.schema import schema_meta
@@ -164,3 +164,68 @@ def test_an_idle_writer_commits_at_once(engine_and_insert) -> None:
     writer = BatchWriter(engine, gather_s=3600.0 / 5)  # busy means "committed within an hour"
     assert writer.submit_async(inserter(insert_meta, "alone")).result(timeout=30) == 1
     writer.close()
+
+
+def test_insert_returns_the_id_of_the_row_it_wrote(database_url: str) -> None:
+    """Tx.insert: the new row's id, by RETURNING (PostgreSQL) or lastrowid (SQLite)."""
+    from storage.protect import IdentifierProtector
+    from storage.schema import notifications
+    from storage.store import RelayStore
+
+    engine = make_engine(database_url, pool_size=2)
+    create_schema(engine)
+    writer = BatchWriter(engine)
+    store = RelayStore(engine, writer, IdentifierProtector(b"i" * 32, b"t" * 32), lambda: 0)
+    statement = store._sql.insert_notification
+
+    def insert_three(tx: Tx) -> list[int]:
+        return [
+            tx.insert(statement, {"data": f"d{n}", "created_at": n, "ready": True})
+            for n in range(3)
+        ]
+
+    first, second = writer.submit(insert_three), writer.submit(insert_three)
+    with engine.connect() as conn:
+        written = dict(conn.execute(select(notifications.c.id, notifications.c.data)).all())
+    assert len(set(first + second)) == 6
+    assert {i: written[i] for i in first + second} == {
+        i: f"d{n % 3}" for n, i in enumerate(first + second)
+    }
+    writer.close()
+    engine.dispose()
+
+
+def test_a_bound_statement_takes_its_own_literals_and_the_values_given(
+    database_url: str,
+) -> None:
+    """Prepared.bind: a literal the statement carries is sent with the caller's values, in
+    the order the SQL names them, whatever the order of the mapping."""
+    from sqlalchemy import insert, literal, update
+
+    engine = make_engine(database_url, pool_size=2)
+    create_schema(engine)
+    put = Prepared.compile(insert(schema_meta), engine.dialect, ["key", "value"])
+    # `value` comes from a literal of the statement; `key` from the caller.
+    stamp = Prepared.compile(
+        update(schema_meta)
+        .where(schema_meta.c.key == bindparam("which"))
+        .values(value=literal("stamped")),
+        engine.dialect,
+    )
+    assert put.defaults == {}  # a required parameter's placeholder is no default
+    assert list(stamp.defaults.values()) == ["stamped"]
+    writer = BatchWriter(engine)
+    writer.submit(lambda tx: tx.execute(put, {"key": "one", "value": "a"}))
+    writer.submit(lambda tx: tx.execute(put, {"value": "b", "key": "two"}))
+    assert writer.submit(lambda tx: tx.execute(stamp, {"which": "two"})) == 1
+    with engine.connect() as conn:
+        found = dict(
+            conn.execute(
+                select(schema_meta.c.key, schema_meta.c.value).where(
+                    schema_meta.c.key.in_(["one", "two"])
+                )
+            ).all()
+        )
+    assert found == {"one": "a", "two": "stamped"}
+    writer.close()
+    engine.dispose()
