@@ -67,6 +67,9 @@ def _resolve_on_loop(settled: list[tuple[asyncio.Future[Any], bool, Any]]) -> No
 
 # How many gathers back the last commit may be for the writer to count as busy and gather.
 GATHER_WHILE_BUSY = 5
+# A batch this large already shares its commit well: the writer stops waiting for company
+# (what is queued is still taken). Waiting on would only hold answers back under heavy load.
+GATHER_ENOUGH = 8
 
 
 class BatchWriter:
@@ -160,7 +163,7 @@ class BatchWriter:
                     item = self._queue.get_nowait()
                 except queue.Empty:
                     left = gather_until - time.monotonic()
-                    if left <= 0:
+                    if left <= 0 or len(batch) >= GATHER_ENOUGH:
                         break
                     try:
                         item = self._queue.get(timeout=left)

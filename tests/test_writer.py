@@ -13,7 +13,7 @@ from sqlalchemy import bindparam, func, select
 from storage.engine import create_schema, make_engine
 from storage.schema import schema_meta
 from storage.sql import Prepared, Tx
-from storage.writer import BatchWriter, StorageError, WriterClosedError
+from storage.writer import GATHER_ENOUGH, BatchWriter, StorageError, WriterClosedError
 from tests import loops
 
 
@@ -154,6 +154,24 @@ def test_a_busy_writer_gathers_writes_arriving_within_its_window(engine_and_inse
     second.result(timeout=30)
     assert writer.commits == commits + 1  # both in one transaction
     assert rows(engine) == before + 3
+    writer.close()
+
+
+def test_a_busy_writer_stops_gathering_once_its_batch_is_large_enough(
+    engine_and_insert,
+) -> None:
+    """GATHER_ENOUGH: a batch that already has that many writes commits without waiting out
+    the gather (an hour here, so waiting it out would miss the 30 s bound)."""
+    engine, insert_meta = engine_and_insert
+    writer = BatchWriter(engine, gather_s=3600.0)
+    writer.submit(inserter(insert_meta, "warm"))  # a commit just now: the writer is busy
+    commits = writer.commits
+    futures = [
+        writer.submit_async(inserter(insert_meta, f"w{n}")) for n in range(GATHER_ENOUGH)
+    ]
+    for future in futures:
+        future.result(timeout=30)
+    assert writer.commits == commits + 1  # all in one transaction, at once
     writer.close()
 
 
