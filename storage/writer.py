@@ -185,32 +185,25 @@ class BatchWriter:
                     self._follow_up(target, result)
                     for (_, target), result in zip(batch, results, strict=True)
                 ]
-        settled: list[Settled] = []
-        for operation, target in batch:
-            try:
-                (result,) = self._transaction_retrying([operation])
-            except self._dbapi_error as exc:
-                self.failures += 1
-                settled.append((target, False, StorageError(type(exc).__name__)))
-            except Exception as exc:  # noqa: BLE001 - handed to the waiting caller
-                settled.append((target, False, exc))
-            else:
-                settled.append(self._follow_up(target, result))
-        return settled
+        return [self._run_alone(operation, target) for operation, target in batch]
 
-    def _follow_up(self, target: Target, result: Any) -> Settled:
-        """A committed operation's result; a `FollowUp` is run first, in a transaction of its
-        own (what was committed stays, whatever the follow-up meets)."""
-        if not isinstance(result, FollowUp):
-            return (target, True, result)
+    def _run_alone(self, operation: Operation, target: Target) -> Settled:
+        """`operation` in a transaction of its own, its error handed to `target`."""
         try:
-            (value,) = self._transaction_retrying([result.operation])
+            (result,) = self._transaction_retrying([operation])
         except self._dbapi_error as exc:
             self.failures += 1
             return (target, False, StorageError(type(exc).__name__))
         except Exception as exc:  # noqa: BLE001 - handed to the waiting caller
             return (target, False, exc)
-        return (target, True, value)
+        return self._follow_up(target, result)
+
+    def _follow_up(self, target: Target, result: Any) -> Settled:
+        """A committed operation's result; a `FollowUp` is run first, in a transaction of its
+        own (what was committed stays, whatever the follow-up meets)."""
+        if isinstance(result, FollowUp):
+            return self._run_alone(result.operation, target)
+        return (target, True, result)
 
     @staticmethod
     def _settle(settled: list[Settled]) -> None:
