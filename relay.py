@@ -64,6 +64,7 @@ from storage.store import RelayStore
 from storage.writer import BatchWriter
 from web.connections import CappedHTTPServer, fit_to_file_limit
 from web.errorlog import RateLimitedLog
+from web.h1server import H1Server
 from web.onion import OnionCore
 from web.onion_routes import GuardedFallbackHandler, OnionFront
 
@@ -200,7 +201,7 @@ class Relay:
             self.executor = ThreadPoolExecutor(settings.WEB_THREADS, thread_name_prefix="web")
             built.callback(self.executor.shutdown, wait=True)
             self._close = built.pop_all()
-        self.http: CappedHTTPServer | None = None
+        self.http: H1Server | CappedHTTPServer | None = None
         self.port: int | None = None
 
     # -- the parts built from other parts ------------------------------------------------------
@@ -362,18 +363,24 @@ class Relay:
         # Tornado refuses bodies past its own limit with a bare 400 before any handler sees
         # them; keep it well above MAX_BODY_BYTES so oversized bodies get a clear 413.
         tornado_limit = max(4 * self.settings.MAX_BODY_BYTES, 1024 * 1024)
-        self.http = CappedHTTPServer(
-            self.http_front(),
-            max_body_size=tornado_limit,
-            xheaders=False,
-            idle_connection_timeout=self.settings.IDLE_CONNECTION_TIMEOUT,
-            body_timeout=self.settings.BODY_TIMEOUT,
-            max_connections=fit_to_file_limit(self.settings.MAX_CONNECTIONS),
-        )
+        limits: dict[str, Any] = {
+            "max_body_size": tornado_limit,
+            "idle_connection_timeout": self.settings.IDLE_CONNECTION_TIMEOUT,
+            "body_timeout": self.settings.BODY_TIMEOUT,
+            "max_connections": fit_to_file_limit(self.settings.MAX_CONNECTIONS),
+        }
         if sockets is None:
             sockets = bind_listening_sockets(self.settings)
-        self.http.add_sockets(sockets)
-        self.port = _bound_port(self.http)
+        if self.settings.HTTP_SERVER == "tornado":
+            tornado_http = CappedHTTPServer(self.http_front(), xheaders=False, **limits)
+            tornado_http.add_sockets(sockets)
+            self.http = tornado_http
+            self.port = _bound_port(tornado_http)
+        else:
+            own_http = H1Server(self.http_front(), **limits)
+            self.http = own_http
+            await own_http.listen(sockets)
+            self.port = own_http.port
         if dispatch:
             self.dispatcher.start()
         self._dispatching = dispatch

@@ -113,6 +113,8 @@ class Settings:
     WORKERS: int = setting(1, within=(1, 256))
     # the event loop under Tornado (eventloop.py)
     EVENT_LOOP: str = setting("uvloop", one_of=("uvloop", "asyncio"))
+    # the HTTP/1.1 server: ours (web/h1server.py) or Tornado's HTTPServer
+    HTTP_SERVER: str = setting("own", one_of=("own", "tornado"))
     # -- faults: provider timeouts (docs/security.md, "Fault tests") -------------------
     APNS_REQUEST_TIMEOUT: float = setting(15.0, within=(0.1, 600))
 
