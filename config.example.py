@@ -259,6 +259,10 @@
 # 4-6 % less relay CPU per notify+push, measured in bench/README.md) or "asyncio" (Python's
 # own: the one to fall back on should uvloop misbehave).
 # EVENT_LOOP = "uvloop"
+# The HTTP/1.1 server: "own" (web/h1server.py: an asyncio protocol per connection, less CPU
+# per request than Tornado's, the same bytes on the wire; bench/README.md) or "tornado"
+# (Tornado's HTTPServer: the one to fall back on).
+# HTTP_SERVER = "own"
 # -- Provider timeouts (docs/security.md, "Fault tests") ----------------------------------
 # Seconds to wait for APNs to answer one push; then it counts as failed for now and is sent
 # again later (with backoff). A late answer is ignored, so Apple may deliver that push twice.
