@@ -23,8 +23,10 @@ from tornado.web import Application, FallbackHandler, RequestHandler
 from tornado.wsgi import WSGIContainer
 
 from tests import loops
+from tests.checks import SUCCESS
+from tests.support import RunningRelay, random_apns_token, random_session_id
 from web.answers import HttpAnswer, plain
-from web.connections import REFUSAL
+from web.connections import REFUSAL, CappedHTTPServer
 from web.errorlog import RateLimitedLog
 from web.h1server import H1Server
 from web.onion_routes import OnionFront
@@ -379,3 +381,33 @@ def test_stop_closes_the_listener_and_close_all_connections_drains() -> None:
             socket.create_connection(("127.0.0.1", served.own_port), timeout=2)
     finally:
         served.close()
+
+
+@pytest.mark.parametrize("server", ["own", "tornado"])
+def test_a_relay_on_either_server_serves_caps_and_stops(
+    start_relay: Any, sqlite_url: str, server: str
+) -> None:
+    relay: RunningRelay = start_relay(sqlite_url, MAX_CONNECTIONS=2, HTTP_SERVER=server)
+    kind = H1Server if server == "own" else CappedHTTPServer
+    assert isinstance(relay.relay.http, kind)
+    params = {"token": random_apns_token(), "pubKey": random_session_id()}
+    assert relay.call_v2("register", params) == SUCCESS
+    assert _eventually(lambda: _open(relay) == 0)  # that client's connection is closed
+    held = [socket.create_connection(("127.0.0.1", relay.port), timeout=10) for _ in range(2)]
+    try:
+        assert _eventually(lambda: _open(relay) == 2)
+        assert exchange(relay.port) == REFUSAL
+    finally:
+        for sock in held:
+            sock.close()
+    assert _eventually(lambda: _open(relay) == 0)
+    assert relay.call_v2("register", params) == SUCCESS
+
+
+def _open(relay: RunningRelay) -> int:
+    async def count() -> int:
+        assert relay.relay.http is not None
+        return relay.relay.http.open_connections
+
+    result: int = relay.call(count())
+    return result

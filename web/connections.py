@@ -31,17 +31,17 @@ REFUSAL = (
 )
 
 
-class CappedHTTPServer(HTTPServer):
-    """`HTTPServer(..., max_connections=N)`: at most N connections open; 0 means no cap."""
+class ConnectionCap:
+    """At most `max_connections` open at once (0: no cap): `admit()` counts one in, or
+    counts a refusal (logged at most once a minute) and says no; `release()` counts one out."""
 
-    def initialize(self, *args: Any, max_connections: int = 0, **kwargs: Any) -> None:
-        super().initialize(*args, **kwargs)
+    def __init__(self, max_connections: int = 0) -> None:
         self.max_connections = max_connections
         self.open_connections = 0
         self.refused_connections = 0
         self._warnings = RateLimitedLog(log)
 
-    def handle_stream(self, stream: IOStream, address: tuple[Any, ...]) -> None:
+    def admit(self) -> bool:
         if self.max_connections and self.open_connections >= self.max_connections:
             self.refused_connections += 1
             self._warnings.log(
@@ -50,13 +50,43 @@ class CappedHTTPServer(HTTPServer):
                 "%d connections open (MAX_CONNECTIONS): refusing new ones",
                 self.open_connections,
             )
+            return False
+        self.open_connections += 1
+        return True
+
+    def release(self) -> None:
+        self.open_connections -= 1
+
+
+class Capped:
+    """A server's counts of its `cap` (tests and shutdown read them)."""
+
+    cap: ConnectionCap
+
+    @property
+    def open_connections(self) -> int:
+        return self.cap.open_connections
+
+    @property
+    def refused_connections(self) -> int:
+        return self.cap.refused_connections
+
+
+class CappedHTTPServer(Capped, HTTPServer):
+    """`HTTPServer(..., max_connections=N)`: at most N connections open; 0 means no cap."""
+
+    def initialize(self, *args: Any, max_connections: int = 0, **kwargs: Any) -> None:
+        super().initialize(*args, **kwargs)
+        self.cap = ConnectionCap(max_connections)
+
+    def handle_stream(self, stream: IOStream, address: tuple[Any, ...]) -> None:
+        if not self.cap.admit():
             IOLoop.current().add_callback(_refuse, stream)
             return
-        self.open_connections += 1
         super().handle_stream(stream, address)
 
     def on_close(self, server_conn: object) -> None:
-        self.open_connections -= 1
+        self.cap.release()
         super().on_close(server_conn)
 
 

@@ -19,7 +19,6 @@ Not supported (the relay uses none of them): TLS, `xheaders`, `decompress_reques
 from __future__ import annotations
 
 import asyncio
-import logging
 import re
 import socket
 from collections.abc import Awaitable, Callable, Iterable
@@ -27,23 +26,17 @@ from typing import Any, cast
 
 from tornado.http1connection import is_transfer_encoding_chunked, parse_hex_int, parse_int
 from tornado.httputil import (
-    HTTPConnection,
     HTTPHeaders,
     HTTPInputError,
     HTTPMessageDelegate,
-    HTTPOutputError,
     HTTPServerConnectionDelegate,
-    RequestStartLine,
-    ResponseStartLine,
     parse_request_start_line,
 )
 from tornado.iostream import StreamClosedError
 from tornado.log import app_log, gen_log
 
-from web.connections import REFUSAL
-from web.errorlog import RateLimitedLog
-
-log = logging.getLogger(__name__)
+from web.connections import REFUSAL, Capped, ConnectionCap
+from web.h1request import RequestConnection, RequestContext, quietly
 
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 _CR_OR_LF = re.compile(b"\r|\n")
@@ -82,30 +75,7 @@ class _Unsatisfiable(Exception):
     Tornado's IOStream closes on an UnsatisfiableReadError."""
 
 
-class RequestContext:
-    """`connection.context` for HTTPServerRequest: `remote_ip` and `protocol`, as Tornado's
-    _HTTPRequestContext gives them (no xheaders)."""
-
-    __slots__ = ("address", "address_family", "protocol", "remote_ip")
-
-    def __init__(self, address: Any, family: int | None) -> None:
-        self.address = address
-        self.address_family = family
-        if family in (socket.AF_INET, socket.AF_INET6) and address is not None:
-            self.remote_ip: str = address[0]
-        else:
-            self.remote_ip = "0.0.0.0"  # noqa: S104 - Tornado's stand-in, not a bind
-        self.protocol = "http"
-
-    def __str__(self) -> str:
-        if self.address_family in (socket.AF_INET, socket.AF_INET6):
-            return self.remote_ip
-        if isinstance(self.address, bytes):
-            return self.address.decode("latin1")
-        return str(self.address)
-
-
-class H1Server:
+class H1Server(Capped):
     """The HTTP/1.1 server: `await listen(sockets)`, `stop()` (no new connections),
     `await close_all_connections()`; at most `max_connections` open (0: no cap), a connection
     beyond it gets web/connections.py's 503 REFUSAL and is closed unread."""
@@ -125,12 +95,9 @@ class H1Server:
         self.body_timeout = body_timeout
         self.max_body_size = max_body_size if max_body_size is not None else DEFAULT_MAX_BODY_SIZE
         self.max_header_size = max_header_size or DEFAULT_MAX_HEADER_SIZE
-        self.max_connections = max_connections
-        self.open_connections = 0
-        self.refused_connections = 0
+        self.cap = ConnectionCap(max_connections)
         self.connections: set[ServerConnection] = set()
         self.servers: list[asyncio.Server] = []
-        self._warnings = RateLimitedLog(log)
 
     async def listen(self, sockets: Iterable[socket.socket]) -> None:
         loop = asyncio.get_running_loop()
@@ -166,21 +133,8 @@ class H1Server:
         while self.connections:
             await asyncio.sleep(0.01)
 
-    def admit(self) -> bool:
-        if self.max_connections and self.open_connections >= self.max_connections:
-            self.refused_connections += 1
-            self._warnings.log(
-                logging.WARNING,
-                "connection cap",
-                "%d connections open (MAX_CONNECTIONS): refusing new ones",
-                self.open_connections,
-            )
-            return False
-        self.open_connections += 1
-        return True
-
     def on_close(self, connection: ServerConnection) -> None:
-        self.open_connections -= 1
+        self.cap.release()
         self.connections.discard(connection)
         self.delegate.on_close(connection)
 
@@ -215,7 +169,7 @@ class ServerConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport = cast(asyncio.Transport, transport)
-        if not self.server.admit():
+        if not self.server.cap.admit():
             self.refused = True
             self.state = _CLOSED
             transport.write(REFUSAL)
@@ -258,7 +212,7 @@ class ServerConnection(asyncio.Protocol):
             if previous == _ANSWERING:
                 request.connection_closed()
             elif delegate is not None:
-                _quietly(delegate.on_connection_close)
+                quietly(delegate.on_connection_close)
         self.server.on_close(self)
 
     def pause_writing(self) -> None:
@@ -574,134 +528,6 @@ class ServerConnection(asyncio.Protocol):
             self._process()
 
 
-class RequestConnection(HTTPConnection):
-    """One request's side of a connection, as Tornado's HTTP1Connection (server side) gives
-    it to a delegate: `write_headers`, `write`, `finish`, `set_close_callback`, `context`."""
-
-    def __init__(
-        self, connection: ServerConnection, start_line: RequestStartLine, headers: HTTPHeaders
-    ) -> None:
-        self.connection = connection
-        self.context = connection.context
-        self.start_line = start_line
-        self.request_headers = headers
-        self.disconnect_on_finish = not _can_keep_alive(start_line, headers)
-        self.write_finished = False
-        self.read_finished = False
-        self.chunking_output = False
-        self.expected_remaining: int | None = None
-        self.close_callback: Callable[[], None] | None = None
-        self.max_body_size: int | None = None
-        self.body_timeout: float | None = None
-
-    def set_close_callback(self, callback: Callable[[], None] | None) -> None:
-        self.close_callback = callback
-
-    def set_max_body_size(self, max_body_size: int) -> None:
-        self.max_body_size = max_body_size
-
-    def set_body_timeout(self, timeout: float) -> None:
-        self.body_timeout = timeout
-
-    def connection_closed(self) -> None:
-        callback, self.close_callback = self.close_callback, None
-        if callback is not None:
-            _quietly(callback)
-
-    def write_headers(
-        self,
-        start_line: RequestStartLine | ResponseStartLine,
-        headers: HTTPHeaders,
-        chunk: bytes | None = None,
-    ) -> asyncio.Future[None]:
-        answer = cast(ResponseStartLine, start_line)
-        request = self.start_line
-        lines = [b"HTTP/1.1 %d %s" % (answer.code, answer.reason.encode())]
-        self.chunking_output = (
-            request.version == "HTTP/1.1"
-            and request.method != "HEAD"
-            and answer.code not in (204, 304)
-            and (answer.code < 100 or answer.code >= 200)
-            and "Content-Length" not in headers
-        )
-        if request.version == "HTTP/1.1" and self.disconnect_on_finish:
-            headers["Connection"] = "close"
-        if (
-            request.version == "HTTP/1.0"
-            and self.request_headers.get("Connection", "").lower() == "keep-alive"
-        ):
-            headers["Connection"] = "Keep-Alive"
-        if self.chunking_output:
-            headers["Transfer-Encoding"] = "chunked"
-        if request.method == "HEAD" or answer.code == 304:
-            self.expected_remaining = 0
-        elif "Content-Length" in headers:
-            self.expected_remaining = parse_int(headers["Content-Length"])
-        else:
-            self.expected_remaining = None
-        lines.extend(f"{name}: {value}".encode("latin1") for name, value in headers.get_all())
-        for line in lines:
-            if _CR_OR_LF.search(line):
-                raise ValueError(f"Illegal characters (CR or LF) in header: {line!r}")
-        connection = self.connection
-        if not connection.closed():
-            data = b"\r\n".join(lines) + b"\r\n\r\n"
-            if chunk:
-                data += self._format_chunk(chunk)
-            connection.write(data)
-        return connection.written()
-
-    def _format_chunk(self, chunk: bytes) -> bytes:
-        if self.expected_remaining is not None:
-            self.expected_remaining -= len(chunk)
-            if self.expected_remaining < 0:
-                self.connection.abort()
-                raise HTTPOutputError("Tried to write more data than Content-Length")
-        if self.chunking_output and chunk:
-            return b"%x\r\n%s\r\n" % (len(chunk), chunk)
-        return chunk
-
-    def write(self, chunk: bytes) -> asyncio.Future[None]:
-        connection = self.connection
-        if not connection.closed():
-            connection.write(self._format_chunk(chunk))
-        return connection.written()
-
-    def finish(self) -> None:
-        connection = self.connection
-        remaining = self.expected_remaining
-        if remaining is not None and remaining != 0 and not connection.closed():
-            connection.abort()
-            raise HTTPOutputError(f"Tried to write {remaining} bytes less than Content-Length")
-        if self.chunking_output and not connection.closed():
-            connection.write(b"0\r\n\r\n")
-        self.write_finished = True
-        self.close_callback = None
-        if not self.read_finished:
-            # Answered before the body was read: the rest of it is not read, the
-            # connection closes once the answer is sent (as Tornado does).
-            self.disconnect_on_finish = True
-        connection.answered(self)
-
-    def done(self) -> None:
-        self.connection.answered(self)
-
-
-def _can_keep_alive(start_line: RequestStartLine, headers: HTTPHeaders) -> bool:
-    connection_header = headers.get("Connection")
-    if connection_header is not None:
-        connection_header = connection_header.lower()
-    if start_line.version == "HTTP/1.1":
-        return connection_header != "close"
-    if (
-        "Content-Length" in headers
-        or is_transfer_encoding_chunked(headers)
-        or start_line.method in ("HEAD", "GET")
-    ):
-        return connection_header == "keep-alive"
-    return False
-
-
 def _call(method: Callable[..., Any], *args: Any) -> Any:
     """A delegate's method, its errors handled as Tornado's _ExceptionLoggingContext does:
     HTTPInputError passes (a 400), anything else is logged and closes the connection."""
@@ -712,10 +538,3 @@ def _call(method: Callable[..., Any], *args: Any) -> Any:
     except Exception:  # noqa: BLE001 - logged, the connection closed: Tornado's handling
         app_log.error("Uncaught exception", exc_info=True)
         raise _Quiet from None
-
-
-def _quietly(method: Callable[[], Any]) -> None:
-    try:
-        method()
-    except Exception:  # noqa: BLE001 - logged, as Tornado logs a delegate's error
-        app_log.error("Uncaught exception", exc_info=True)
