@@ -25,6 +25,7 @@ from tornado.wsgi import WSGIContainer
 from tests import loops
 from tests.checks import SUCCESS
 from tests.support import RunningRelay, random_apns_token, random_session_id
+from tests.test_slow_clients import open_connections
 from web.answers import HttpAnswer, plain
 from web.connections import REFUSAL, CappedHTTPServer
 from web.errorlog import RateLimitedLog
@@ -392,22 +393,13 @@ def test_a_relay_on_either_server_serves_caps_and_stops(
     assert isinstance(relay.relay.http, kind)
     params = {"token": random_apns_token(), "pubKey": random_session_id()}
     assert relay.call_v2("register", params) == SUCCESS
-    assert _eventually(lambda: _open(relay) == 0)  # that client's connection is closed
+    assert _eventually(lambda: open_connections(relay) == 0)  # that client's connection is closed
     held = [socket.create_connection(("127.0.0.1", relay.port), timeout=10) for _ in range(2)]
     try:
-        assert _eventually(lambda: _open(relay) == 2)
+        assert _eventually(lambda: open_connections(relay) == 2)
         assert exchange(relay.port) == REFUSAL
     finally:
         for sock in held:
             sock.close()
-    assert _eventually(lambda: _open(relay) == 0)
+    assert _eventually(lambda: open_connections(relay) == 0)
     assert relay.call_v2("register", params) == SUCCESS
-
-
-def _open(relay: RunningRelay) -> int:
-    async def count() -> int:
-        assert relay.relay.http is not None
-        return relay.relay.http.open_connections
-
-    result: int = relay.call(count())
-    return result

@@ -1,4 +1,5 @@
-"""Tornado's HTTPServer with a cap on open connections (Tornado has none of its own).
+"""A cap on open connections, for our HTTP/1.1 server (web/h1server.py) and for Tornado's
+HTTPServer (`HTTP_SERVER = "tornado"`; Tornado has no cap of its own).
 
 With the settings' timeouts (`idle_connection_timeout`: the time a connection may sit between
 requests or take to send a request's headers; `body_timeout`: the time to send a body), slow
