@@ -403,3 +403,24 @@ def test_a_relay_on_either_server_serves_caps_and_stops(
             sock.close()
     assert _eventually(lambda: open_connections(relay) == 0)
     assert relay.call_v2("register", params) == SUCCESS
+
+
+def test_a_client_that_sends_more_than_is_held_before_reading_gets_every_answer(
+    both: Both,
+) -> None:
+    """Past ~1 MiB of unanswered requests our server stops reading (the client's send then
+    waits) until the client reads; nothing is lost or reordered."""
+    count = 40_000
+    requests = b"".join(post(ONION, b"x" * (i % 7)) for i in range(count)) + LAST
+    assert len(requests) > 2 * 1024 * 1024
+    for port in (both.own_port, both.tornado_port):
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sender = threading.Thread(target=sock.sendall, args=(requests,))
+            sender.start()
+            time.sleep(0.5)  # the server holds what it has, the client's send blocks
+            received = b""
+            while chunk := sock.recv(1 << 20):
+                received += chunk
+            sender.join(30)
+        sizes = [int(size) for size in re.findall(rb"got (\d+) bytes", received)]
+        assert sizes == [i % 7 for i in range(count)]

@@ -185,12 +185,22 @@ class ServerConnection(asyncio.Protocol):
         if self.state == _CLOSED:
             return
         self.buffer += data
-        if self.state == _ANSWERING or self.blocked:
-            if len(self.buffer) > _HELD_WHILE_ANSWERING and not self.reading_paused:
-                self.reading_paused = True
-                self.transport.pause_reading()  # type: ignore[union-attr]
+        if self.state != _ANSWERING and not self.blocked:
+            self._process()
+        self._hold_back()
+
+    def _hold_back(self) -> None:
+        """Read no more while over _HELD_WHILE_ANSWERING bytes wait in the buffer (pipelined
+        requests behind an answer, or a client that does not read its answers)."""
+        over = len(self.buffer) > _HELD_WHILE_ANSWERING
+        transport = self.transport
+        if transport is None or self.state == _CLOSED or over == self.reading_paused:
             return
-        self._process()
+        self.reading_paused = over
+        if over:
+            transport.pause_reading()
+        else:
+            transport.resume_reading()
 
     def eof_received(self) -> bool:
         return False  # close, as Tornado's IOStream does when its client closes
@@ -327,10 +337,7 @@ class ServerConnection(asyncio.Protocol):
             self._drop()
         finally:
             self.processing = False
-        if self.reading_paused and self.state != _ANSWERING and not self.blocked:
-            self.reading_paused = False
-            if self.transport is not None:
-                self.transport.resume_reading()
+        self._hold_back()
 
     def _read_headers(self) -> bool:
         buffer = self.buffer
