@@ -302,7 +302,8 @@ class ServerConnection(asyncio.Protocol):
         self.close_now()
 
     def close_now(self) -> None:
-        """Close, the way Tornado closes a timed-out connection (what was written is sent)."""
+        """Close (what was written is sent first; a delegate with a request is told): a
+        timeout, a malformed request, a delegate's error, an answer with `Connection: close`."""
         self.deadline = None
         if self.transport is not None:
             self.transport.close()
@@ -332,9 +333,9 @@ class ServerConnection(asyncio.Protocol):
             self._bad_request(exc)
         except _Unsatisfiable as exc:
             gen_log.info("Unsatisfiable read, closing connection: %s", exc)
-            self._drop()
+            self.close_now()
         except _Quiet:
-            self._drop()
+            self.close_now()
         finally:
             self.processing = False
         self._hold_back()
@@ -503,20 +504,14 @@ class ServerConnection(asyncio.Protocol):
         if exc is not None or future.cancelled():
             if exc is not None:
                 app_log.error("Uncaught exception", exc_info=exc)
-            self._drop()
+            self.close_now()
             return
         self._process()
 
     def _bad_request(self, exc: HTTPInputError) -> None:
         gen_log.info("Malformed HTTP message from %s: %s", self.context, exc)
         self.write(_BAD_REQUEST)
-        self._drop()
-
-    def _drop(self) -> None:
-        """Close (what was written is sent first); the delegate is told, if it has a request."""
-        self.deadline = None
-        if self.transport is not None:
-            self.transport.close()
+        self.close_now()
 
     # -- answers ---------------------------------------------------------------------------
 
