@@ -70,10 +70,14 @@ class ReceivingClient(H2Connection):
 
     _pending = b""  # the start of a frame not complete yet
     _continued = False  # a header block h2 read the start of goes on in CONTINUATION frames
+    _h2_reads_all = False  # h2 holds the start of a frame: it reads all that follows
 
     def receive(self, data: bytes, receiver: Receiver) -> None:
         """Read `data` from the peer; raises ProtocolError as `receive_data` does (with h2's
         GOAWAY queued)."""
+        if self._h2_reads_all:
+            self._hand_to_h2(data, receiver)
+            return
         if self._pending:
             data = self._pending + data
         config = self.config
@@ -86,6 +90,13 @@ class ReceivingClient(H2Connection):
             length = high << 8 | low
             end = position + 9 + length
             if end > size:
+                if length > self.max_inbound_frame_size:
+                    # An error once whole (h2 checks the length then): h2 buffers it as it
+                    # would, and reads everything from now on.
+                    self._h2_reads_all = True
+                    self._pending = b""
+                    self._hand_to_h2(data[position if handed < 0 else handed :], receiver)
+                    return
                 break
             if kind <= _HEADERS and plain and not self._continued:
                 if handed >= 0:

@@ -366,6 +366,22 @@ def continuation_interrupted(server: Any, streams: list[int]) -> bytes:
     return raw_frame(0x1, 0x1, streams[0], block[:1]) + raw_frame(0x0, 0x1, streams[0], b"{}")
 
 
+def oversized_frame_under_way(server: Any, streams: list[int]) -> bytes:
+    """A frame announced past our frame size, its start only: no error until it is whole
+    (as h2), and no buffering of megabytes here (h2 holds it)."""
+    apns_ok(server, streams[:1])
+    return struct.pack(">HBBBL", 1 << 12, 0, 0x0, 0x1, streams[1]) + b"w" * 300  # 1 MiB
+
+
+def test_an_oversized_frame_is_left_to_h2_whole() -> None:
+    """Its start handed to h2 at once; its end an error for both, the same GOAWAY."""
+    twins = Twins()
+    twins.answer(oversized_frame_under_way)
+    assert twins.handed and twins.ours.client._pending == b""
+    rest = b"w" * ((1 << 20) - 300)
+    twins.answer(lambda server, streams: rest)
+
+
 def continuation_interrupted_by_an_answer(server: Any, streams: list[int]) -> bytes:
     block = server.encoder.encode([(b":status", b"200"), (b"x", b"y")])
     answer = server.encoder.encode([(b":status", b"200")])
@@ -373,6 +389,7 @@ def continuation_interrupted_by_an_answer(server: Any, streams: list[int]) -> by
 
 
 ERRORS = [
+    oversized_frame_under_way,
     continuation_interrupted_by_an_answer,
     bad_hpack,
     window_overrun,
