@@ -249,12 +249,14 @@ class H2ClientConnection(PooledConnection):
         try:
             self.h2.receive(data, self)
         except ProtocolError:
+            self._released = 0
             self._outbox.flush()
             if self._transport is not None:
                 self._transport.close()
             self._lose("HTTP/2 protocol error")
             return
         if self.closed:
+            self._released = 0
             return
         self._outbox.flush()
         if self._released:

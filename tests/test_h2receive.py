@@ -15,23 +15,30 @@ HEADERS, frames past the frame size or on closed streams).
 
 from __future__ import annotations
 
+import asyncio
 import random
 import struct
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import h2
 import pytest
-from h2.events import DataReceived, ResponseReceived, StreamEnded
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2.errors import ErrorCodes
+from h2.events import ConnectionTerminated, DataReceived, ResponseReceived, StreamEnded
 from h2.exceptions import ProtocolError
 from h2.settings import SettingCodes
 from h2.stream import StreamClosedBy, StreamState
 from h2.windows import WindowManager
 from hyperframe.frame import GoAwayFrame, HeadersFrame
 
+from push.exchange import Exchange
+from push.h2conn import H2ClientConnection
 from push.h2receive import ReceivingClient
+from tests import loops
 from tests.test_h2conn import Wire, apns_headers, fcm_headers, state
 
 Answer = Callable[[Any, list[int]], bytes]  # (server, stream ids) -> raw bytes to append
@@ -437,3 +444,77 @@ def test_what_the_fast_path_relies_on_in_h2() -> None:
     assert machine.state is StreamState.HALF_CLOSED_LOCAL and machine.headers_received is None
     assert {"headers_received", "stream_closed_by", "state"} <= set(vars(machine))
     assert StreamClosedBy.RECV_END_STREAM.name == "RECV_END_STREAM"
+
+
+# -- the relay's connection over a real socket ------------------------------------------------
+
+
+def _exchange_with(answer: Answer) -> tuple[Exchange, H2ClientConnection, list[Any]]:
+    """One FCM-like request on the relay's H2ClientConnection to an h2 server on a local
+    socket, answered by `answer`; returns the exchange once done, the connection and what
+    the server saw of the connection's end."""
+
+    async def main() -> tuple[Exchange, H2ClientConnection, list[Any]]:
+        loop = asyncio.get_running_loop()
+        ended: list[Any] = []
+
+        class Server(asyncio.Protocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                self.transport = cast(asyncio.Transport, transport)
+                self.h2 = H2Connection(H2Configuration(client_side=False, header_encoding=None))
+                self.h2.initiate_connection()
+                self.transport.write(self.h2.data_to_send())
+
+            def data_received(self, data: bytes) -> None:
+                raw = b""
+                for event in self.h2.receive_data(data):
+                    if isinstance(event, StreamEnded):
+                        raw += answer(self.h2, [event.stream_id])
+                    elif isinstance(event, ConnectionTerminated):
+                        ended.append(event.error_code)
+                self.transport.write(self.h2.data_to_send() + raw)
+
+        server = await loop.create_server(Server, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        listener = Listener()
+        connection = H2ClientConnection(listener, "127.0.0.1", "/v1/x", max_streams=10)
+        await loop.create_connection(lambda: connection, "127.0.0.1", port)
+        await asyncio.wait_for(connection.ready, 5)
+        done = loop.create_future()
+        exchange = Exchange(b"{}", "Bearer t", 0, on_done=done.set_result)
+        connection.start(exchange)
+        await asyncio.wait_for(done, 5)
+        await asyncio.sleep(0.05)  # the GOAWAY, if any, reaches the server
+        before_close = list(ended)
+        connection.close()
+        server.close()
+        return exchange, connection, before_close
+
+    return loops.run(main())
+
+
+class Listener:
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def released(self, connection: Any) -> None:
+        self.events.append("released")
+
+    def lost(self, connection: Any) -> None:
+        self.events.append("lost")
+
+
+def test_the_relays_connection_reads_an_answer_over_a_socket() -> None:
+    exchange, _connection, ended = _exchange_with(fcm_ok)
+    assert exchange.status == 200 and not exchange.failure
+    assert bytes(exchange.response).startswith(b'{"name": "projects/p/messages/0:')
+    assert ended == []  # no GOAWAY for an error
+
+
+def test_the_relays_connection_ends_on_a_protocol_error_with_h2s_goaway() -> None:
+    """A content length the body does not match: the exchange fails, the server gets a
+    GOAWAY with PROTOCOL_ERROR, the connection is lost (never a traceback)."""
+    exchange, connection, ended = _exchange_with(wrong_content_length)
+    assert exchange.failure == "HTTP/2 protocol error" and exchange.status == 200
+    assert connection.closed
+    assert ended == [ErrorCodes.PROTOCOL_ERROR]
