@@ -40,10 +40,7 @@ from h2.connection import AllowedStreamIDs, ConnectionState
 from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
-    DataReceived,
     RemoteSettingsChanged,
-    ResponseReceived,
-    StreamEnded,
     StreamReset,
     WindowUpdated,
 )
@@ -54,7 +51,7 @@ from h2.utilities import authority_from_headers, extract_method_header
 
 from push.exchange import Exchange
 from push.h2flow import Outbox, WaitingBodies, raw_headers_config
-from push.h2receive import ReceivingClient
+from push.h2receive import ReceivingClient, tell_answer
 from push.hpack_cache import CachingDecoder, CachingEncoder
 from push.poolconn import MAX_RESPONSE_BYTES, PooledConnection, PoolListener
 
@@ -297,13 +294,9 @@ class H2ClientConnection(PooledConnection):
 
     def events(self, events: list[Any]) -> None:
         for event in events:
-            if isinstance(event, ResponseReceived):
-                self.response(event.stream_id, event.headers)
-            elif isinstance(event, DataReceived):
-                self.data(event.stream_id, event.data, event.flow_controlled_length)
-            elif isinstance(event, StreamEnded):
-                self.ended(event.stream_id)
-            elif isinstance(event, StreamReset):
+            if tell_answer(self, event):
+                continue
+            if isinstance(event, StreamReset):
                 exchange = self.exchanges.pop(event.stream_id, None)
                 if exchange is not None:
                     self._bodies.drop(event.stream_id)

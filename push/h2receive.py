@@ -34,6 +34,7 @@ import struct
 from typing import Any, NoReturn, Protocol, cast
 
 from h2.connection import ConnectionState, H2Connection
+from h2.events import DataReceived, ResponseReceived, StreamEnded
 from h2.exceptions import DenialOfServiceError, ProtocolError
 from h2.stream import StreamClosedBy, StreamState
 from h2.utilities import is_informational_response
@@ -63,6 +64,20 @@ class Receiver(Protocol):
 
     def events(self, events: list[Any]) -> None:
         """Events of h2's own receiving (the frames this module does not read itself)."""
+
+
+def tell_answer(receiver: Receiver, event: Any) -> bool:
+    """Tell `receiver` one of h2's events that is part of an answer (its headers, data, end);
+    False for any other event."""
+    if isinstance(event, ResponseReceived):
+        receiver.response(event.stream_id, event.headers)
+    elif isinstance(event, DataReceived):
+        receiver.data(event.stream_id, event.data, event.flow_controlled_length)
+    elif isinstance(event, StreamEnded):
+        receiver.ended(event.stream_id)
+    else:
+        return False
+    return True
 
 
 class ReceivingClient(H2Connection):

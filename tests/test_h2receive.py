@@ -28,7 +28,7 @@ import pytest
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
-from h2.events import ConnectionTerminated, DataReceived, ResponseReceived, StreamEnded
+from h2.events import ConnectionTerminated, StreamEnded
 from h2.exceptions import ProtocolError
 from h2.settings import SettingCodes
 from h2.stream import StreamClosedBy, StreamState
@@ -37,7 +37,7 @@ from hyperframe.frame import GoAwayFrame, HeadersFrame
 
 from push.exchange import Exchange
 from push.h2conn import H2ClientConnection
-from push.h2receive import ReceivingClient
+from push.h2receive import ReceivingClient, tell_answer
 from tests import loops
 from tests.test_h2conn import Wire, apns_headers, fcm_headers, state
 
@@ -65,13 +65,7 @@ class Recorder:
 
     def events(self, events: list[Any]) -> None:
         for event in events:
-            if isinstance(event, ResponseReceived):
-                self.response(event.stream_id, event.headers)
-            elif isinstance(event, DataReceived):
-                self.data(event.stream_id, event.data, event.flow_controlled_length)
-            elif isinstance(event, StreamEnded):
-                self.ended(event.stream_id)
-            else:
+            if not tell_answer(self, event):
                 fields = {
                     k: _headers(v) if k == "headers" else repr(v)
                     for k, v in sorted(vars(event).items())
