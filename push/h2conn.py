@@ -13,6 +13,8 @@ APNs notification to `/3/device/<token>`), fast:
   unchanged, and each indexed field's bytes when only never-indexed values change
   (push/hpack_cache.py), and h2's count of open streams (a walk over every stream, per new
   stream) is replaced by ours;
+- answers are read by push/h2receive.py: the frames of a plain answer (HEADERS, DATA) without
+  h2's general path, every other frame by h2, in order;
 - flow control both ways: a body larger than the stream's or the connection's window, or
   than the peer's frame size, waits and goes as WINDOW_UPDATEs arrive (push/h2flow.py, shared
   with the sandbox's fakes); received DATA is acknowledged at once, so the server never
@@ -34,14 +36,11 @@ import logging
 import struct
 from typing import Any, cast
 
-from h2.connection import AllowedStreamIDs, ConnectionState, H2Connection
+from h2.connection import AllowedStreamIDs, ConnectionState
 from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
-    DataReceived,
     RemoteSettingsChanged,
-    ResponseReceived,
-    StreamEnded,
     StreamReset,
     WindowUpdated,
 )
@@ -52,6 +51,7 @@ from h2.utilities import authority_from_headers, extract_method_header
 
 from push.exchange import Exchange
 from push.h2flow import Outbox, WaitingBodies, raw_headers_config
+from push.h2receive import ReceivingClient, tell_answer
 from push.hpack_cache import CachingDecoder, CachingEncoder
 from push.poolconn import MAX_RESPONSE_BYTES, PooledConnection, PoolListener
 
@@ -74,7 +74,7 @@ def _frame_head(length: int, kind: int, flags: int, stream_id: int) -> bytes:
     return _FRAME_HEAD.pack(length >> 8, length & 0xFF, kind, flags, stream_id)
 
 
-class _Client(H2Connection):
+class _Client(ReceivingClient):
     def send_request(self, stream_id: int, headers: list[tuple[bytes, bytes]], body: bytes) -> bool:
         """Open `stream_id` with `headers` and send `body` on it, ending the stream, if the
         stream's and the connection's windows and the peer's frame size take it whole; return
@@ -178,6 +178,7 @@ class H2ClientConnection(PooledConnection):
         self._bodies = WaitingBodies(self.h2, failed=self._send_failed)
         self._outbox = Outbox(self.h2)
         self._headers: tuple[str, list[tuple[bytes, bytes]]] | None = None
+        self._released = 0  # exchanges answered or failed while reading, to tell the pool
 
     # -- what the pool uses ----------------------------------------------------------------
     @property
@@ -242,52 +243,64 @@ class H2ClientConnection(PooledConnection):
         self._outbox.flush()
 
     def data_received(self, data: bytes) -> None:
-        h2 = self.h2
         try:
-            events = h2.receive_data(data)
+            self.h2.receive(data, self)
         except ProtocolError:
+            self._released = 0
             self._outbox.flush()
             if self._transport is not None:
                 self._transport.close()
             self._lose("HTTP/2 protocol error")
             return
-        exchanges = self.exchanges
-        released = 0
+        if self.closed:
+            self._released = 0
+            return
+        self._outbox.flush()
+        if self._released:
+            self._released = 0
+            self._after_release()
+
+    # -- what the receiving side tells (push/h2receive.py's Receiver) ------------------------
+    def response(self, stream_id: int, headers: list[Any]) -> None:
+        exchange = self.exchanges.get(stream_id)
+        if exchange is not None and headers:
+            kept = exchange.response_headers
+            for name, value in headers:
+                if name == b":status":
+                    exchange.status = int(value) if value.isdigit() else 0
+                elif name == b"retry-after":
+                    exchange.retry_after = bytes(value).decode("latin-1")
+                if kept is not None:
+                    kept[bytes(name)] = bytes(value)
+
+    def data(self, stream_id: int, data: bytes, flow_controlled_length: int) -> None:
+        if flow_controlled_length:
+            self.h2.acknowledge_received_data(flow_controlled_length, stream_id)
+        exchange = self.exchanges.get(stream_id)
+        if exchange is not None and data:
+            exchange.response += data
+            if len(exchange.response) > MAX_RESPONSE_BYTES:
+                self.cancel(exchange, "answer too large")
+
+    def ended(self, stream_id: int) -> None:
+        exchange = self.exchanges.pop(stream_id, None)
+        if exchange is not None:
+            if self._bodies.drop(stream_id):
+                # Answered before our body was all sent: end our half too.
+                with contextlib.suppress(H2Error):
+                    self.h2.reset_stream(stream_id, ErrorCodes.CANCEL)
+            self._released += 1
+            exchange.answered()
+
+    def events(self, events: list[Any]) -> None:
         for event in events:
-            if isinstance(event, ResponseReceived):
-                exchange = exchanges.get(event.stream_id)
-                if exchange is not None and event.headers:
-                    kept = exchange.response_headers
-                    for name, value in event.headers:
-                        if name == b":status":
-                            exchange.status = int(value) if value.isdigit() else 0
-                        elif name == b"retry-after":
-                            exchange.retry_after = bytes(value).decode("latin-1")
-                        if kept is not None:
-                            kept[bytes(name)] = bytes(value)
-            elif isinstance(event, DataReceived):
-                stream_id = event.stream_id
-                if event.flow_controlled_length:
-                    h2.acknowledge_received_data(event.flow_controlled_length, stream_id)
-                exchange = exchanges.get(stream_id)
-                if exchange is not None and event.data:
-                    exchange.response += event.data
-                    if len(exchange.response) > MAX_RESPONSE_BYTES:
-                        self.cancel(exchange, "answer too large")
-            elif isinstance(event, StreamEnded):
-                exchange = exchanges.pop(event.stream_id, None)
-                if exchange is not None:
-                    if self._bodies.drop(event.stream_id):
-                        # Answered before our body was all sent: end our half too.
-                        with contextlib.suppress(H2Error):
-                            h2.reset_stream(event.stream_id, ErrorCodes.CANCEL)
-                    released += 1
-                    exchange.answered()
-            elif isinstance(event, StreamReset):
-                exchange = exchanges.pop(event.stream_id, None)
+            if tell_answer(self, event):
+                continue
+            if isinstance(event, StreamReset):
+                exchange = self.exchanges.pop(event.stream_id, None)
                 if exchange is not None:
                     self._bodies.drop(event.stream_id)
-                    released += 1
+                    self._released += 1
                     exchange.fail(
                         "stream reset", refused=event.error_code == ErrorCodes.REFUSED_STREAM
                     )
@@ -300,9 +313,6 @@ class H2ClientConnection(PooledConnection):
                 self._goaway(event)
                 if self.closed:
                     return
-        self._outbox.flush()
-        if released:
-            self._after_release()
 
     # -- internals -------------------------------------------------------------------------
     def _request_headers(self, authorization: str) -> list[tuple[bytes, bytes]]:

@@ -145,8 +145,9 @@ class CachingDecoder(Decoder):
             return list(self._headers)
         if raw:
             quick = self._decode_quickly(data)
-            if quick is not None:
-                return quick
+            if quick is not None:  # the table unchanged: the same headers next time
+                self._block, self._headers, self._version = bytes(data), quick, table.changes
+                return list(quick)
         before = table.changes
         headers = list(super().decode(data, raw))
         if raw and table.changes == before:

@@ -8,6 +8,7 @@ refused or dropped. Callers count those (`payload_trimmed_number`).
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 APNS_MAX_PAYLOAD_BYTES = 4096
@@ -30,12 +31,14 @@ _APNS_WITHOUT_DATA = _compact({"aps": _APS, "remote": 1})
 _APNS_PREFIX, _APNS_SUFFIX = _compact({"aps": _APS, "ENCRYPTED_DATA": "\x00", "remote": 1}).split(
     b"\\u0000"
 )
-_JSON_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
+# Strings JSON writes as they are (no escaping), checked by a regex: ~4x faster than a set's
+# issuperset over a few hundred characters (bench/README.md).
+_JSON_SAFE = re.compile(r"[A-Za-z0-9+/=]*").fullmatch
 
 
 def apns_payload(data: str) -> tuple[bytes, bool]:
     """The APNs body for `data`, and whether the data had to be left out to fit."""
-    if _JSON_SAFE.issuperset(data):  # base64, as notify guarantees: no escaping needed
+    if _JSON_SAFE(data):  # base64, as notify guarantees: no escaping needed
         full = _APNS_PREFIX + data.encode("ascii") + _APNS_SUFFIX
     else:
         full = _compact({"aps": _APS, "ENCRYPTED_DATA": data, "remote": 1})
@@ -63,13 +66,13 @@ _FCM_HEAD = b'{"message":{"android":{"priority":"high"},'
 _FCM_DATA = b'"data":{"ENCRYPTED_DATA":"'
 _FCM_TOKEN = b'"token":"'
 _FCM_TAIL = b'"}}'
-_TOKEN_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_:-.")
+_TOKEN_SAFE = re.compile(r"[A-Za-z0-9_:.\-]+").fullmatch
 
 
 def fcm_body(token: str, data: str) -> tuple[bytes, bool]:
     """The FCM v1 `messages:send` body for `token` and `data`, and whether data was left out."""
     fields, trimmed = fcm_data(data)
-    if token and _TOKEN_SAFE.issuperset(token) and (trimmed or _JSON_SAFE.issuperset(data)):
+    if _TOKEN_SAFE(token) and (trimmed or _JSON_SAFE(data)):
         token_part = _FCM_TOKEN + token.encode("ascii") + _FCM_TAIL
         if trimmed:
             return _FCM_HEAD + token_part, True

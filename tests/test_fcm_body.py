@@ -4,15 +4,26 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
 import secrets
+import string
 import warnings
 
 import pytest
 from firebase_admin import messaging
 from httpx._content import encode_json
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from push.payloads import FCM_MAX_DATA_BYTES, fcm_body, fcm_data
+from push.payloads import (
+    _APS,
+    APNS_MAX_PAYLOAD_BYTES,
+    FCM_MAX_DATA_BYTES,
+    apns_payload,
+    fcm_body,
+    fcm_data,
+)
 
 
 def firebase_admin_body(token: str, data: str) -> bytes:
@@ -77,3 +88,35 @@ def test_unusual_tokens_and_data_take_the_generic_path_with_the_same_bytes(
 ) -> None:
     body, _ = fcm_body(token, data)
     assert body == firebase_admin_body(token, data)
+
+
+# Characters on both sides of the template's checks: those written as they are, and those
+# JSON escapes or that are not ASCII.
+_EDGE = "\"\\\n\t\x00\x1f\x7f /+=-_:.é✓\u2028"
+_TOKENS = st.text(string.ascii_letters + string.digits + "_:-." + _EDGE, min_size=1, max_size=40)
+_DATA = st.text(string.ascii_letters + string.digits + "+/=" + _EDGE, max_size=60) | st.builds(
+    base64_of, st.integers(0, 3100)
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(token=_TOKENS, data=_DATA)
+def test_bodies_of_generated_messages_are_firebase_admins(token: str, data: str) -> None:
+    """Generated tokens and data, template path or not: firebase-admin's bytes."""
+    body, trimmed = fcm_body(token, data)
+    assert body == firebase_admin_body(token, data)
+    assert trimmed == (len("ENCRYPTED_DATA") + len(data.encode()) > FCM_MAX_DATA_BYTES)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=_DATA)
+def test_apns_payloads_of_generated_data_are_compact_json(data: str) -> None:
+    """The APNs template against json.dumps of the same document (when it fits)."""
+    body, trimmed = apns_payload(data)
+    full = {"aps": _APS, "ENCRYPTED_DATA": data, "remote": 1}
+    compact = {"separators": (",", ":"), "ensure_ascii": False}
+    expected = json.dumps(full, **compact).encode()  # type: ignore[arg-type]
+    assert trimmed == (len(expected) > APNS_MAX_PAYLOAD_BYTES)
+    if trimmed:
+        expected = json.dumps({"aps": _APS, "remote": 1}, **compact).encode()  # type: ignore[arg-type]
+    assert body == expected

@@ -100,7 +100,12 @@ def encoded_blocks(draw: st.DrawFn) -> list[tuple[bytes, list[Any]]]:
         if isinstance(item, int):
             encoder.header_table_size = item
             continue
-        blocks.append((encoder.encode(item, huffman=draw(st.booleans())), item))
+        before = list(encoder.header_table.dynamic_entries)
+        block = encoder.encode(item, huffman=draw(st.booleans()))
+        blocks.append((block, item))
+        unchanged = before == list(encoder.header_table.dynamic_entries)
+        if unchanged and block[:1] and block[0] & 0xE0 != 0x20 and draw(st.booleans()):
+            blocks.append((block, item))  # the same block again (the decoder's cache)
     return blocks
 
 
@@ -118,6 +123,9 @@ def test_the_decoder_reads_what_hpack_reads(blocks: list[tuple[bytes, list[Any]]
             reject()
         ours = decoder.decode(block, raw=True)
         assert plain(ours) == plain(theirs) == plain(headers)
+        assert list(decoder.header_table.dynamic_entries) == list(
+            reference.header_table.dynamic_entries
+        )
         assert [h.indexable for h in ours] == [h.indexable for h in theirs]
 
 
@@ -155,3 +163,17 @@ def test_a_table_size_set_twice_to_the_same_value_keeps_both_tables_alike() -> N
     assert reference.decode(encoder.encode([(b"apns-id", b"/")]), raw=True) == [
         (b"apns-id", b"/")
     ]
+
+
+def test_a_block_seen_before_is_decoded_again_once_the_table_changed() -> None:
+    """The same bytes (index 62, the newest entry) name another field once an entry was added:
+    the cached headers hold only while the table stands."""
+    encoder = Encoder()
+    first = encoder.encode([(b"x", b"1")], huffman=False)  # adds x: 1
+    indexed = encoder.encode([(b"x", b"1")], huffman=False)  # index 62
+    other = encoder.encode([(b"y", b"2")], huffman=False)  # adds y: 2, now index 62
+    decoder, reference = CachingDecoder(65536), Decoder()
+    for block in (first, indexed, indexed, other, indexed):
+        ours, theirs = decoder.decode(block, raw=True), reference.decode(block, raw=True)
+        assert plain(ours) == plain(theirs)
+    assert plain(ours) == [(b"y", b"2")]
