@@ -66,7 +66,18 @@ class Prepared:
 
 
 class Sent:
-    """A statement sent ahead (psycopg pipeline mode): its rows are read once they arrive."""
+    """A statement sent ahead: its rows are read once they arrive."""
+
+    def rows(self) -> list[tuple[Any, ...]]:
+        raise NotImplementedError
+
+    def rowcount(self) -> int:
+        """The number of rows a statement without RETURNING changed."""
+        raise NotImplementedError
+
+
+class _OnCursor(Sent):
+    """A statement run on a cursor of its own (psycopg pipeline mode, or at once)."""
 
     def __init__(self, cursor: Any) -> None:
         self._cursor = cursor
@@ -78,7 +89,6 @@ class Sent:
             self._cursor.close()
 
     def rowcount(self) -> int:
-        """The number of rows a statement without RETURNING changed."""
         try:
             return int(self._cursor.rowcount)
         finally:
@@ -92,12 +102,20 @@ class Tx:
         self._cursor = cursor
         self._connection = connection
 
+    @property
+    def cursor(self) -> Any:
+        return self._cursor
+
+    @property
+    def connection(self) -> Any:
+        return self._connection
+
     def send(self, statement: Prepared, values: Mapping[str, Any]) -> Sent:
         """Run a statement on a cursor of its own, its rows read later (`Sent.rows`): inside
         the writer's pipeline, the statements of several operations go in one round trip."""
         cursor = self._connection.cursor() if self._connection is not None else self._cursor
         cursor.execute(statement.sql, statement.bind(values))
-        return Sent(cursor)
+        return _OnCursor(cursor)
 
     def execute(self, statement: Prepared, values: Mapping[str, Any]) -> int:
         """Run a statement; return the number of rows it changed."""
