@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 import select
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +26,7 @@ from psycopg.abc import Buffer
 from psycopg.abc import Transformer as AdaptContext
 from psycopg.adapt import PyFormat, Transformer
 
-from storage.sql import Prepared, Sent, Tx
+from storage.sql import Prepared, RowsStatement, Sent, Tx
 
 # A placeholder of SQLAlchemy's psycopg dialect ("pyformat"), or an escaped percent sign.
 _PLACEHOLDER = re.compile(r"%\((\w+)\)s|%%")
@@ -203,19 +203,102 @@ class _Call:
     prepare: bool
 
 
+# PostgreSQL array literals for `CAST(... AS type[])`, built in one pass: psycopg's list
+# dumpers convert element by element in Python.
+
+
+def bigint_array(values: Iterable[int]) -> str:
+    return "{" + ",".join(map(str, map(int, values))) + "}"
+
+
+def bool_array(values: Iterable[bool]) -> str:
+    return "{" + ",".join("t" if value else "f" for value in values) + "}"
+
+
+def bytea_array(values: Iterable[bytes | None]) -> str:
+    return (
+        "{"
+        + ",".join(
+            '"\\\\x' + value.hex() + '"' if value is not None else "NULL" for value in values
+        )
+        + "}"
+    )
+
+
+def text_array(values: Iterable[str]) -> str:
+    return "{" + ",".join(map(_quoted, values)) + "}"
+
+
+def _quoted(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 class Batch(Tx):
     """The writer's transaction while a batch's operations send: `send` only queues the
-    statement, for `PgPipeline.run` to send with the others."""
+    statement, for `PgPipeline.run` to send with the others; `send_row` joins a row to the
+    statement queued just before it if that one is the same `RowsStatement` with the same
+    scalars (consecutive notifies: one statement for the run)."""
 
     def __init__(self, pipeline: PgPipeline, cursor: Any, connection: Any) -> None:
         super().__init__(cursor, connection)
         self._pipeline = pipeline
-        self.statements: list[tuple[Prepared, Mapping[str, Any], Answer]] = []
+        self._queued: list[tuple[Prepared, Mapping[str, Any] | _Run, Answer]] = []
 
     def send(self, statement: Prepared, values: Mapping[str, Any]) -> Answer:
         answer = self._pipeline.answer()
-        self.statements.append((statement, values, answer))
+        self._queued.append((statement, values, answer))
         return answer
 
+    def send_row(
+        self, statement: RowsStatement, scalars: Mapping[str, Any], row: tuple[Any, ...]
+    ) -> Sent:
+        last = self._queued[-1][1] if self._queued else None
+        if not (isinstance(last, _Run) and last.statement is statement and last.scalars == scalars):
+            last = _Run(statement, scalars, self._pipeline.answer())
+            self._queued.append((statement.statement, last, last.answer))
+        last.rows.append(row)
+        return _RowOf(last, len(last.rows) - 1)
+
     def run(self, *, transaction: bool) -> None:
-        self._pipeline.run(self.statements, transaction=transaction)
+        self._pipeline.run(
+            [
+                (statement, values.values() if isinstance(values, _Run) else values, answer)
+                for statement, values, answer in self._queued
+            ],
+            transaction=transaction,
+        )
+
+
+class _Run:
+    """Rows of one `RowsStatement` sent by consecutive operations, and their one answer."""
+
+    def __init__(self, statement: RowsStatement, scalars: Mapping[str, Any], answer: Answer):
+        self.statement = statement
+        self.scalars = scalars
+        self.answer = answer
+        self.rows: list[tuple[Any, ...]] = []
+        self._answered: list[tuple[Any, ...]] | None = None
+
+    def values(self) -> Mapping[str, Any]:
+        return self.statement.values(self.scalars, self.rows)
+
+    def answered(self) -> list[tuple[Any, ...]]:
+        if self._answered is None:
+            self._answered = self.answer.rows()
+            if len(self._answered) != len(self.rows):
+                raise psycopg.InterfaceError("a statement of rows did not answer one per row")
+        return self._answered
+
+
+class _RowOf(Sent):
+    """One row's answer in its run's."""
+
+    def __init__(self, run: _Run, index: int) -> None:
+        self._run = run
+        self._index = index
+
+    def rows(self) -> list[tuple[Any, ...]]:
+        return [self._run.answered()[self._index]]
+
+    def rowcount(self) -> int:
+        return 1

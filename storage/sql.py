@@ -95,6 +95,17 @@ class _OnCursor(Sent):
             self._cursor.close()
 
 
+@dataclass(frozen=True)
+class RowsStatement:
+    """A statement taking rows (as arrays, `unnest`) and giving one answer row per row, in
+    order: in the writer's pipeline, one statement for a run of consecutive operations that
+    send one row each with the same `scalars` (`Tx.send_row`)."""
+
+    statement: Prepared
+    # The statement's values for `scalars` and a run of rows.
+    values: Callable[[Mapping[str, Any], Sequence[tuple[Any, ...]]], Mapping[str, Any]]
+
+
 class Tx:
     """One transaction of the writer, as seen by an operation."""
 
@@ -116,6 +127,13 @@ class Tx:
         cursor = self._connection.cursor() if self._connection is not None else self._cursor
         cursor.execute(statement.sql, statement.bind(values))
         return _OnCursor(cursor)
+
+    def send_row(
+        self, statement: RowsStatement, scalars: Mapping[str, Any], row: tuple[Any, ...]
+    ) -> Sent:
+        """Like `send`, for one row of a `RowsStatement`: its `rows()` is that row's answer.
+        (Here a statement of its own; the writer's pipeline joins a run of them.)"""
+        return self.send(statement.statement, statement.values(scalars, [row]))
 
     def execute(self, statement: Prepared, values: Mapping[str, Any]) -> int:
         """Run a statement; return the number of rows it changed."""
