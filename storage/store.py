@@ -101,10 +101,10 @@ DELIVERY_COLUMNS = (
 # claim, the notification and one delivery per device, stamped with the generation read in
 # the same snapshot. It answers, a row per notify in order, what it found and did; more than
 # `chunk` recipients writes nothing (the caller takes the chunked path). Two notifies of the
-# run with the same dedup key: only the first that would be written claims the key (the
-# second answers as a duplicate, as it would a statement later). SQLite has no data-modifying
-# CTEs: it runs the same steps one statement each (in-process, ~15 µs apiece), see
-# `RelayStore.enqueue_in_steps`.
+# run with the same dedup key: only the first that would be written claims the key, and the
+# second answers as a duplicate (as it would a statement later, refused or not). SQLite has
+# no data-modifying CTEs: it runs the same steps one statement each (in-process, ~15 µs
+# apiece), see `RelayStore.enqueue_in_steps`.
 NOTIFY_AT_ONCE = """
 WITH input AS (
     SELECT * FROM unnest(
@@ -150,7 +150,9 @@ claimed AS (
     RETURNING key_hash
 ),
 written AS MATERIALIZED (
-    SELECT go.ord, go.data, nextval(pg_get_serial_sequence('notifications', 'id')) AS id
+    SELECT
+        go.ord, go.key_hash, go.data,
+        nextval(pg_get_serial_sequence('notifications', 'id')) AS id
     FROM go
     WHERE go.key_hash IS NULL OR (
         go.key_hash IN (SELECT key_hash FROM claimed)
@@ -174,7 +176,13 @@ queued AS (
         ON r.ord = w.ord
     RETURNING notification_id
 )
-SELECT f.recipients, f.via_group, f.live, coalesce(q.n, 0)
+SELECT
+    f.recipients, f.via_group,
+    -- live in the window, or claimed by an earlier notify of the run
+    f.live OR EXISTS (
+        SELECT 1 FROM written AS e WHERE e.key_hash = f.key_hash AND e.ord < f.ord
+    ),
+    coalesce(q.n, 0)
 FROM found AS f
     LEFT JOIN written AS w ON w.ord = f.ord
     LEFT JOIN (SELECT notification_id, count(*) AS n FROM queued GROUP BY notification_id) AS q
