@@ -34,6 +34,7 @@ _PLACEHOLDER = re.compile(r"%\((\w+)\)s|%%")
 MAX_PREPARED = 64
 _AUTO = PyFormat.AUTO
 _SYNC = pq.ExecStatus.PIPELINE_SYNC
+_READ = select.POLLIN | select.POLLERR | select.POLLHUP
 
 
 def to_numbered(sql: str) -> tuple[bytes, tuple[str, ...]]:
@@ -169,6 +170,7 @@ class PgPipeline:
         command (no statement of the relay's gives more than one)."""
         pgconn = self._pgconn
         fd = pgconn.socket
+        poll = select.poll()  # not select(): a busy relay's descriptors pass FD_SETSIZE
         results: list[pq.abc.PGresult] = []
         got = False  # a result of the command being read came (libpq ends each with None)
         writing = True
@@ -188,9 +190,9 @@ class PgPipeline:
                 else:
                     results.append(result)
                     got = True
-            readable, _, _ = select.select([fd], [fd] if writing else [], [])
-            if readable:
-                pgconn.consume_input()
+            poll.register(fd, _READ | select.POLLOUT if writing else _READ)
+            if any(events & _READ for _, events in poll.poll()):
+                pgconn.consume_input()  # raises if the connection is gone
 
 
 @dataclass(frozen=True, slots=True)

@@ -241,3 +241,21 @@ def test_a_connection_that_died_between_batches_is_replaced_and_nothing_is_lost(
 def backend_pid(tx: Tx) -> int:
     """The writer's server process."""
     return int(tx.connection.driver_connection.info.backend_pid)
+
+
+def test_a_batch_larger_than_the_socket_buffers_goes_and_comes_back_whole(pg: World) -> None:
+    """~3 MB of notifies in one batch, then a claim of all of them: libpq's output is flushed
+    while the answers are read (neither side waits on the other's full buffer)."""
+    sessions = [random_session_id() for _ in range(200)]
+    for session in sessions:
+        pg.run(pg.store.register_op(random_apns_token(), session, Provider.APNS))
+    payloads = [os.urandom(8_000).hex() for _ in sessions]
+    notify = pg.store.enqueue_notification_op
+    futures = together(
+        pg,
+        [notify(s, p, dedup_window_ms=WINDOW) for s, p in zip(sessions, payloads, strict=True)]
+        + [pg.queue.claim_op(Provider.APNS, 1_000, pg.clock[0], 60_000)],
+    )
+    assert [future.result().deliveries for future in futures[:-1]] == [1] * 200
+    claimed = futures[-1].result().deliveries
+    assert sorted(c.data for c in claimed) == sorted(payloads)
