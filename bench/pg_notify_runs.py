@@ -29,7 +29,6 @@ from storage.scratch_schema import scratch_schema  # noqa: E402
 from storage.store import (  # noqa: E402
     RelayStore,
     Statements,
-    _notify_values,
 )
 from storage.writer import BatchWriter  # noqa: E402
 
@@ -86,7 +85,11 @@ def main() -> None:
             ]
             scalars = {"now": now, "chunk": 500}
             sent = [
-                (statement.statement, _notify_values(scalars, rows[i : i + run]), pipeline.answer())
+                (
+                    statement.statement,
+                    statement.values(scalars, rows[i : i + run]),
+                    pipeline.answer(),
+                )
                 for i in range(0, len(rows), run)
             ]
             pipeline.run(sent, transaction=True)

@@ -77,7 +77,7 @@ class Sent:
 
 
 class _OnCursor(Sent):
-    """A statement run on a cursor of its own (psycopg pipeline mode, or at once)."""
+    """A statement run at once on a cursor of its own (outside the writer's pipeline)."""
 
     def __init__(self, cursor: Any) -> None:
         self._cursor = cursor
@@ -122,8 +122,9 @@ class Tx:
         return self._connection
 
     def send(self, statement: Prepared, values: Mapping[str, Any]) -> Sent:
-        """Run a statement on a cursor of its own, its rows read later (`Sent.rows`): inside
-        the writer's pipeline, the statements of several operations go in one round trip."""
+        """Run a statement on a cursor of its own, its rows read later (`Sent.rows`). In the
+        writer's pipeline (storage/pgpipe.py's `Batch`) it is only queued, and the statements
+        of several operations go in one round trip."""
         cursor = self._connection.cursor() if self._connection is not None else self._cursor
         cursor.execute(statement.sql, statement.bind(values))
         return _OnCursor(cursor)
@@ -180,9 +181,10 @@ class PipelinedOperation(Generic[T]):
     or, when more must be written (rare: a fan-out larger than a chunk), a `FollowUp`.
 
     The writer sends a batch made only of such operations in one round trip, BEGIN and COMMIT
-    included (psycopg pipeline mode), then receives them, then runs each follow-up in a
-    transaction of its own; in a batch with other operations it sends each run of them in one
-    round trip, and runs a follow-up in the same transaction. Anywhere else it is one call."""
+    included (libpq's pipeline, storage/pgpipe.py), then receives them, then runs each
+    follow-up in a transaction of its own; in a batch with other operations it sends each run
+    of them in one round trip, and runs a follow-up in the same transaction. Anywhere else it
+    is one call."""
 
     def send(self, tx: Tx) -> Any:
         raise NotImplementedError

@@ -10,7 +10,8 @@ The writer owns one DBAPI connection and drives its transactions itself: `BEGIN 
 on SQLite (take the write lock up front, so a concurrent writer waits instead of failing
 with a lost update), an explicit `BEGIN` on PostgreSQL (its connection in autocommit mode),
 so that a batch of pipelined operations (notifies, claims, settlements) goes to PostgreSQL
-as BEGIN, its statements and COMMIT in one round trip (psycopg pipeline mode).
+as BEGIN, its statements and COMMIT in one round trip (libpq's pipeline, storage/pgpipe.py;
+a run of consecutive notifies is one statement).
 """
 
 from __future__ import annotations
