@@ -5,7 +5,7 @@ statement each (the writer's `PgPipeline`, storage/pgpipe.py, without the relay 
 
 Registers one device for each of 1,000 Session IDs in a scratch schema, then sends `-n`
 notifies in batches of `--batch` (each BEGIN .. COMMIT one round trip), alternately as runs
-(NOTIFY_AT_ONCE over `--batch` rows) and one statement a notify (runs of one), for
+(NOTIFY_AT_ONCE over `--batch` rows) and one statement a notify (NOTIFY_ONE), for
 `--rounds` rounds. Prints the PostgreSQL backend's CPU (from /proc: the server must be on
 this machine) and this process's, per notify.
 """
@@ -84,14 +84,20 @@ def main() -> None:
                 for j in range(args.batch)
             ]
             scalars = {"now": now, "chunk": 500}
-            sent = [
-                (
-                    statement.statement,
-                    statement.values(scalars, rows[i : i + run]),
-                    pipeline.answer(),
-                )
-                for i in range(0, len(rows), run)
-            ]
+            if run == 1:  # NOTIFY_ONE, as the writer sends a run of one
+                sent = [
+                    (statement.one, statement.alone(scalars, row), pipeline.answer())
+                    for row in rows
+                ]
+            else:
+                sent = [
+                    (
+                        statement.statement,
+                        statement.values(scalars, rows[i : i + run]),
+                        pipeline.answer(),
+                    )
+                    for i in range(0, len(rows), run)
+                ]
             pipeline.run(sent, transaction=True)
             for _, _, answer in sent:
                 answer.rows()

@@ -264,7 +264,9 @@ class Batch(Tx):
     def run(self, *, transaction: bool) -> None:
         self._pipeline.run(
             [
-                (statement, values.values() if isinstance(values, _Run) else values, answer)
+                (*values.sent(), answer)
+                if isinstance(values, _Run)
+                else (statement, values, answer)
                 for statement, values, answer in self._queued
             ],
             transaction=transaction,
@@ -281,8 +283,13 @@ class _Run:
         self.rows: list[tuple[Any, ...]] = []
         self._answered: list[tuple[Any, ...]] | None = None
 
-    def values(self) -> Mapping[str, Any]:
-        return self.statement.values(self.scalars, self.rows)
+    def sent(self) -> tuple[Prepared, Mapping[str, Any]]:
+        """The statement and values for the run's rows: the one-row statement for a run of
+        one."""
+        statement, rows = self.statement, self.rows
+        if len(rows) == 1:
+            return statement.one, statement.alone(self.scalars, rows[0])
+        return statement.statement, statement.values(self.scalars, rows)
 
     def answered(self) -> list[tuple[Any, ...]]:
         if self._answered is None:
