@@ -66,7 +66,18 @@ class Prepared:
 
 
 class Sent:
-    """A statement sent ahead (psycopg pipeline mode): its rows are read once they arrive."""
+    """A statement sent ahead: its rows are read once they arrive."""
+
+    def rows(self) -> list[tuple[Any, ...]]:
+        raise NotImplementedError
+
+    def rowcount(self) -> int:
+        """The number of rows a statement without RETURNING changed."""
+        raise NotImplementedError
+
+
+class _OnCursor(Sent):
+    """A statement run at once on a cursor of its own (outside the writer's pipeline)."""
 
     def __init__(self, cursor: Any) -> None:
         self._cursor = cursor
@@ -78,11 +89,29 @@ class Sent:
             self._cursor.close()
 
     def rowcount(self) -> int:
-        """The number of rows a statement without RETURNING changed."""
         try:
             return int(self._cursor.rowcount)
         finally:
             self._cursor.close()
+
+
+@dataclass(frozen=True)
+class RowsStatement:
+    """A statement taking rows (as arrays, `unnest`) and giving one answer row per row, in
+    order: in the writer's pipeline, one statement for a run of consecutive operations that
+    send one row each with the same `scalars` (`Tx.send_row`)."""
+
+    statement: Prepared
+    # The statement's values for `scalars` and a run of rows.
+    values: Callable[[Mapping[str, Any], Sequence[tuple[Any, ...]]], Mapping[str, Any]]
+    # The same for a run of one row, cheaper for the server: its parameters are the scalars
+    # and the row's values named by `columns`.
+    one: Prepared
+    columns: tuple[str, ...]
+
+    def alone(self, scalars: Mapping[str, Any], row: tuple[Any, ...]) -> Mapping[str, Any]:
+        """`one`'s values for `row`."""
+        return {**scalars, **dict(zip(self.columns, row, strict=True))}
 
 
 class Tx:
@@ -92,12 +121,28 @@ class Tx:
         self._cursor = cursor
         self._connection = connection
 
+    @property
+    def cursor(self) -> Any:
+        return self._cursor
+
+    @property
+    def connection(self) -> Any:
+        return self._connection
+
     def send(self, statement: Prepared, values: Mapping[str, Any]) -> Sent:
-        """Run a statement on a cursor of its own, its rows read later (`Sent.rows`): inside
-        the writer's pipeline, the statements of several operations go in one round trip."""
+        """Run a statement on a cursor of its own, its rows read later (`Sent.rows`). In the
+        writer's pipeline (storage/pgpipe.py's `Batch`) it is only queued, and the statements
+        of several operations go in one round trip."""
         cursor = self._connection.cursor() if self._connection is not None else self._cursor
         cursor.execute(statement.sql, statement.bind(values))
-        return Sent(cursor)
+        return _OnCursor(cursor)
+
+    def send_row(
+        self, statement: RowsStatement, scalars: Mapping[str, Any], row: tuple[Any, ...]
+    ) -> Sent:
+        """Like `send`, for one row of a `RowsStatement`: its `rows()` is that row's answer.
+        (Here the statement for one row; the writer's pipeline joins a run of them.)"""
+        return self.send(statement.one, statement.alone(scalars, row))
 
     def execute(self, statement: Prepared, values: Mapping[str, Any]) -> int:
         """Run a statement; return the number of rows it changed."""
@@ -144,9 +189,10 @@ class PipelinedOperation(Generic[T]):
     or, when more must be written (rare: a fan-out larger than a chunk), a `FollowUp`.
 
     The writer sends a batch made only of such operations in one round trip, BEGIN and COMMIT
-    included (psycopg pipeline mode), then receives them, then runs each follow-up in a
-    transaction of its own; in a batch with other operations it sends each run of them in one
-    round trip, and runs a follow-up in the same transaction. Anywhere else it is one call."""
+    included (libpq's pipeline, storage/pgpipe.py), then receives them, then runs each
+    follow-up in a transaction of its own; in a batch with other operations it sends each run
+    of them in one round trip, and runs a follow-up in the same transaction. Anywhere else it
+    is one call."""
 
     def send(self, tx: Tx) -> Any:
         raise NotImplementedError

@@ -23,7 +23,7 @@ The unready leftovers are deleted, a chunk at a time, by `purge_abandoned_fanout
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -45,11 +45,12 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
+from storage.pgpipe import bigint_array, bool_array, bytea_array, text_array
 from storage.protect import IdentifierProtector
 from storage.queue import finished_notification_delete
 from storage.records import Continuation, Enqueued, Membership, Provider, Registered
 from storage.schema import deliveries, devices, group_members, notifications, notify_dedup
-from storage.sql import FollowUp, PipelinedOperation, Prepared, Sent, Tx
+from storage.sql import FollowUp, PipelinedOperation, Prepared, RowsStatement, Sent, Tx
 from storage.writer import BatchWriter, StorageError
 
 Clock = Callable[[], int]
@@ -93,14 +94,106 @@ DELIVERY_COLUMNS = (
 )
 
 
-# A whole notify in one PostgreSQL statement, one round trip instead of five: the recipients
-# (own devices and group members' devices), the dedup check, and, for a notify that fits one
-# chunk, is admitted and is not live in the dedup window: the dedup claim, the notification
-# and one delivery per device, stamped with the generation read in the same snapshot. It
-# answers what it found and did; more than `chunk` recipients writes nothing (the caller
-# takes the chunked path). SQLite has no data-modifying CTEs: it runs the same steps one
-# statement each (in-process, ~15 µs apiece), see `RelayStore.enqueue_in_steps`.
+# Notifies in one PostgreSQL statement, one round trip instead of five each: a run of them
+# (the consecutive notifies of a writer's batch, or one), as arrays read in step, a row each.
+# For each: the recipients (own devices and group members' devices), the dedup check, and, for
+# a notify that fits one chunk, is admitted and is not live in the dedup window: the dedup
+# claim, the notification and one delivery per device, stamped with the generation read in
+# the same snapshot. It answers, a row per notify in order, what it found and did; more than
+# `chunk` recipients writes nothing (the caller takes the chunked path). Two notifies of the
+# run with the same dedup key: only the first that would be written claims the key, and the
+# second answers as a duplicate (as it would a statement later, refused or not). SQLite has
+# no data-modifying CTEs: it runs the same steps one statement each (in-process, ~15 µs
+# apiece), see `RelayStore.enqueue_in_steps`.
 NOTIFY_AT_ONCE = """
+WITH input AS (
+    SELECT * FROM unnest(
+        CAST(:targets AS bytea[]), CAST(:key_hashes AS bytea[]),
+        CAST(:expires_at AS bigint[]), CAST(:admitted AS boolean[]), CAST(:data AS text[])
+    ) WITH ORDINALITY AS i(target, key_hash, expires_at, admitted, data, ord)
+),
+recipients AS (
+    SELECT i.ord, d.id, d.generation, d.provider, 0 AS via_group
+    FROM input AS i JOIN devices AS d ON d.session_hash = i.target
+    UNION ALL
+    SELECT i.ord, d.id, d.generation, d.provider, 1
+    FROM input AS i
+        JOIN group_members AS m ON m.group_hash = i.target
+        JOIN devices AS d ON d.session_hash = m.session_hash
+),
+found AS (
+    SELECT
+        i.ord, i.key_hash, i.expires_at, i.admitted, i.data,
+        c.recipients, c.via_group, l.live IS NOT NULL AS live
+    FROM input AS i
+        CROSS JOIN LATERAL (
+            SELECT count(DISTINCT r.id) AS recipients, coalesce(max(r.via_group), 0) AS via_group
+            FROM recipients AS r WHERE r.ord = i.ord
+        ) AS c
+        LEFT JOIN LATERAL (
+            SELECT true AS live FROM notify_dedup AS k
+            WHERE k.key_hash = i.key_hash AND k.expires_at > CAST(:now AS bigint)
+            LIMIT 1
+        ) AS l ON true
+),
+go AS (
+    SELECT ord, key_hash, expires_at, data FROM found
+    WHERE recipients BETWEEN 1 AND CAST(:chunk AS integer) AND NOT live AND admitted
+),
+claimed AS (
+    INSERT INTO notify_dedup (key_hash, expires_at)
+    SELECT DISTINCT ON (key_hash) key_hash, expires_at FROM go
+    WHERE key_hash IS NOT NULL
+    ORDER BY key_hash, ord
+    ON CONFLICT (key_hash) DO UPDATE SET expires_at = excluded.expires_at
+    WHERE notify_dedup.expires_at <= CAST(:now AS bigint)
+    RETURNING key_hash
+),
+written AS MATERIALIZED (
+    SELECT
+        go.ord, go.key_hash, go.data,
+        nextval(pg_get_serial_sequence('notifications', 'id')) AS id
+    FROM go
+    WHERE go.key_hash IS NULL OR (
+        go.key_hash IN (SELECT key_hash FROM claimed)
+        AND go.ord = (SELECT min(g.ord) FROM go AS g WHERE g.key_hash = go.key_hash)
+    )
+),
+notified AS (
+    INSERT INTO notifications (id, data, created_at, ready)
+    SELECT id, data, CAST(:now AS bigint), true FROM written
+),
+queued AS (
+    INSERT INTO deliveries (
+        notification_id, device_id, device_generation, provider, apns_id,
+        created_at, attempts, not_before, lease_until, lease_token
+    )
+    SELECT
+        w.id, r.id, r.generation, r.provider, CAST(gen_random_uuid() AS varchar),
+        CAST(:now AS bigint), 0, CAST(:now AS bigint), 0, 0
+    FROM written AS w
+        JOIN (SELECT DISTINCT ON (ord, id) ord, id, generation, provider FROM recipients) AS r
+        ON r.ord = w.ord
+    RETURNING notification_id
+)
+SELECT
+    f.recipients, f.via_group,
+    -- live in the window, or claimed by an earlier notify of the run
+    f.live OR EXISTS (
+        SELECT 1 FROM written AS e WHERE e.key_hash = f.key_hash AND e.ord < f.ord
+    ),
+    coalesce(q.n, 0)
+FROM found AS f
+    LEFT JOIN written AS w ON w.ord = f.ord
+    LEFT JOIN (SELECT notification_id, count(*) AS n FROM queued GROUP BY notification_id) AS q
+        ON q.notification_id = w.id
+ORDER BY f.ord
+"""
+
+
+# One notify alone (a run of one): the same steps with scalars. The statement over arrays costs
+# PostgreSQL ~270 µs for a single row against ~100 µs for this one (bench/pg_notify_runs.py).
+NOTIFY_ONE = """
 WITH recipients AS (
     SELECT d.id, d.generation, d.provider, 0 AS via_group
     FROM devices AS d
@@ -152,6 +245,23 @@ queued AS (
 )
 SELECT recipients, via_group, live, (SELECT count(*) FROM queued) FROM found
 """
+
+
+def _notify_values(
+    scalars: Mapping[str, Any], rows: Sequence[tuple[Any, ...]]
+) -> dict[str, Any]:
+    """NOTIFY_AT_ONCE's values for a run of rows (target, key_hash, expires_at, admitted,
+    data): each column as a PostgreSQL array literal, built here in one pass (psycopg's list
+    dumpers cost ~25 µs a notify more, measured in bench/README.md)."""
+    targets, keys, expires_at, admitted, data = zip(*rows, strict=True)
+    return {
+        **scalars,
+        "targets": bytea_array(targets),
+        "key_hashes": bytea_array(keys),
+        "expires_at": bigint_array(expires_at),
+        "admitted": bool_array(admitted),
+        "data": text_array(data),
+    }
 
 
 class Statements:
@@ -280,7 +390,14 @@ class Statements:
         )
         self.recipients = prepare(union_all(own_devices, member_devices))
         self.notify_at_once = (
-            prepare(text(NOTIFY_AT_ONCE)) if dialect.name == "postgresql" else None
+            RowsStatement(
+                prepare(text(NOTIFY_AT_ONCE)),
+                _notify_values,
+                one=prepare(text(NOTIFY_ONE)),
+                columns=("target", "key_hash", "expires_at", "admitted", "data"),
+            )
+            if dialect.name == "postgresql"
+            else None
         )
 
         dedup = dialect_insert(notify_dedup)
@@ -541,17 +658,20 @@ class RelayStore:
 
         return enqueue
 
-    def at_once_params(self, notify: _Notify, admitted: bool) -> dict[str, Any]:
+    def at_once_row(
+        self, notify: _Notify, admitted: bool
+    ) -> tuple[dict[str, int], tuple[Any, ...]]:
+        """NOTIFY_AT_ONCE's scalars and row for `notify`."""
         now = self.clock_ms()
-        return {
-            "target": notify.target_hash,
-            "key_hash": notify.dedup_key,
-            "now": now,
-            "expires_at": now + notify.dedup_window_ms,
-            "chunk": self.fanout_chunk,
-            "admitted": admitted,
-            "data": notify.data,
-        }
+        scalars = {"now": now, "chunk": self.fanout_chunk}
+        row = (
+            notify.target_hash,
+            notify.dedup_key,
+            now + notify.dedup_window_ms,
+            admitted,
+            notify.data,
+        )
+        return scalars, row
 
     def at_once_outcome(
         self, notify: _Notify, admitted: bool, found: tuple[Any, ...]
@@ -763,7 +883,7 @@ class _Ticket:
 class _NotifyAtOnce(PipelinedOperation[Enqueued | Continuation]):
     """PostgreSQL's notify operation: NOTIFY_AT_ONCE, sent in the writer's pipeline."""
 
-    def __init__(self, store: RelayStore, statement: Prepared, notify: _Notify) -> None:
+    def __init__(self, store: RelayStore, statement: RowsStatement, notify: _Notify) -> None:
         self._store = store
         self._statement = statement
         self._notify = notify
@@ -771,8 +891,8 @@ class _NotifyAtOnce(PipelinedOperation[Enqueued | Continuation]):
 
     def send(self, tx: Tx) -> tuple[bool, Sent]:
         admitted = self._notify.ticket.take()
-        params = self._store.at_once_params(self._notify, admitted)
-        return admitted, tx.send(self._statement, params)
+        scalars, row = self._store.at_once_row(self._notify, admitted)
+        return admitted, tx.send_row(self._statement, scalars, row)
 
     def receive(
         self, sent: tuple[bool, Sent]

@@ -10,7 +10,8 @@ The writer owns one DBAPI connection and drives its transactions itself: `BEGIN 
 on SQLite (take the write lock up front, so a concurrent writer waits instead of failing
 with a lost update), an explicit `BEGIN` on PostgreSQL (its connection in autocommit mode),
 so that a batch of pipelined operations (notifies, claims, settlements) goes to PostgreSQL
-as BEGIN, its statements and COMMIT in one round trip (psycopg pipeline mode).
+as BEGIN, its statements and COMMIT in one round trip (libpq's pipeline, storage/pgpipe.py;
+a run of consecutive notifies is one statement).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from sqlalchemy import Engine
 from sqlalchemy.pool import PoolProxiedConnection
 
 from errors import PnRelayError
+from storage.pgpipe import Batch, PgPipeline
 from storage.sql import FollowUp, PipelinedOperation, Tx, finish_in
 
 log = logging.getLogger(__name__)
@@ -98,6 +100,7 @@ class BatchWriter:
             dbapi.InterfaceError,
         )
         self._connection: PoolProxiedConnection | None = None
+        self._pipeline: PgPipeline | None = None  # on PostgreSQL, for `_connection`
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         #: Operations the database refused or failed (for /metrics); written by the writer
         #: thread only.
@@ -241,6 +244,7 @@ class BatchWriter:
         if self._pipelines:
             connection.rollback()  # whatever the pool's ping began
             connection.driver_connection.autocommit = True  # type: ignore[union-attr]
+            self._pipeline = PgPipeline(connection.driver_connection)  # type: ignore[arg-type]
         return connection
 
     def _transaction(self, operations: list[Operation]) -> list[Any]:
@@ -253,7 +257,7 @@ class BatchWriter:
         try:
             tx = Tx(cursor, connection)
             if self._pipelines and all(isinstance(op, PipelinedOperation) for op in operations):
-                results = self._pipelined_transaction(tx, cursor, connection, operations)
+                results = self._pipelined_transaction(tx, operations)
             else:
                 cursor.execute(self._begin_sql)
                 results = self._run_operations(tx, connection, operations)
@@ -293,25 +297,26 @@ class BatchWriter:
                 start += 1
                 continue
             run: list[PipelinedOperation[Any]] = operations[start:stop]  # type: ignore[assignment]
-            with connection.driver_connection.pipeline():  # type: ignore[union-attr]
-                sent = [operation.send(tx) for operation in run]
+            batch = self._batch(tx)
+            sent = [operation.send(batch) for operation in run]
+            batch.run(transaction=False)
             for operation, each in zip(run, sent, strict=True):
                 results.append(finish_in(tx, operation.receive(each)))
             start = stop
         return results
 
-    @staticmethod
-    def _pipelined_transaction(
-        tx: Tx, cursor: Any, connection: PoolProxiedConnection, operations: list[Operation]
-    ) -> list[Any]:
+    def _batch(self, tx: Tx) -> Batch:
+        assert self._pipeline is not None  # made with the connection, on PostgreSQL
+        return Batch(self._pipeline, tx.cursor, tx.connection)
+
+    def _pipelined_transaction(self, tx: Tx, operations: list[Operation]) -> list[Any]:
         """BEGIN, every operation's statements and COMMIT in one round trip; then their
-        answers. An error anywhere is raised on leaving the pipeline, before any answer is
-        read, and the transaction (its COMMIT skipped by the server) is rolled back."""
+        answers. An error anywhere is raised once the round trip is over, before any answer
+        is read, and the transaction (its COMMIT skipped by the server) is rolled back."""
         run: list[PipelinedOperation[Any]] = operations  # type: ignore[assignment]
-        with connection.driver_connection.pipeline():  # type: ignore[union-attr]
-            cursor.execute("BEGIN")
-            sent = [operation.send(tx) for operation in run]
-            cursor.execute("COMMIT")
+        batch = self._batch(tx)
+        sent = [operation.send(batch) for operation in run]
+        batch.run(transaction=True)
         return [operation.receive(each) for operation, each in zip(run, sent, strict=True)]
 
     def _discard_connection(self) -> None:
@@ -319,3 +324,4 @@ class BatchWriter:
             with contextlib.suppress(self._dbapi_error):
                 self._connection.invalidate()
             self._connection = None
+            self._pipeline = None

@@ -42,9 +42,9 @@ def one_batch(world: World, operations: list[Callable[[Tx], Any]]) -> list[Futur
     pipelined: list[int] = []
     original = writer._pipelined_transaction
 
-    def spy(tx: Tx, cursor: Any, connection: Any, ops: list[Any]) -> list[Any]:
+    def spy(tx: Tx, ops: list[Any]) -> list[Any]:
         pipelined.append(len(ops))
-        return original(tx, cursor, connection, ops)
+        return original(tx, ops)
 
     writer._pipelined_transaction = spy  # type: ignore[method-assign, assignment]
     running, release = threading.Event(), threading.Event()
