@@ -15,10 +15,9 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from nacl.bindings import crypto_scalarmult
-from nacl.exceptions import RuntimeError as SodiumError
 
 from errors import ConfigurationError, unreadable
+from lsrpc.x25519 import Exchange, exchange_with
 
 
 class KeyFileError(ConfigurationError):
@@ -29,8 +28,8 @@ class KeyFileError(ConfigurationError):
 class ServerKeypair:
     private: X25519PrivateKey
     public_bytes: bytes
-    # The private scalar, for libsodium's X25519 (`exchange`).
-    private_bytes: bytes = field(repr=False)
+    # The X25519 exchange with this private key (lsrpc/x25519.py).
+    _exchange: Exchange = field(repr=False, compare=False)
 
     @property
     def public_hex(self) -> str:
@@ -40,21 +39,12 @@ class ServerKeypair:
     def from_private_bytes(cls, raw: bytes) -> ServerKeypair:
         private = X25519PrivateKey.from_private_bytes(raw)
         public = private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-        return cls(private=private, public_bytes=public, private_bytes=bytes(raw))
+        return cls(private=private, public_bytes=public, _exchange=exchange_with(raw))
 
     def exchange(self, peer_public: bytes) -> bytes:
-        """The X25519 shared secret with `peer_public` (32 bytes); ValueError for a low-order
-        point (an all-zero secret), as `cryptography` raises.
-
-        libsodium's X25519 (pynacl) gives the same secret for every point as OpenSSL's (through
-        `cryptography`) in about two thirds of its time: ~37 against ~55 µs here, a sixth of an
-        onion request's CPU (tests/test_x25519.py compares them)."""
-        if len(peer_public) != 32:
-            raise ValueError("An X25519 public key is 32 bytes long.")
-        try:
-            return crypto_scalarmult(self.private_bytes, peer_public)
-        except SodiumError:  # libsodium refuses an all-zero result
-            raise ValueError("Error computing shared key.") from None
+        """The shared secret with `peer_public`; ValueError for a key that is not 32 bytes or
+        a low-order point."""
+        return self._exchange(peer_public)
 
 
 def parse_key_text(text: str, *, where: str) -> bytes:
