@@ -101,3 +101,22 @@ def test_the_relay_uses_libsodium_here() -> None:
     """pynacl 1.6.2 (pinned) ships libsodium's symbols in its `_sodium` module: if a new pynacl
     stops exporting them, the slower fallback must not go unnoticed."""
     assert sodium_scalarmult() is not None
+
+
+def test_without_libsodium_the_fallback_gives_the_same_secrets(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Where pynacl's library does not export libsodium's X25519, `cryptography`'s is used,
+    with the same answers and the same refusals."""
+    from lsrpc import x25519
+
+    server, private = keypair()
+    raw = private.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+    monkeypatch.setattr(x25519, "sodium_scalarmult", lambda: None)
+    fallback = x25519.exchange_with(raw)
+    for peer in [os.urandom(32) for _ in range(50)] + LOW_ORDER + NON_CANONICAL:
+        try:
+            answer: bytes | str = fallback(peer)
+        except ValueError:
+            answer = "refused"
+        assert answer == ours(server, peer)
