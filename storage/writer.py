@@ -83,7 +83,6 @@ class BatchWriter:
         gather_s: float = 0.0,
         name: str = "db-writer",
         on_loop: bool = False,
-        run_thread: bool = True,
     ) -> None:
         self._engine = engine
         self._max_batch = max_batch
@@ -114,33 +113,29 @@ class BatchWriter:
         self._turn = threading.Lock()
         # SQLite, one process: small batches of the event loop's writes run on the loop
         # itself, through a second connection (see `submit_on_loop`).
-        self._loop_writer: BatchWriter | None = None
+        self._on_loop: _LoopConnection | None = None
         if on_loop and not self._pipelines:
-            self._loop_writer = BatchWriter(
-                engine, max_batch=max_batch, name=f"{name}-on-loop", run_thread=False
-            )
-        self._pending: list[tuple[Operation, Target]] = []
+            self._on_loop = _LoopConnection(engine)
+        self._pending: list[tuple[Operation, asyncio.Future[Any]]] = []
         self._flush: asyncio.Handle | None = None
         self._flush_soon = False
         # The loop's operations handed to the thread and not yet answered: while there are
         # any, later ones follow them there, so the loop's writes commit in the order made.
         self._loop_ops_on_thread = 0
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        if run_thread:
-            self._thread.start()
+        self._thread.start()
 
     @property
     def commits(self) -> int:
         """Transactions committed so far: /healthz reads it to tell its own probe waiting
         behind a busy writer from a database nobody can write to (stats/healthz.py)."""
-        loop_writer = self._loop_writer
-        return self._commits + (loop_writer.commits if loop_writer is not None else 0)
+        on_loop = self._on_loop
+        return self._commits + (on_loop.commits if on_loop is not None else 0)
 
     @property
     def failures(self) -> int:
         """Operations the database refused or failed (for /metrics)."""
-        loop_writer = self._loop_writer
-        return self._failures + (loop_writer.failures if loop_writer is not None else 0)
+        return self._failures
 
     def submit_async(self, operation: Callable[[Tx], T]) -> Future[T]:
         future: Future[T] = Future()
@@ -168,12 +163,12 @@ class BatchWriter:
         bench/README.md). A larger batch, or one arriving while the thread writes, goes to
         the thread, so a busy relay keeps the database's work beside its loop's."""
         future: asyncio.Future[T] = loop.create_future()
-        if self._loop_writer is not None:
+        if self._on_loop is not None:
             if self._closed:
                 raise WriterClosedError("the database writer is shut down")
-            self._pending.append((operation, (loop, future)))
+            self._pending.append((operation, future))
             if self._flush is None:
-                last = max(self._last_commit_at, self._loop_writer._last_commit_at)
+                last = max(self._last_commit_at, self._on_loop.last_commit_at)
                 busy = time.monotonic() - last < self._gather_s * GATHER_WHILE_BUSY
                 self._flush_soon = not busy
                 self._flush = (
@@ -193,11 +188,11 @@ class BatchWriter:
         return future
 
     def _run_pending(self, loop: asyncio.AbstractEventLoop) -> None:
-        """The loop's gathered operations: run here, or handed to the thread."""
+        """The loop's gathered operations: committed here, or handed to the thread."""
         self._flush = None
         batch, self._pending = self._pending, []
-        loop_writer = self._loop_writer
-        if not batch or loop_writer is None:
+        on_loop = self._on_loop
+        if not batch or on_loop is None:
             return
         if (
             len(batch) < GATHER_ENOUGH
@@ -205,21 +200,29 @@ class BatchWriter:
             and self._turn.acquire(blocking=False)
         ):
             try:
-                settled = loop_writer._run_batch(batch)
+                results = on_loop.commit([operation for operation, _ in batch])
             finally:
                 self._turn.release()
-            loop_writer._last_commit_at = time.monotonic()
-            _resolve_on_loop([(target[1], ok, value) for target, ok, value in settled])  # type: ignore[index]
-            return
+            if results is not None:
+                _resolve_on_loop(
+                    [
+                        (future, True, result)
+                        for (_, future), result in zip(batch, results, strict=True)
+                    ]
+                )
+                return
+            # SQLite's lock was taken (the health probe, the statistics roll-up) or an
+            # operation failed: nothing was committed, and the thread runs the batch (waiting
+            # for the lock; isolating a failing operation).
         with self._lock:
             if self._closed:
                 error = WriterClosedError("the database writer is shut down")
-                _resolve_on_loop([(target[1], False, error) for _, target in batch])  # type: ignore[index]
+                _resolve_on_loop([(future, False, error) for _, future in batch])
                 return
             self._loop_ops_on_thread += len(batch)
-            for item in batch:
-                self._queue.put(item)
-        _, (_, last) = batch[-1]  # type: ignore[misc]
+            for operation, future in batch:
+                self._queue.put((operation, (loop, future)))
+        _, last = batch[-1]
         count = len(batch)
         last.add_done_callback(lambda _: self._handed_back(count))
 
@@ -237,14 +240,13 @@ class BatchWriter:
             if self._flush is not None:
                 self._flush.cancel()
                 self._flush = None
-            for item in pending:
-                self._queue.put(item)
+            for operation, future in pending:
+                self._queue.put((operation, (future.get_loop(), future)))
             self._queue.put(_STOP)
-        if self._thread.ident is not None:  # started (not a loop writer's)
-            self._thread.join()
-        if self._loop_writer is not None:
+        self._thread.join()
+        if self._on_loop is not None:
             with self._turn:
-                self._loop_writer._discard_connection()
+                self._on_loop.close()
 
     def _run(self) -> None:
         stopping = False
@@ -391,9 +393,7 @@ class BatchWriter:
         while start < len(operations):
             stop = start
             if self._pipelines:
-                while stop < len(operations) and isinstance(
-                    operations[stop], PipelinedOperation
-                ):
+                while stop < len(operations) and isinstance(operations[stop], PipelinedOperation):
                     stop += 1
             if stop - start < 2:
                 results.append(operations[start](tx))
@@ -428,3 +428,61 @@ class BatchWriter:
                 self._connection.invalidate()
             self._connection = None
             self._pipeline = None
+
+
+class _LoopConnection:
+    """The event loop's own SQLite connection (BatchWriter(on_loop=True)): a batch of
+    operations in one transaction, committed, or nothing at all.
+
+    It never waits: `BEGIN IMMEDIATE` under a zero busy timeout, so a lock held by another
+    connection (the health write probe, the statistics roll-up) is an immediate "not now",
+    never a stalled loop. A batch that meets that, or whose operation raises, is rolled back
+    and the caller hands it to the writer thread, which waits for the lock and isolates a
+    failing operation (operations may run again: each is written so, see `_Ticket`)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._dbapi_error: type[BaseException] = engine.dialect.loaded_dbapi.Error
+        self._connection: PoolProxiedConnection | None = None
+        self.commits = 0
+        self.last_commit_at = -1e9
+
+    def commit(self, operations: list[Operation]) -> list[Any] | None:
+        """The operations' results, committed; None if nothing was (see the class)."""
+        try:
+            if self._connection is None:
+                connection = self._engine.raw_connection()
+                connection.cursor().execute("PRAGMA busy_timeout=0")
+                self._connection = connection
+            connection = self._connection
+            cursor = connection.cursor()
+        except self._dbapi_error:
+            self.close()
+            return None
+        try:
+            cursor.execute("BEGIN IMMEDIATE")
+        except self._dbapi_error:  # SQLite's lock is taken (SQLITE_BUSY)
+            cursor.close()
+            return None
+        try:
+            tx = Tx(cursor, connection)
+            results = [operation(tx) for operation in operations]
+            connection.commit()
+        except Exception:  # noqa: BLE001 - rolled back; the writer thread runs the batch
+            try:
+                connection.rollback()
+            except self._dbapi_error:
+                self.close()
+            return None
+        finally:
+            with contextlib.suppress(self._dbapi_error):
+                cursor.close()
+        self.commits += 1
+        self.last_commit_at = time.monotonic()
+        return results
+
+    def close(self) -> None:
+        if self._connection is not None:
+            with contextlib.suppress(self._dbapi_error):
+                self._connection.invalidate()
+            self._connection = None

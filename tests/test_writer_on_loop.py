@@ -225,3 +225,34 @@ def test_loop_and_threads_writing_together_lose_nothing(sqlite_engine: Any, roun
         assert loop_made == [f"l{n}" for n in range(rounds * 3)]  # in the order made
     finally:
         writer.close()
+
+
+def test_a_lock_held_elsewhere_never_stalls_the_loop(sqlite_engine: Any, tmp_path: Path) -> None:
+    """Another connection (as the health probe or the statistics roll-up) holds SQLite's write
+    lock: the loop's batch is not waited for on the loop, but handed to the thread, which
+    commits it once the lock is free; the loop keeps turning meanwhile."""
+    import sqlite3
+
+    writer = BatchWriter(sqlite_engine, gather_s=0.0, on_loop=True)
+    recorder = Recorder(sqlite_engine)
+    other = sqlite3.connect(tmp_path / "relay.sqlite3", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+
+    async def main() -> tuple[str, int]:
+        loop = asyncio.get_running_loop()
+        written = writer.submit_on_loop(recorder.op("k"), loop)
+        ticks = 0
+        for _ in range(20):  # 0.2 s of a turning loop while the lock is held
+            await asyncio.sleep(0.01)
+            ticks += 1
+        assert not written.done()
+        other.execute("COMMIT")
+        return await asyncio.wait_for(written, 10), ticks
+
+    try:
+        assert loops.run(main()) == ("k", 20)
+        assert recorder.threads["k"] == "db-writer"
+        assert keys(sqlite_engine) == ["k"]
+    finally:
+        other.close()
+        writer.close()
