@@ -164,9 +164,7 @@ class Relay:
                 self.engine,
                 max_batch=settings.WRITE_BATCH_MAX,
                 gather_s=settings.WRITE_GATHER,
-                # one process only: the writer thread and the loop take turns in-process,
-                # which another process's transactions would not respect
-                on_loop=settings.SQLITE_SMALL_WRITES == "loop" and settings.WORKERS == 1,
+                on_loop=settings.SQLITE_SMALL_WRITES == "loop",
             )
             built.callback(self.writer.close)
             self.store = RelayStore(
