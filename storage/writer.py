@@ -111,8 +111,8 @@ class BatchWriter:
         self._lock = threading.Lock()
         # One transaction at a time in this process: the writer thread's or the loop's.
         self._turn = threading.Lock()
-        # SQLite, one process: small batches of the event loop's writes run on the loop
-        # itself, through a second connection (see `submit_on_loop`).
+        # SQLite: small batches of the event loop's writes run on the loop itself, through a
+        # second connection (see `submit_on_loop`).
         self._on_loop: _LoopConnection | None = None
         if on_loop and not self._pipelines:
             self._on_loop = _LoopConnection(engine)
@@ -155,13 +155,13 @@ class BatchWriter:
         """Like submit_async, for code on an event loop (and called on it): the loop is woken
         once per batch.
 
-        With `on_loop` (SQLite, one process), operations wait on the loop instead, gathered
-        as the thread gathers them (`gather_s` while busy, GATHER_ENOUGH), then a batch
-        smaller than GATHER_ENOUGH runs right there on the loop's thread if the writer thread
-        is not in a transaction: no hand-over to the thread and back, no GIL passed to and
-        fro for each SQLite call (~12 % less CPU per notify+push at a steady 600/s,
-        bench/README.md). A larger batch, or one arriving while the thread writes, goes to
-        the thread, so a busy relay keeps the database's work beside its loop's."""
+        With `on_loop` (SQLite), operations wait on the loop instead, gathered as the thread
+        gathers them (`gather_s` while busy, GATHER_ENOUGH), then a batch smaller than
+        GATHER_ENOUGH commits right there on the loop's thread if the writer thread is not in
+        a transaction and SQLite's lock is free at once (`_LoopConnection`): no hand-over to
+        the thread and back, no GIL passed to and fro around each SQLite call
+        (bench/README.md). A larger batch, or one meeting the thread or the lock busy, goes
+        to the thread, so a busy relay keeps the database's work beside its loop's."""
         future: asyncio.Future[T] = loop.create_future()
         if self._on_loop is not None:
             if self._closed:
