@@ -77,6 +77,13 @@
 # notify's answer (bench/README.md). 0 commits every batch at once.
 # WRITE_GATHER = 0.004
 
+# SQLite: where a small batch of the event loop's writes (fewer than 8) runs. "loop": on the
+# loop's own thread, through a second connection, when the writer thread is not in a
+# transaction and SQLite's lock is free at once (no hand-over to the thread and back: less CPU
+# per notify at a moderate load, bench/README.md); otherwise, and for larger batches, on the
+# writer thread. "thread": every write on the writer thread. PostgreSQL always uses the thread.
+# SQLITE_SMALL_WRITES = "loop"
+
 # Seconds during which an identical notify (same send_to and data) pushes only once:
 # clients retry an onion request up to four times. 0 turns deduplication off.
 # DEDUP_WINDOW = 600.0

@@ -164,6 +164,7 @@ class Relay:
                 self.engine,
                 max_batch=settings.WRITE_BATCH_MAX,
                 gather_s=settings.WRITE_GATHER,
+                on_loop=settings.SQLITE_SMALL_WRITES == "loop",
             )
             built.callback(self.writer.close)
             self.store = RelayStore(

@@ -59,6 +59,9 @@ class Settings:
     DB_POOL_SIZE: int = setting(0, within=(0, 1024))
     WRITE_BATCH_MAX: int = setting(256, within=(1, 100_000))
     WRITE_GATHER: float = setting(0.004, within=(0, 0.1))
+    # SQLite with one worker: a small batch of the event loop's writes runs on the loop's own
+    # thread ("loop") or always on the writer thread ("thread")
+    SQLITE_SMALL_WRITES: str = setting("loop", one_of=("loop", "thread"))
     DEDUP_WINDOW: float = setting(600.0, within=(0, 7 * 24 * 3600))
     SQLITE_SYNCHRONOUS: str = setting("FULL", one_of=("FULL", "NORMAL"))
     LOG_LEVEL: str = setting("INFO", one_of=("DEBUG", "INFO", "WARNING", "ERROR"))

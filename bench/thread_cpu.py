@@ -59,6 +59,14 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE")
     parser.add_argument("--nopush", action="store_true", help="no provider configured")
     parser.add_argument("--attach", help="a command to run during the load; {pid} is the relay")
+    parser.add_argument(
+        "--warm",
+        type=int,
+        default=0,
+        metavar="N",
+        help="first N saturating notifies, not measured (as python -m bench runs its paced"
+        " load after a saturated one on the same relay)",
+    )
     args = parser.parse_args()
     settings = dict(pair.split("=", 1) for pair in args.set)
     work = Path(tempfile.mkdtemp(prefix="thread-cpu-"))
@@ -68,6 +76,15 @@ def main() -> None:
         relay_settings = {} if args.nopush else dict(fakes.settings)
         with RelayProcess(work / "relay", {**relay_settings, **settings}) as relay:
             pid = relay.process.pid
+            if args.warm:
+                warm = Loader(load_argv(relay, "notify", args.warm, 32), "notify")
+                warm.wait_ready()
+                apns.pushes.clear()
+                warm.go()
+                warm.result()
+                if not args.nopush:
+                    apns.pushes.wait_for(args.warm, timeout=600)
+                warm.stop()
             pace = ["--rate", str(args.rate)] if args.rate else []
             loader = Loader([*load_argv(relay, "notify", args.n, 32), *pace], "notify")
             loader.wait_ready()

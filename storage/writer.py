@@ -82,6 +82,7 @@ class BatchWriter:
         max_batch: int = 256,
         gather_s: float = 0.0,
         name: str = "db-writer",
+        on_loop: bool = False,
     ) -> None:
         self._engine = engine
         self._max_batch = max_batch
@@ -102,16 +103,39 @@ class BatchWriter:
         self._connection: PoolProxiedConnection | None = None
         self._pipeline: PgPipeline | None = None  # on PostgreSQL, for `_connection`
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        #: Operations the database refused or failed (for /metrics); written by the writer
-        #: thread only.
-        self.failures = 0
+        # Operations the database refused or failed, and transactions committed, by this
+        # writer's own connection (see `failures` and `commits`).
+        self._failures = 0
+        self._commits = 0
         self._closed = False
         self._lock = threading.Lock()
-        # Transactions committed so far: /healthz reads it to tell its own probe waiting
-        # behind a busy writer from a database nobody can write to (stats/healthz.py).
-        self.commits = 0
+        # One transaction at a time in this process: the writer thread's or the loop's.
+        self._turn = threading.Lock()
+        # SQLite: small batches of the event loop's writes run on the loop itself, through a
+        # second connection (see `submit_on_loop`).
+        self._on_loop: _LoopConnection | None = None
+        if on_loop and not self._pipelines:
+            self._on_loop = _LoopConnection(engine)
+        self._pending: list[tuple[Operation, asyncio.Future[Any]]] = []
+        self._flush: asyncio.Handle | None = None
+        self._flush_soon = False
+        # The loop's operations handed to the thread and not yet answered: while there are
+        # any, later ones follow them there, so the loop's writes commit in the order made.
+        self._loop_ops_on_thread = 0
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
+
+    @property
+    def commits(self) -> int:
+        """Transactions committed so far: /healthz reads it to tell its own probe waiting
+        behind a busy writer from a database nobody can write to (stats/healthz.py)."""
+        on_loop = self._on_loop
+        return self._commits + (on_loop.commits if on_loop is not None else 0)
+
+    @property
+    def failures(self) -> int:
+        """Operations the database refused or failed (for /metrics)."""
+        return self._failures
 
     def submit_async(self, operation: Callable[[Tx], T]) -> Future[T]:
         future: Future[T] = Future()
@@ -128,13 +152,82 @@ class BatchWriter:
     def submit_on_loop(
         self, operation: Callable[[Tx], T], loop: asyncio.AbstractEventLoop
     ) -> asyncio.Future[T]:
-        """Like submit_async, for code on an event loop: the loop is woken once per batch."""
+        """Like submit_async, for code on an event loop (and called on it): the loop is woken
+        once per batch.
+
+        With `on_loop` (SQLite), operations wait on the loop instead, gathered as the thread
+        gathers them (`gather_s` while busy, GATHER_ENOUGH), then a batch smaller than
+        GATHER_ENOUGH commits right there on the loop's thread if the writer thread is not in
+        a transaction and SQLite's lock is free at once (`_LoopConnection`): no hand-over to
+        the thread and back, no GIL passed to and fro around each SQLite call
+        (bench/README.md). A larger batch, or one meeting the thread or the lock busy, goes
+        to the thread, so a busy relay keeps the database's work beside its loop's."""
         future: asyncio.Future[T] = loop.create_future()
+        if self._on_loop is not None:
+            if self._closed:
+                raise WriterClosedError("the database writer is shut down")
+            self._pending.append((operation, future))
+            if self._flush is None:
+                last = max(self._last_commit_at, self._on_loop.last_commit_at)
+                busy = time.monotonic() - last < self._gather_s * GATHER_WHILE_BUSY
+                self._flush_soon = not busy
+                self._flush = (
+                    loop.call_later(self._gather_s, self._run_pending, loop)
+                    if busy
+                    else loop.call_soon(self._run_pending, loop)
+                )
+            elif len(self._pending) >= GATHER_ENOUGH and not self._flush_soon:
+                self._flush.cancel()
+                self._flush_soon = True
+                self._flush = loop.call_soon(self._run_pending, loop)
+            return future
         with self._lock:
             if self._closed:
                 raise WriterClosedError("the database writer is shut down")
             self._queue.put((operation, (loop, future)))
         return future
+
+    def _run_pending(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The loop's gathered operations: committed here, or handed to the thread."""
+        self._flush = None
+        batch, self._pending = self._pending, []
+        on_loop = self._on_loop
+        if not batch or on_loop is None:
+            return
+        if (
+            len(batch) < GATHER_ENOUGH
+            and not self._loop_ops_on_thread
+            and self._turn.acquire(blocking=False)
+        ):
+            try:
+                results = on_loop.commit([operation for operation, _ in batch])
+            finally:
+                self._turn.release()
+            if results is not None:
+                _resolve_on_loop(
+                    [
+                        (future, True, result)
+                        for (_, future), result in zip(batch, results, strict=True)
+                    ]
+                )
+                return
+            # SQLite's lock was taken (the health probe, the statistics roll-up) or an
+            # operation failed: nothing was committed, and the thread runs the batch (waiting
+            # for the lock; isolating a failing operation).
+        with self._lock:
+            if self._closed:
+                error = WriterClosedError("the database writer is shut down")
+                _resolve_on_loop([(future, False, error) for _, future in batch])
+                return
+            self._loop_ops_on_thread += len(batch)
+            for operation, future in batch:
+                self._queue.put((operation, (loop, future)))
+        _, last = batch[-1]
+        count = len(batch)
+        last.add_done_callback(lambda _: self._handed_back(count))
+
+    def _handed_back(self, count: int) -> None:
+        self._loop_ops_on_thread -= count
 
     def close(self) -> None:
         """Finish every queued operation, then stop the thread and release the connection."""
@@ -142,8 +235,18 @@ class BatchWriter:
             if self._closed:
                 return
             self._closed = True
+            # The loop's operations still gathering: the thread writes them before it stops.
+            pending, self._pending = self._pending, []
+            if self._flush is not None:
+                self._flush.cancel()
+                self._flush = None
+            for operation, future in pending:
+                self._queue.put((operation, (future.get_loop(), future)))
             self._queue.put(_STOP)
         self._thread.join()
+        if self._on_loop is not None:
+            with self._turn:
+                self._on_loop.close()
 
     def _run(self) -> None:
         stopping = False
@@ -173,7 +276,9 @@ class BatchWriter:
                     except queue.Empty:
                         break
             if batch:
-                self._settle(self._run_batch(batch))
+                with self._turn:
+                    settled = self._run_batch(batch)
+                self._settle(settled)
                 self._last_commit_at = time.monotonic()
         self._discard_connection()
 
@@ -195,7 +300,7 @@ class BatchWriter:
         try:
             (result,) = self._transaction_retrying([operation])
         except self._dbapi_error as exc:
-            self.failures += 1
+            self._failures += 1
             return (target, False, StorageError(type(exc).__name__))
         except Exception as exc:  # noqa: BLE001 - handed to the waiting caller
             return (target, False, exc)
@@ -262,7 +367,7 @@ class BatchWriter:
                 cursor.execute(self._begin_sql)
                 results = self._run_operations(tx, connection, operations)
                 connection.commit()
-            self.commits += 1  # only this thread writes it
+            self._commits += 1  # only the thread running this writer's transactions
             return results
         except BaseException as exc:
             try:
@@ -288,9 +393,7 @@ class BatchWriter:
         while start < len(operations):
             stop = start
             if self._pipelines:
-                while stop < len(operations) and isinstance(
-                    operations[stop], PipelinedOperation
-                ):
+                while stop < len(operations) and isinstance(operations[stop], PipelinedOperation):
                     stop += 1
             if stop - start < 2:
                 results.append(operations[start](tx))
@@ -325,3 +428,61 @@ class BatchWriter:
                 self._connection.invalidate()
             self._connection = None
             self._pipeline = None
+
+
+class _LoopConnection:
+    """The event loop's own SQLite connection (BatchWriter(on_loop=True)): a batch of
+    operations in one transaction, committed, or nothing at all.
+
+    It never waits: `BEGIN IMMEDIATE` under a zero busy timeout, so a lock held by another
+    connection (the health write probe, the statistics roll-up) is an immediate "not now",
+    never a stalled loop. A batch that meets that, or whose operation raises, is rolled back
+    and the caller hands it to the writer thread, which waits for the lock and isolates a
+    failing operation (operations may run again: each is written so, see `_Ticket`)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._dbapi_error: type[BaseException] = engine.dialect.loaded_dbapi.Error
+        self._connection: PoolProxiedConnection | None = None
+        self.commits = 0
+        self.last_commit_at = -1e9
+
+    def commit(self, operations: list[Operation]) -> list[Any] | None:
+        """The operations' results, committed; None if nothing was (see the class)."""
+        try:
+            if self._connection is None:
+                connection = self._engine.raw_connection()
+                connection.cursor().execute("PRAGMA busy_timeout=0")
+                self._connection = connection
+            connection = self._connection
+            cursor = connection.cursor()
+        except self._dbapi_error:
+            self.close()
+            return None
+        try:
+            cursor.execute("BEGIN IMMEDIATE")
+        except self._dbapi_error:  # SQLite's lock is taken (SQLITE_BUSY)
+            cursor.close()
+            return None
+        try:
+            tx = Tx(cursor, connection)
+            results = [operation(tx) for operation in operations]
+            connection.commit()
+        except Exception:  # noqa: BLE001 - rolled back; the writer thread runs the batch
+            try:
+                connection.rollback()
+            except self._dbapi_error:
+                self.close()
+            return None
+        finally:
+            with contextlib.suppress(self._dbapi_error):
+                cursor.close()
+        self.commits += 1
+        self.last_commit_at = time.monotonic()
+        return results
+
+    def close(self) -> None:
+        if self._connection is not None:
+            with contextlib.suppress(self._dbapi_error):
+                self._connection.invalidate()
+            self._connection = None
