@@ -26,9 +26,9 @@ _USUAL_BLOCK = re.compile(rf"(?:{_NAME}:[ \t]*+{_VALUE}[ \t]*+\r\n)*+\r\n")
 
 
 def parse_headers(text: str, start: int) -> HTTPHeaders:
-    """The headers of `text[start:]`: the header block after the request line (its CRLF or
-    LF included, as Tornado's HTTP1Connection hands it to `HTTPHeaders.parse`), the empty
-    line ending it included; latin-1 decoded. Raises Tornado's HTTPInputError as it does."""
+    """The headers of `text[start:]`, latin-1 decoded: the LF ending the request line (at
+    `start`), then the header block up to and with the empty line ending it, as H1Server
+    hands it to `HTTPHeaders.parse`. Raises Tornado's HTTPInputError as it does."""
     if _USUAL_BLOCK.fullmatch(text, start + 1):
         pairs = _LINE.findall(text, start + 1)
         headers = HTTPHeaders()
