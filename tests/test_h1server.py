@@ -26,7 +26,7 @@ from tests import loops
 from tests.checks import SUCCESS
 from tests.support import RunningRelay, random_apns_token, random_session_id
 from tests.test_slow_clients import open_connections
-from web.answers import HttpAnswer, plain
+from web.answers import PLAIN, HttpAnswer, plain
 from web.connections import REFUSAL, CappedHTTPServer
 from web.errorlog import RateLimitedLog
 from web.h1server import H1Server
@@ -46,12 +46,49 @@ async def slow(body: bytes) -> HttpAnswer:
     return plain(200, f"slowly {len(body)}")
 
 
+def answering(answer: HttpAnswer) -> Any:
+    async def given(body: bytes) -> HttpAnswer:
+        return answer
+
+    return given
+
+
+#: Onion answers with headers of their own: written by RequestConnection.write_answer in one
+#: go, or (a name of ours, a name twice, a 304) through write_headers, as Tornado writes them.
+OWN_HEADERS = {
+    "/extra": plain(200, "x", [("x-custom", "a b"), ("CACHE-control", "no-store")]),
+    "/latin1": plain(201, "x", [("X-Latin", "caf\xe9")]),
+    "/clash": plain(200, "x", [("content-type", "text/html"), ("content-LENGTH", "9")]),
+    "/connection": plain(200, "x", [("connection", "keep-alive"), ("Date", "never")]),
+    "/twice": plain(200, "x", [("X-A", "1"), ("x-a", "2"), ("X-B", "3")]),
+    "/unknown-status": HttpAnswer(299, "application/octet-stream", b"\x00\xff"),
+    "/not-modified": HttpAnswer(304, PLAIN, b""),
+}
+#: A body where there must be none: Tornado's HTTPOutputError, the connection aborted.
+NOT_MODIFIED_WITH_BODY = HttpAnswer(304, PLAIN, b"x")
+#: Headers Tornado refuses to write (ValueError, UnicodeEncodeError): nothing is answered.
+UNWRITABLE = {
+    "/crlf": plain(200, "x", [("X-Bad", "a\r\nInjected: yes")]),
+    "/lf-name": plain(200, "x", [("X-Bad\nInjected", "yes")]),
+    "/content-type-crlf": HttpAnswer(200, "text/plain\r\nInjected: yes", b"x"),
+    "/beyond-latin1": plain(200, "x", [("X-Euro", "\u20ac")]),
+}
+
+
 class Handler(RequestHandler):
     def get(self) -> None:
         self.write(f"hello {self.request.remote_ip} {self.request.protocol}")
 
     def post(self) -> None:
         self.write(b"posted %d" % len(self.request.body))
+
+
+class Headers(RequestHandler):
+    """The request's headers as read: every (name, value) and the combined values."""
+
+    def get(self) -> None:
+        headers = self.request.headers
+        self.write(repr([list(headers.get_all()), sorted(headers.items())]).encode("utf-8"))
 
 
 class Streamed(RequestHandler):
@@ -96,16 +133,19 @@ class Both:
             application = Application(
                 [
                     (r"/handler", Handler),
+                    (r"/headers", Headers),
                     (r"/stream", Streamed),
                     (r"/waiting", Waiting),
                     (r".*", FallbackHandler, {"fallback": wsgi}),
                 ]
             )
+            answers = {path: answering(a) for path, a in {**OWN_HEADERS, **UNWRITABLE}.items()}
+            answers["/not-modified-with-body"] = answering(NOT_MODIFIED_WITH_BODY)
             return OnionFront(
-                {ONION: echo, "/slow": slow},
+                {ONION: echo, "/slow": slow, **answers},
                 application,
                 max_body_bytes=MAX_BODY_BYTES,
-                errors=RateLimitedLog(logging.getLogger(__name__)),
+                errors=RateLimitedLog(logging.getLogger(__name__), interval_s=0),
             )
 
         async def listen() -> tuple[H1Server, HTTPServer]:
@@ -216,6 +256,37 @@ KEPT_ALIVE = {
         get("/handler", b"Connection: keep-alive\r\n", version=b"1.0"),
         post(ONION, b"abc", b"Connection: keep-alive\r\n", version=b"1.0"),
     ],
+    # Header blocks read (web/h1headers.py), echoed by the Headers handler.
+    "headers: usual": [get("/headers", b"X-A: b\r\nAccept: */*\r\n")],
+    "headers: empty values": [get("/headers", b"X-Empty:\r\nX-Spaces:   \r\nX-Tab:\t\r\n")],
+    "headers: whitespace around values": [
+        get("/headers", b"X-B:\tb \t\r\nX-C:  c  d  \r\nX-D:e\r\nX-T: a\tb\r\n")
+    ],
+    "headers: duplicates": [get("/headers", b"X-Dup: 1\r\nx-dup: 2\r\nX-DUP:\r\nAccept: a\r\n")],
+    "headers: latin-1 bytes": [get("/headers", b"X-High: caf\xe9 \xff\x80\r\n")],
+    "headers: colons in values": [get("/headers", b"X-Url: http://a:b/c?d=e:f\r\n")],
+    "headers: mixed case names": [
+        get("/headers", b"x-lower: 1\r\nX-UPPER: 2\r\ncontent-TYPE: text/plain\r\n")
+    ],
+    "headers: bare lf lines": [
+        b"GET /headers HTTP/1.1\r\nHost: relay\nX-A: b\r\n\r\n",
+        b"GET /headers HTTP/1.1\nHost: relay\r\nX-A: b\n\r\n",
+        b"GET /headers HTTP/1.1\r\nHost: relay\r\nX-A: b\r\n\n",
+    ],
+    "headers: very many": [
+        get("/headers", b"".join(b"X-N%d: %d\r\n" % (i, i) for i in range(500)))
+    ],
+    "headers: one name many times": [
+        get("/headers", b"".join(b"X-Same: %d\r\n" % i for i in range(200)))
+    ],
+    "headers: onion with a browser's headers": [
+        post(ONION, b"abc", b"User-Agent: x/1.0 (y)\r\nAccept: */*\r\nAccept-Encoding: gzip\r\n")
+    ],
+    # Onion answers with headers of their own.
+    "own headers": [post(path, b"x") for path in OWN_HEADERS],
+    "own headers, http/1.0 keep-alive": [
+        post(path, b"x", b"Connection: keep-alive\r\n", version=b"1.0") for path in OWN_HEADERS
+    ],
 }
 
 
@@ -252,6 +323,24 @@ CLOSING = {
     "header name with a space": [get("/handler", b"Bad Name: x\r\n")],
     "answered before its body": [post("/handler", b"x" * 50)[:-40], b"x" * 40],
     "after a 400 nothing more": [b"BAD\r\n\r\n" + get("/handler")],
+    "headers: folded line": [get("/headers", b"X-A: one\r\n two\r\n")],
+    "headers: folded with a tab": [get("/headers", b"X-A: one\r\n\ttwo\r\n")],
+    "headers: first line starts with a space": [b"GET /headers HTTP/1.1\r\n Host: relay\r\n\r\n"],
+    "headers: space before the colon": [get("/headers", b"X-A : b\r\n")],
+    "headers: no colon among others": [get("/headers", b"X-A: b\r\nNoColon\r\nX-C: d\r\n")],
+    "headers: empty name": [get("/headers", b": x\r\n")],
+    "headers: byte >= 0x80 in a name": [get("/headers", b"X-\xe9: 1\r\n")],
+    "headers: control character": [get("/headers", b"X-A: a\x01b\r\n")],
+    "headers: nul": [get("/headers", b"X-A: \x00\r\n")],
+    "headers: del": [get("/headers", b"X-A: a\x7f\r\n")],
+    "headers: bare cr in a value": [get("/headers", b"X-A: b\rc\r\n")],
+    "headers: cr cr lf": [get("/headers", b"X-A: b\r\r\n")],
+    "headers: onion, folded": [post(ONION, b"x", b"X-A: one\r\n two\r\n")],
+    "own headers, connection close": [
+        post(path, b"x", b"Connection: close\r\n") for path in OWN_HEADERS
+    ],
+    "own headers, http/1.0": [post("/extra", b"x", version=b"1.0")],
+    "304 with a body": [post("/not-modified-with-body", b"x"), get("/handler")],
 }
 
 
@@ -270,6 +359,23 @@ def test_the_onion_answer_bytes(both: Both) -> None:
         b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nDate: -\r\n"
         b"Content-Length: 12\r\nConnection: close\r\n\r\ngot 3 bytes\n"
     )
+
+
+@pytest.mark.parametrize("path", UNWRITABLE)
+def test_an_answer_header_tornado_refuses_is_not_written(
+    both: Both, path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A CR or LF (or a character beyond latin-1) in an answer's header: nothing is written,
+    the error logged, on both servers."""
+    for port in (both.own_port, both.tornado_port):
+        caplog.clear()
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(post(path, b"x"))
+            assert _eventually(lambda: "writing an onion answer" in caplog.text)
+            sock.settimeout(0.2)
+            with pytest.raises(TimeoutError):
+                sock.recv(1000)
+        assert ("ValueError" if path != "/beyond-latin1" else "UnicodeEncodeError") in caplog.text
 
 
 def test_expect_continue_before_the_body_is_sent(both: Both) -> None:

@@ -13,7 +13,6 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from http.client import responses
 
 from flask import Response
 from tornado.httputil import (
@@ -23,6 +22,8 @@ from tornado.httputil import (
     format_timestamp,
 )
 from tornado.web import RequestHandler
+
+from web.h1request import RequestConnection, reason_phrase
 
 PLAIN = "text/plain; charset=utf-8"
 JSON = "application/json"
@@ -68,15 +69,19 @@ def send(handler: RequestHandler, answer: HttpAnswer) -> None:
 def write_to(connection: HTTPConnection, answer: HttpAnswer, date: str, *, head: bool) -> None:
     """`answer` on a Tornado HTTP connection, with the headers `send` gives it through a
     RequestHandler (Content-Type, Date, its own, Content-Length; no Server), and no body
-    for a HEAD request. Tornado's connection adds `Connection: close`/`Keep-Alive` itself."""
+    for a HEAD request. Tornado's connection adds `Connection: close`/`Keep-Alive` itself.
+    On our own server's connection the same bytes are formatted in one go (`write_answer`)."""
+    if isinstance(connection, RequestConnection) and connection.write_answer(
+        answer.status, answer.content_type, date, answer.headers, answer.body, head=head
+    ):
+        return
     headers = HTTPHeaders()
     headers["Content-Type"] = answer.content_type
     headers["Date"] = date
     for name, value in answer.headers:
         headers[name] = value
     headers["Content-Length"] = str(len(answer.body))
-    reason = responses.get(answer.status, "Unknown")
-    start_line = ResponseStartLine("HTTP/1.1", answer.status, reason)
+    start_line = ResponseStartLine("HTTP/1.1", answer.status, reason_phrase(answer.status))
     connection.write_headers(start_line, headers, None if head else answer.body)
     connection.finish()
 

@@ -2,14 +2,16 @@
 HTTP1Connection gives it to a delegate: `write_headers`, `write`, `finish`,
 `set_close_callback` and the `context` (`remote_ip`, `protocol`) HTTPServerRequest reads. The
 answer's framing (Content-Length or chunked, `Connection: close` / `Keep-Alive`, no body for
-HEAD) is Tornado's."""
+HEAD) is Tornado's. `write_answer` writes a whole short answer (web/answers.py `write_to`)
+with the bytes `write_headers` + `finish` would write, formatted in one go."""
 
 from __future__ import annotations
 
 import asyncio
 import re
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from http.client import responses
 from typing import TYPE_CHECKING, Any, cast
 
 from tornado.http1connection import is_transfer_encoding_chunked, parse_int
@@ -26,6 +28,18 @@ if TYPE_CHECKING:
     from web.h1server import ServerConnection
 
 _CR_OR_LF = re.compile(b"\r|\n")
+#: (status, content type) -> the answer's first bytes, up to the Date header's value.
+_ANSWER_STARTS: dict[tuple[int, str], bytes] = {}
+_ANSWER_STARTS_KEPT = 256
+#: The headers `write_answer` writes itself (an answer's own header with one of these names
+#: replaces it in place in `write_headers`, so such an answer goes that way).
+_ANSWER_HEADERS = frozenset({"Content-Type", "Date", "Content-Length", "Connection"})
+_CONNECTION_CLOSE = b"Connection: close\r\n"
+_CONNECTION_KEEP_ALIVE = b"Connection: Keep-Alive\r\n"
+
+
+def reason_phrase(status: int) -> str:
+    return responses.get(status, "Unknown")
 
 
 class RequestContext:
@@ -128,6 +142,61 @@ class RequestConnection(HTTPConnection):
             connection.write(data)
         return connection.written()
 
+    def write_answer(
+        self,
+        status: int,
+        content_type: str,
+        date: str,
+        headers: Sequence[tuple[str, str]],
+        body: bytes,
+        *,
+        head: bool,
+    ) -> bool:
+        """A whole answer, finished: the status line, `Content-Type`, `Date`, `headers`,
+        `Content-Length`, `Connection` as `write_headers` gives it, then `body` (not for a
+        HEAD request). The same bytes as `write_headers` with an HTTPHeaders of them and
+        `finish`, formatted without one. False, nothing done, for what this does not
+        format (a 304, `head` not the request's method, a header with a CR, LF or
+        non-latin-1 character or named as one of ours or twice): `write_headers` writes
+        that one, or raises its error."""
+        request = self.start_line
+        if status == 304 or head != (request.method == "HEAD"):
+            return False
+        start = _ANSWER_STARTS.get((status, content_type))
+        if start is None:
+            start = _answer_start(status, content_type)
+            if start is None:
+                return False
+        if "\r" in date or "\n" in date:
+            return False
+        try:
+            date_bytes = date.encode("latin1")
+        except UnicodeEncodeError:
+            return False
+        own = _header_lines(headers) if headers else b""
+        if own is None:
+            return False
+        version = request.version
+        if version == "HTTP/1.1":
+            connection_line = _CONNECTION_CLOSE if self.disconnect_on_finish else b""
+        elif (
+            version == "HTTP/1.0"
+            and self.request_headers.get("Connection", "").lower() == "keep-alive"
+        ):
+            connection_line = _CONNECTION_KEEP_ALIVE
+        else:
+            connection_line = b""
+        self.chunking_output = False
+        self.expected_remaining = 0
+        connection = self.connection
+        if not connection.closed():
+            connection.write(
+                b"%b%b\r\n%bContent-Length: %d\r\n%b\r\n%b"
+                % (start, date_bytes, own, len(body), connection_line, b"" if head else body)
+            )
+        self.finish()
+        return True
+
     def _format_chunk(self, chunk: bytes) -> bytes:
         if self.expected_remaining is not None:
             self.expected_remaining -= len(chunk)
@@ -162,6 +231,43 @@ class RequestConnection(HTTPConnection):
 
     def done(self) -> None:
         self.connection.answered(self)
+
+
+def _answer_start(status: int, content_type: str) -> bytes | None:
+    """b"HTTP/1.1 200 OK\\r\\nContent-Type: ...\\r\\nDate: ", kept for the next answer; None
+    if the content type has a CR, LF or a character beyond latin-1."""
+    try:
+        content_type_line = f"Content-Type: {content_type}".encode("latin1")
+    except UnicodeEncodeError:
+        return None
+    if _CR_OR_LF.search(content_type_line):
+        return None
+    status_line = b"HTTP/1.1 %d %s" % (status, reason_phrase(status).encode())
+    start = b"%b\r\n%b\r\nDate: " % (status_line, content_type_line)
+    if len(_ANSWER_STARTS) < _ANSWER_STARTS_KEPT:
+        _ANSWER_STARTS[status, content_type] = start
+    return start
+
+
+def _header_lines(headers: Sequence[tuple[str, str]]) -> bytes | None:
+    """An answer's own headers as lines (names in Http-Header-Case, as HTTPHeaders keeps
+    them); None if one has a CR, LF or a character beyond latin-1, or a name twice or one
+    of `_ANSWER_HEADERS`."""
+    lines = []
+    names = set()
+    for given_name, value in headers:
+        name = "-".join([word.capitalize() for word in given_name.split("-")])
+        if name in _ANSWER_HEADERS or name in names:
+            return None
+        names.add(name)
+        try:
+            line = f"{name}: {value}\r\n".encode("latin1")
+        except UnicodeEncodeError:
+            return None
+        if _CR_OR_LF.search(line, 0, len(line) - 2):
+            return None
+        lines.append(line)
+    return b"".join(lines)
 
 
 def _can_keep_alive(start_line: RequestStartLine, headers: HTTPHeaders) -> bool:

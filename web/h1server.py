@@ -36,6 +36,7 @@ from tornado.iostream import StreamClosedError
 from tornado.log import app_log, gen_log
 
 from web.connections import REFUSAL, Capped, ConnectionCap
+from web.h1headers import parse_headers
 from web.h1request import RequestConnection, RequestContext, quietly
 
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
@@ -357,7 +358,7 @@ class ServerConnection(asyncio.Protocol):
         del buffer[:end]
         eol = text.find("\n")
         start_line = parse_request_start_line(text[:eol].rstrip("\r"))
-        headers = HTTPHeaders.parse(text[eol:])
+        headers = parse_headers(text, eol)
         request = RequestConnection(self, start_line, headers)
         self.request = request
         self.delegate = delegate = self.server.delegate.start_request(self, request)
