@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,7 +53,14 @@ def test_ci_runs_the_readme_test_command_verbatim() -> None:
 
 
 def test_the_virtual_environment_is_not_committed() -> None:
-    assert ".venv/" in (REPO / ".gitignore").read_text().splitlines()
+    """Ignored whether a directory or a symlink to one (a worktree's `.venv` may be a link:
+    `.venv/` alone would not ignore it), and not in the repository."""
+    assert ".venv" in (REPO / ".gitignore").read_text().splitlines()
+    if (REPO / ".git").exists():
+        tracked = subprocess.run(
+            ["git", "ls-files", "--", ".venv"], cwd=REPO, capture_output=True, text=True
+        )
+        assert tracked.stdout == ""
 
 
 def test_docs_named_in_the_readme_exist() -> None:
