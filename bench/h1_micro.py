@@ -27,13 +27,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tornado.httputil import (
     HTTPHeaders,
     HTTPServerConnectionDelegate,
-    ResponseStartLine,
     parse_request_start_line,
 )
 
-from web.answers import HttpAnswer, HttpDate, write_to
+from web.answers import HttpAnswer, HttpDate, write_through_headers, write_to
 from web.h1headers import parse_headers
-from web.h1request import RequestConnection, reason_phrase
+from web.h1request import RequestConnection
 from web.h1server import H1Server, ServerConnection
 
 HEAD = (
@@ -48,15 +47,7 @@ def best_us(statement: object, number: int, repeat: int) -> float:
 
 
 def through_write_headers(connection: RequestConnection, answer: HttpAnswer, date: str) -> None:
-    headers = HTTPHeaders()
-    headers["Content-Type"] = answer.content_type
-    headers["Date"] = date
-    for name, value in answer.headers:
-        headers[name] = value
-    headers["Content-Length"] = str(len(answer.body))
-    start_line = ResponseStartLine("HTTP/1.1", answer.status, reason_phrase(answer.status))
-    connection.write_headers(start_line, headers, answer.body)
-    connection.finish()
+    write_through_headers(connection, answer, date, head=False)
 
 
 def read_all(sock: socket.socket) -> None:
