@@ -103,10 +103,11 @@ class Housekeeping:
         store, writer = self._store, self._writer
         with _failure_logged():
             loop = asyncio.get_running_loop()
-            await writer.submit_on_loop(store.purge_expired_dedup_op(), loop)
+            # Many rows each: on the writer thread (BatchWriter.submit_on_loop).
+            await writer.submit_on_loop(store.purge_expired_dedup_op(), loop, on_thread=True)
             # A chunk per operation, so other writes run in between.
             while not self.stopping and await writer.submit_on_loop(
-                store.purge_abandoned_fanouts_op(), loop
+                store.purge_abandoned_fanouts_op(), loop, on_thread=True
             ):
                 pass
 

@@ -31,7 +31,8 @@ class WriteRunner:
         try:
             done = await self._writer.submit_on_loop(result.operation, loop)
             while isinstance(done, Continuation):
-                done = await self._writer.submit_on_loop(done.operation, loop)
+                # a fan-out's next chunk (many rows): on the writer thread
+                done = await self._writer.submit_on_loop(done.operation, loop, on_thread=True)
         except StorageError as exc:
             return storage_failed(result, exc, self._errors)
         return result.finish(done)

@@ -75,6 +75,9 @@ SUSPECT_VERDICTS = (Verdict.DEAD_TOKEN, Verdict.CONFIG_ERROR)
 # A configuration error is not mended within one retry's delay (someone has to edit a
 # setting): the first pause is this many PUSH_RETRY_BASEs (at least 30 s), doubling from there.
 CONFIG_PAUSE_RETRIES = 30
+# A settlement of more results than this is written on the writer thread (see BatchWriter
+# `submit_on_loop`): a round of a large group's answers never holds the loop.
+SMALL_SETTLEMENT = 8
 
 
 @dataclass(frozen=True)
@@ -240,7 +243,10 @@ class ProviderLane:
         claim_op = self._queue.claim_op(
             self.provider, size, now, self._settings.lease_ms, with_next_due=with_next_due
         )
-        claim = await self._writer.submit_on_loop(claim_op, asyncio.get_running_loop())
+        # A claim may take hundreds of rows: on the writer thread, never holding the loop.
+        claim = await self._writer.submit_on_loop(
+            claim_op, asyncio.get_running_loop(), on_thread=True
+        )
         if claim.dropped_unregistered:
             self._counters.incr("pushes_dropped_unregistered", claim.dropped_unregistered)
         if claim.deliveries:
@@ -263,7 +269,9 @@ class ProviderLane:
         held = [(d.delivery_id, d.lease_token) for d in self._sending.values()]
         lease_until = self._clock.now_ms() + self._settings.lease_ms
         renew = self._queue.renew_op(held, lease_until)
-        renewed: int = await self._writer.submit_on_loop(renew, asyncio.get_running_loop())
+        renewed: int = await self._writer.submit_on_loop(
+            renew, asyncio.get_running_loop(), on_thread=True
+        )
         return renewed
 
     async def _sleep_or_wake(self, seconds: float) -> None:
@@ -534,7 +542,11 @@ class ProviderLane:
             return
         loop = asyncio.get_running_loop()
         try:
-            result = await self._writer.submit_on_loop(self._queue.settle_op(settlement), loop)
+            result = await self._writer.submit_on_loop(
+                self._queue.settle_op(settlement),
+                loop,
+                on_thread=settlement.size() > SMALL_SETTLEMENT,
+            )
         except StorageError as exc:
             # The leases run out and the pushes go again: at-least-once, nothing lost.
             log.error("%s results could not be written (%s); they will be retried", self.name, exc)

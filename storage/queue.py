@@ -72,6 +72,10 @@ class Settlement:
     def __bool__(self) -> bool:
         return bool(self.done or self.dead_tokens or self.retry)
 
+    def size(self) -> int:
+        """How many results it writes back."""
+        return len(self.done) + len(self.dead_tokens) + len(self.retry)
+
 
 def finished_notification_delete() -> Any:
     """Delete notification `:notification_id` if no delivery is left for it.

@@ -150,7 +150,11 @@ class BatchWriter:
         return self.submit_async(operation).result()
 
     def submit_on_loop(
-        self, operation: Callable[[Tx], T], loop: asyncio.AbstractEventLoop
+        self,
+        operation: Callable[[Tx], T],
+        loop: asyncio.AbstractEventLoop,
+        *,
+        on_thread: bool = False,
     ) -> asyncio.Future[T]:
         """Like submit_async, for code on an event loop (and called on it): the loop is woken
         once per batch.
@@ -161,12 +165,21 @@ class BatchWriter:
         a transaction and SQLite's lock is free at once (`_LoopConnection`): no hand-over to
         the thread and back, no GIL passed to and fro around each SQLite call
         (bench/README.md). A larger batch, or one meeting the thread or the lock busy, goes
-        to the thread, so a busy relay keeps the database's work beside its loop's."""
+        to the thread, so a busy relay keeps the database's work beside its loop's; and so
+        does an operation that may touch many rows (`on_thread`: a claim, a large
+        settlement, a fan-out's next chunk, a purge), with the loop's writes made before it,
+        so that it never holds the loop for long."""
         future: asyncio.Future[T] = loop.create_future()
         if self._on_loop is not None:
             if self._closed:
                 raise WriterClosedError("the database writer is shut down")
             self._pending.append((operation, future))
+            if on_thread:
+                if self._flush is not None:
+                    self._flush.cancel()
+                    self._flush = None
+                self._run_pending(loop, on_thread=True)
+                return future
             if self._flush is None:
                 last = max(self._last_commit_at, self._on_loop.last_commit_at)
                 busy = time.monotonic() - last < self._gather_s * GATHER_WHILE_BUSY
@@ -187,7 +200,7 @@ class BatchWriter:
             self._queue.put((operation, (loop, future)))
         return future
 
-    def _run_pending(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _run_pending(self, loop: asyncio.AbstractEventLoop, *, on_thread: bool = False) -> None:
         """The loop's gathered operations: committed here, or handed to the thread."""
         self._flush = None
         batch, self._pending = self._pending, []
@@ -195,7 +208,8 @@ class BatchWriter:
         if not batch or on_loop is None:
             return
         if (
-            len(batch) < GATHER_ENOUGH
+            not on_thread
+            and len(batch) < GATHER_ENOUGH
             and not self._loop_ops_on_thread
             and self._turn.acquire(blocking=False)
         ):

@@ -77,7 +77,7 @@ def trace_writer(relay: RunningRelay) -> Trace:
     trace = Trace([], [])
     submit_on_loop = writer.submit_on_loop
 
-    def traced(operation: Callable[[Tx], Any], loop: Any) -> Any:
+    def traced(operation: Callable[[Tx], Any], loop: Any, *, on_thread: bool = False) -> Any:
         name = getattr(operation, "__name__", "?")
         trace.submitted.append(name)
 
@@ -85,7 +85,7 @@ def trace_writer(relay: RunningRelay) -> Trace:
             trace.executed.append(name)
             return operation(tx)
 
-        return submit_on_loop(run, loop)
+        return submit_on_loop(run, loop, on_thread=on_thread)
 
     writer.submit_on_loop = traced  # type: ignore[method-assign]
     return trace

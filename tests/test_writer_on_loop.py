@@ -256,3 +256,25 @@ def test_a_lock_held_elsewhere_never_stalls_the_loop(sqlite_engine: Any, tmp_pat
     finally:
         other.close()
         writer.close()
+
+
+def test_an_operation_on_thread_takes_the_writes_made_before_it_along(sqlite_engine: Any) -> None:
+    """`on_thread` (a claim, a large settlement, a fan-out's next chunk): the operation runs on
+    the writer thread, never holding the loop, and the loop's writes gathered before it go
+    with it, so they still commit in the order made."""
+    writer = BatchWriter(sqlite_engine, gather_s=0.05, on_loop=True)
+    recorder = Recorder(sqlite_engine)
+
+    async def main() -> list[str]:
+        loop = asyncio.get_running_loop()
+        await writer.submit_on_loop(recorder.op("first"), loop)  # now busy: the next ones gather
+        before = writer.submit_on_loop(recorder.op("before"), loop)
+        heavy = writer.submit_on_loop(recorder.op("heavy"), loop, on_thread=True)
+        return list(await asyncio.gather(before, heavy))
+
+    try:
+        assert loops.run(main()) == ["before", "heavy"]
+        assert recorder.threads["before"] == recorder.threads["heavy"] == "db-writer"
+        assert keys(sqlite_engine) == ["first", "before", "heavy"]
+    finally:
+        writer.close()
