@@ -56,6 +56,7 @@ from stats.healthz import PATH as HEALTH_PATH
 from stats.healthz import HealthHandler, HealthProbe, HealthSettings
 from stats.metrics import PushObservations, RelayMetrics
 from stats.rollup import MinuteRollup, RetentionJob
+from stats.worker_metrics import WorkerMetrics
 from storage.clock import HeartbeatWriter, RelayClock, boot_id, resume_clock
 from storage.protect import IdentifierProtector
 from storage.queue import DeliveryQueue
@@ -140,8 +141,12 @@ class Relay:
         clock: RelayClock | None = None,
         rng: random.Random | None = None,
         wall_ms: Callable[[], int] = wall_ms,
+        worker_metrics: WorkerMetrics | None = None,
     ) -> None:
+        """`worker_metrics`: one of several workers (supervisor.py), whose /metrics answers
+        for all of them."""
         self.settings = settings
+        self._worker_metrics = worker_metrics
         self.wall_ms = wall_ms
         with contextlib.ExitStack() as built:  # closes, on a failure, what was built so far
             # What can refuse the start without a file written comes first.
@@ -187,6 +192,8 @@ class Relay:
             pushes = PushObservations() if settings.METRICS_ENABLED else None
             self.dispatcher = self._dispatcher(senders, rng, pushes)
             self.metrics = self._metrics(pushes) if pushes is not None else None
+            if self.metrics is not None:
+                built.callback(self.metrics.stop)
             self.jobs = self._jobs(HeartbeatWriter(self.engine, clock, boot))
             self.onion, self.app = self._apps()
             lanes = self.dispatcher.lanes
@@ -217,6 +224,7 @@ class Relay:
             lanes_paused=lambda: [(lane.provider, lane.paused) for lane in lanes],
             database_errors=lambda: self.writer.failures,
             pushes=pushes,
+            workers=self._worker_metrics,
         )
 
     def _dispatcher(
@@ -386,6 +394,8 @@ class Relay:
             self.dispatcher.start()
         self._dispatching = dispatch
         self.jobs.start()
+        if self.metrics is not None:
+            self.metrics.start()
         log.info(
             "pn-relay listening on http://%s:%d (server public key %s)",
             self.settings.HOST,

@@ -23,6 +23,7 @@ from logsetup import held_until_started
 from relay import Relay, bind_listening_sockets
 from settings import LoadedSettings, SettingsError, read_settings
 from startup import load_keys
+from stats.worker_metrics import WorkerMetrics
 from supervisor import WorkerContext, run_workers
 
 log = logging.getLogger("pn_relay")
@@ -92,7 +93,11 @@ async def serve(loaded: LoadedSettings, worker: WorkerContext | None = None) -> 
         # Bound before any file is made.
         sockets = bind_listening_sockets(settings) if worker is None else worker.listen()
         try:
-            relay = Relay(settings)
+            board = worker.metrics_board if worker is not None else None
+            relay = Relay(
+                settings,
+                worker_metrics=WorkerMetrics(board, worker.index) if board and worker else None,
+            )
         except BaseException:
             for sock in sockets:
                 sock.close()

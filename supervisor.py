@@ -31,8 +31,10 @@ What the supervisor does:
 
 Workers are forked, not executed afresh: they share the supervisor's loaded settings (a
 restarted worker runs with the same settings as its siblings) and its imported modules. The
-supervisor holds no thread, event loop or database connection, so forking it is safe. A worker
-whose supervisor dies gets SIGTERM (Linux: PR_SET_PDEATHSIG), so none is left orphaned.
+supervisor holds no thread, event loop or database connection, so forking it is safe; it maps
+the shared memory in which the workers post their /metrics figures (stats/worker_metrics.py).
+A worker whose supervisor dies gets SIGTERM (Linux: PR_SET_PDEATHSIG), so none is left
+orphaned.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ from typing import Any
 import eventloop
 from errors import StartupError
 from settings import LoadedSettings, Settings, SettingsError
+from stats.worker_metrics import MetricsBoard
 
 log = logging.getLogger("pn_relay")
 
@@ -80,6 +83,8 @@ class WorkerContext:
     listen: Callable[[], list[socket.socket]]  # the sockets to serve on, bound for this worker
     report_started: Callable[[], None]  # call once listening
     report_failed: Callable[[str], None]  # call with the one-line reason before exiting 2
+    # The workers' shared figures for /metrics (stats/worker_metrics.py), if METRICS_ENABLED.
+    metrics_board: MetricsBoard | None = None
 
 
 # The body of a worker process: runs the relay until it is stopped; returns the exit status.
@@ -469,12 +474,16 @@ def run_workers(loaded: LoadedSettings, serve: Serve, bind: Bind) -> int:
     settings = loaded.settings
     reserved, worker_settings = reserve_worker_port(settings)
     worker_loaded = replace(loaded, settings=worker_settings)
+    # Mapped before the workers are forked, so that each inherits it (and a restarted one too).
+    board = MetricsBoard(settings.WORKERS) if settings.METRICS_ENABLED else None
 
     def run_worker(worker: WorkerContext) -> int:
         for sock in reserved:  # the worker binds its own
             sock.close()
         try:
-            eventloop.run(serve(worker_loaded, worker), settings.EVENT_LOOP)
+            eventloop.run(
+                serve(worker_loaded, replace(worker, metrics_board=board)), settings.EVENT_LOOP
+            )
         except (SettingsError, StartupError) as exc:
             worker.report_failed(loaded.in_user_words(str(exc)))
             return CANNOT_START
@@ -505,6 +514,8 @@ def run_workers(loaded: LoadedSettings, serve: Serve, bind: Bind) -> int:
     finally:
         for sock in reserved:
             sock.close()
+        if board is not None:
+            board.close()
 
 
 def reserve_worker_port(settings: Settings) -> tuple[list[socket.socket], Settings]:

@@ -2,7 +2,7 @@
 
 Everything lives in one `CollectorRegistry` per `RelayMetrics` (never prometheus_client's
 global registry), so two apps in one process (tests) never share or collide. Metrics are
-per process: each relay process is its own scrape target.
+per process; with `--workers N` each scrape answers for every worker (stats/worker_metrics.py).
 
 Exposed families (labels are fixed words, never an identifier):
 
@@ -36,7 +36,9 @@ Exposed families (labels are fixed words, never an identifier):
   lane, read from the `lanes_paused` callable.
 - ``pn_relay_database_errors_total``: writes the database refused or failed (the writer's
   count, from the `database_errors` callable): an outage shows here while /healthz says 503.
-- ``process_*``: prometheus_client's process collector (CPU, memory, open files) on Linux.
+- ``process_*``: prometheus_client's process collector (CPU, memory, open files) on Linux;
+  with several workers, one series per worker, labelled ``worker``.
+- ``pn_relay_workers_reporting``: with several workers only, those whose figures are fresh.
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ from push.outcome import Verdict as PushVerdict
 from push.providers import PROVIDERS, ProviderInfo
 from stats.auth import StatsAuth, requires_auth
 from stats.counters import REFUSAL_REASONS, Counters, counter_names, metric_events, refusal_counter
+from stats.worker_metrics import WorkerMetrics
 from storage.records import Provider
 from web.answers import plain
 
@@ -207,6 +210,24 @@ class _CallbackCollector(Collector):
         return [*self._families().values(), *self._counter_families().values()]
 
     def collect(self) -> Iterable[Metric]:
+        return [*self.collect_own(), *self.collect_queue()]
+
+    def collect_queue(self) -> list[Metric]:
+        """The queue's depth and oldest age (read from the database), if configured."""
+        if self._queue_stats is None:
+            return []
+        families = self._families()
+        try:
+            depth, oldest_age = self._queue_stats()
+        except Exception as exc:  # noqa: BLE001 - the rest of the scrape still answers
+            log.warning("queue statistics unavailable for /metrics (%s)", type(exc).__name__)
+            return []
+        families["depth"].add_metric([], depth)
+        families["age"].add_metric([], oldest_age)
+        return [families["depth"], families["age"]]
+
+    def collect_own(self) -> list[Metric]:
+        """Everything but the queue's figures: this process's own."""
         families = self._families()
         found: list[Metric] = []
         if self._lanes_paused is not None:
@@ -231,15 +252,6 @@ class _CallbackCollector(Collector):
             for label, count in totals.items():
                 families["pushes"].add_metric([label], count)
             found.append(families["pushes"])
-        if self._queue_stats is not None:
-            try:
-                depth, oldest_age = self._queue_stats()
-            except Exception as exc:  # noqa: BLE001 - the rest of the scrape still answers
-                log.warning("queue statistics unavailable for /metrics (%s)", type(exc).__name__)
-            else:
-                families["depth"].add_metric([], depth)
-                families["age"].add_metric([], oldest_age)
-                found += [families["depth"], families["age"]]
         if self._requests_in_flight is not None:
             families["requests"].add_metric([], self._requests_in_flight())
             found.append(families["requests"])
@@ -310,27 +322,54 @@ class RelayMetrics:
         process_metrics: bool = True,
         providers: Sequence[ProviderInfo[Any]] = PROVIDERS,
         pushes: PushObservations | None = None,
+        workers: WorkerMetrics | None = None,
     ) -> None:
+        """`workers`: this process is one of several workers, and each scrape answers for all
+        (stats/worker_metrics.py); call `start` and `stop`."""
         self.pushes = pushes if pushes is not None else PushObservations(providers)
+        self._workers = workers
         self._label = labels = self.pushes.labels
         self._in_flight: dict[str, int] = dict.fromkeys(labels.labels, 0)
         self._in_flight_lock = threading.Lock()
         self.registry = CollectorRegistry(auto_describe=True)
-        self.registry.register(_CountersCollector(counters, labels))
-        self.registry.register(
-            _CallbackCollector(
-                labels,
-                queue_stats,
-                requests_in_flight,
-                pushes_in_flight or self._own_in_flight,
-                lanes_paused,
-                database_errors,
-            )
+        self._callbacks = _CallbackCollector(
+            labels,
+            queue_stats,
+            requests_in_flight,
+            pushes_in_flight or self._own_in_flight,
+            lanes_paused,
+            database_errors,
         )
-        self.registry.register(self.pushes.results)
-        self.registry.register(self.pushes.latency)
+        own: list[Collector] = [
+            _CountersCollector(counters, labels),
+            self._callbacks,
+            self.pushes.results,
+            self.pushes.latency,
+        ]
         if process_metrics:
-            ProcessCollector(registry=self.registry)
+            own.append(ProcessCollector(registry=None))
+        for collector in own:
+            self.registry.register(collector)
+        self._own = own
+
+    def _collect_own(self) -> list[Metric]:
+        """This process's figures, without the queue's (what a worker shares)."""
+        found: list[Metric] = []
+        for collector in self._own:
+            if collector is self._callbacks:
+                found += self._callbacks.collect_own()
+            else:
+                found += collector.collect()
+        return found
+
+    def start(self) -> None:
+        """With `workers`: share this process's figures with the other workers from now on."""
+        if self._workers is not None:
+            self._workers.start(self._collect_own)
+
+    def stop(self) -> None:
+        if self._workers is not None:
+            self._workers.stop()
 
     # -- hooks for push/ (and tests) ---------------------------------------------------------
     def observe_push_latency(self, provider: ProviderKey, seconds: float) -> None:
@@ -363,8 +402,20 @@ class RelayMetrics:
             self.observe_push_latency(provider, time.monotonic() - started)
 
     def render(self) -> bytes:
-        """The Prometheus text exposition of every metric in this registry."""
-        return generate_latest(self.registry)
+        """The Prometheus text exposition of every metric in this registry; with `workers`,
+        every worker's, merged (stats/worker_metrics.py)."""
+        if self._workers is None:
+            return generate_latest(self.registry)
+        merged = [*self._workers.gather(), *self._callbacks.collect_queue()]
+        return generate_latest(_Collected(merged))
+
+
+@dataclass(eq=False)
+class _Collected(Collector):
+    metrics: list[Metric]
+
+    def collect(self) -> Iterable[Metric]:
+        return self.metrics
 
 
 def create_metrics_blueprint(

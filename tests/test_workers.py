@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, select
 
 from lsrpc.client import OnionClient
@@ -30,6 +31,7 @@ from settings import load_settings
 from startup import load_keys
 from storage.schema import notifications
 from tests.checks import SUCCESS
+from tests.http_calls import http_request
 from tests.providers import Providers
 from tests.server_process import ROOT, ServerProcess, run_server
 from tests.support import random_apns_token, random_fcm_token, random_session_id, settings_error
@@ -135,6 +137,42 @@ def check_delivered(
         assert sorted(d for d, _ in fcm) == sorted(accepted)
 
 
+def assert_every_scrape_counts_both_workers(
+    server: ServerProcess, pids: list[int], *, pushed: int
+) -> None:
+    """/metrics, whichever worker answers (each scrape on a new connection, so the kernel
+    spreads them), counts every push of both: until both workers have answered a scrape with
+    the whole count (a worker shares its figures every second)."""
+    answered_whole: set[int] = set()
+    scraped = r"pn_relay\.access\[(\d+)\]: GET /metrics 200"
+    deadline = time.monotonic() + 30
+    while answered_whole != set(pids):
+        assert time.monotonic() < deadline, f"scrapes with every push: {answered_whole}"
+        before = len(re.findall(scraped, server.log))
+        answer = http_request(server.port, "GET", "/metrics")
+        assert answer.status == 200
+        while len(by := re.findall(scraped, server.log)) == before:  # its access log line
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        text = answer.body.decode()
+        found = {
+            (family.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
+        sent = [
+            found.get(("pn_relay_pushes", (("outcome", "sent"), ("provider", p))), 0)
+            for p in ("apns", "fcm")
+        ]
+        workers = {labels for (name, labels) in found if name == "process_resident_memory_bytes"}
+        if sent == [pushed, pushed] and found[("pn_relay_workers_reporting", ())] == 2:
+            assert workers == {(("worker", "1"),), (("worker", "2"),)}
+            answered_whole.add(int(by[-1]))
+        else:
+            assert max(sent) <= pushed, sent  # never more than was pushed
+            time.sleep(0.2)
+
+
 def provider_env(providers: Providers, database_url: str, **extra: str) -> dict[str, str]:
     return providers.environment(
         PN_DATABASE_URL=database_url, PN_ACCESS_LOG="true", PN_WEB_THREADS="4", **extra
@@ -211,7 +249,11 @@ def test_two_workers_share_the_notifies_and_deliver_each_to_its_tokens(
     workers_server: list[ServerProcess],
 ) -> None:
     server, pids = start_workers(
-        workers_server, tmp_path, 2, **provider_env(providers, database_url)
+        workers_server,
+        tmp_path,
+        2,
+        **provider_env(providers, database_url),
+        PN_METRICS_PUBLIC="true",
     )
     assert len(set(pids)) == 2
     assert server.log.count("first start: made the key files") == 1  # by one of the two
@@ -230,6 +272,7 @@ def test_two_workers_share_the_notifies_and_deliver_each_to_its_tokens(
     served = served_by(server)
     assert set(served) == set(pids), served  # both workers answered onion requests
     assert sum(served.values()) == 120 + 2 * len(recipients)
+    assert_every_scrape_counts_both_workers(server, pids, pushed=120)
     assert server.terminate() == 0
     assert "workers stopped" in server.log
     assert server.log.count("pn-relay stopped") == 2
