@@ -90,7 +90,7 @@ SIZE_COLUMNS: dict[str, tuple[Any, Any]] = {
     "real_rounds": (3, 1),
     "devices": (1_000_000, 20_000),
     "scale_requests": (4000, 200),
-    "scale_rounds": (3, 1),
+    "scale_rounds": (5, 1),
     "group_members": (1000, 100),
     "group_seconds": (10, 2),
     "register_rate": (100, 50),
