@@ -40,8 +40,6 @@ from storage.store import DEVICE_COLUMNS
 SAMPLE = 50
 
 
-
-
 def device_token(provider: Provider) -> str:
     if provider is Provider.APNS:
         return secrets.token_hex(32)

@@ -207,9 +207,7 @@ def run_parsers(runs: int, workdir: Path, seed: int) -> tuple[int, float, list[s
     ]
     print("parsers:", " ".join(command[1:]), flush=True)
     started = time.monotonic()
-    process = subprocess.run(
-        command, cwd=workdir, stderr=subprocess.PIPE, text=True, check=False
-    )
+    process = subprocess.run(command, cwd=workdir, stderr=subprocess.PIPE, text=True, check=False)
     elapsed = time.monotonic() - started
     log = process.stderr
     (workdir / "parsers.log").write_text(log)

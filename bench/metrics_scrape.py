@@ -108,8 +108,10 @@ def main() -> None:
                 scraper.join()
     print(f"queue depth {args.rows:,}; {args.registers} registers, 4 connections")
     print(f"registers alone:              {summary(alone)}")
-    print(f"registers while /metrics is scraped back to back ({len(scrapes)} scrapes,"
-          f" each {summary(scrapes)}):")
+    print(
+        f"registers while /metrics is scraped back to back ({len(scrapes)} scrapes,"
+        f" each {summary(scrapes)}):"
+    )
     print(f"                              {summary(beside)}")
 
 

@@ -219,8 +219,10 @@ def session_id() -> str:
 def new_token(provider: str) -> str:
     if provider == "apns":
         return os.urandom(32).hex()
-    return base64.urlsafe_b64encode(os.urandom(105)).decode().rstrip("=") + ":APA91b" + (
-        base64.urlsafe_b64encode(os.urandom(15)).decode().rstrip("=")
+    return (
+        base64.urlsafe_b64encode(os.urandom(105)).decode().rstrip("=")
+        + ":APA91b"
+        + (base64.urlsafe_b64encode(os.urandom(15)).decode().rstrip("="))
     )
 
 

@@ -34,8 +34,9 @@ async def one_run(mode: str, args: argparse.Namespace) -> tuple[float, float]:
         recipients = ["05" + os.urandom(32).hex() for _ in range(args.recipients)]
         load = argparse.Namespace(url=relay.url, concurrency=args.c)
         errors: list[str] = []
-        await blast(load, build_requests(client, "register", len(recipients), recipients),
-                    [], errors)
+        await blast(
+            load, build_requests(client, "register", len(recipients), recipients), [], errors
+        )
         requests = build_requests(client, "notify", args.n, recipients)
         latencies: list[float] = []
         cpu_before = relay.cpu_seconds()
@@ -52,20 +53,26 @@ async def main_async(args: argparse.Namespace) -> None:
         for mode in ("FULL", "NORMAL") if round_number % 2 == 0 else ("NORMAL", "FULL"):
             rate, cpu_ms = await one_run(mode, args)
             results[mode].append((rate, cpu_ms))
-            print(f"round {round_number + 1} {mode:6}: {rate:7.0f} notifies/s,"
-                  f" {cpu_ms:.3f} ms relay CPU per notify", file=sys.stderr)
+            print(
+                f"round {round_number + 1} {mode:6}: {rate:7.0f} notifies/s,"
+                f" {cpu_ms:.3f} ms relay CPU per notify",
+                file=sys.stderr,
+            )
     print("| SQLITE_SYNCHRONOUS | notifies/s (each round) | median | relay CPU per notify |")
     print("|---|---|---|---|")
     for mode, runs in results.items():
         rates = sorted(rate for rate, _ in runs)
         cpus = sorted(cpu for _, cpu in runs)
-        print(f"| {mode} | {', '.join(f'{r:.0f}' for r, _ in runs)} | {rates[len(rates) // 2]:.0f}"
-              f" | {cpus[len(cpus) // 2]:.3f} ms |")
+        print(
+            f"| {mode} | {', '.join(f'{r:.0f}' for r, _ in runs)} | {rates[len(rates) // 2]:.0f}"
+            f" | {cpus[len(cpus) // 2]:.3f} ms |"
+        )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("-n", type=int, default=6000, help="timed notifies per run")
     parser.add_argument("-c", type=int, default=32, help="concurrent connections")

@@ -202,9 +202,7 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=6000, help="timed notifies per run")
     parser.add_argument("-c", type=int, default=64, help="concurrent connections")
     parser.add_argument("--recipients", type=int, default=1000)
-    parser.add_argument(
-        "--configs", default="1,2", help="worker counts to compare, e.g. 1,2,4"
-    )
+    parser.add_argument("--configs", default="1,2", help="worker counts to compare, e.g. 1,2,4")
     parser.add_argument("--apns", action="store_true", help="push every notify to a fake APNs")
     parser.add_argument("--database", default="", help="a PostgreSQL URL (default: SQLite)")
     asyncio.run(main_async(parser.parse_args()))

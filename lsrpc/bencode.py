@@ -164,9 +164,7 @@ def decode(
                 raise BencodeError("dict key without a value")
             value = top.items
         else:
-            if isinstance(top, _DictFrame) and top.key is None and not (
-                _DIGIT_0 <= c <= _DIGIT_9
-            ):
+            if isinstance(top, _DictFrame) and top.key is None and not (_DIGIT_0 <= c <= _DIGIT_9):
                 raise BencodeError("dict key is not a byte string")
             items += 1
             if items > max_items:

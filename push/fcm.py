@@ -68,6 +68,7 @@ def is_device_token(token: str) -> bool:
     """A token FCM could accept: 1 to 4096 printable ASCII characters, kept verbatim."""
     return _PRINTABLE_ASCII.fullmatch(token) is not None
 
+
 # firebase-admin's reading of a Google API error (firebase_admin/_utils.py): the JSON
 # `error.status` if any, else the HTTP status's canonical code; unknown words are UNKNOWN.
 _HTTP_STATUS_CODES = {

@@ -137,4 +137,3 @@ def _step_path(
         commands.append(f"H{x_of(start + step_ms):.1f}")
         previous_end = start + step_ms
     return "".join(commands)
-

@@ -58,9 +58,7 @@ def create_stats_schema(engine: Engine) -> None:
     `queue_depth`, which storage/migrations.py's step 3 adds to a versioned database)."""
     Base.metadata.create_all(engine, tables=list(STATS_TABLES))
     present = {column["name"] for column in inspect(engine).get_columns("statistics_minutes")}
-    missing = {
-        name: "BIGINT NOT NULL DEFAULT 0" for name in COUNTER_NAMES if name not in present
-    }
+    missing = {name: "BIGINT NOT NULL DEFAULT 0" for name in COUNTER_NAMES if name not in present}
     if QUEUE_DEPTH not in present:
         missing[QUEUE_DEPTH] = "BIGINT"
     if not missing:

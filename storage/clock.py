@@ -125,9 +125,7 @@ class HeartbeatWriter:
     """The statement that records the clock's heartbeat for this boot (through the writer)."""
 
     def __init__(self, engine: Engine, clock: RelayClock, boot: str) -> None:
-        dialect_insert = (
-            postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
-        )
+        dialect_insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
         upsert = dialect_insert(schema_meta)
         self._statement = Prepared.compile(
             upsert.on_conflict_do_update(

@@ -36,8 +36,7 @@ def _sqlite_rebuild(conn: Connection, table: Table, *, highest_id: int) -> None:
     old = f"{name}_schema1"
     columns = [c["name"] for c in inspect(conn).get_columns(name)]
     for (index_name,) in conn.exec_driver_sql(
-        "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = ?"
-        " AND sql IS NOT NULL",
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = ? AND sql IS NOT NULL",
         (name,),
     ).all():
         conn.exec_driver_sql(f'DROP INDEX "{index_name}"')
@@ -78,9 +77,7 @@ def _to_2(conn: Connection) -> None:
         }
     # Deliveries whose device is gone could only ever have reached a stranger: drop them, and
     # the notifications this leaves with no delivery (data never outlives its deliveries).
-    conn.exec_driver_sql(
-        "DELETE FROM deliveries WHERE device_id NOT IN (SELECT id FROM devices)"
-    )
+    conn.exec_driver_sql("DELETE FROM deliveries WHERE device_id NOT IN (SELECT id FROM devices)")
     conn.exec_driver_sql(
         "DELETE FROM notifications WHERE id NOT IN (SELECT notification_id FROM deliveries)"
     )

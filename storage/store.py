@@ -247,9 +247,7 @@ SELECT recipients, via_group, live, (SELECT count(*) FROM queued) FROM found
 """
 
 
-def _notify_values(
-    scalars: Mapping[str, Any], rows: Sequence[tuple[Any, ...]]
-) -> dict[str, Any]:
+def _notify_values(scalars: Mapping[str, Any], rows: Sequence[tuple[Any, ...]]) -> dict[str, Any]:
     """NOTIFY_AT_ONCE's values for a run of rows (target, key_hash, expires_at, admitted,
     data): each column as a PostgreSQL array literal, built here in one pass (psycopg's list
     dumpers cost ~25 µs a notify more, measured in bench/README.md)."""

@@ -731,8 +731,10 @@ def test_kill_9_under_load_loses_nothing_accepted(tmp_path: Path, providers: Pro
             return get(restarted.port, "/metrics")[1]
 
         wait_until(
-            lambda: metric(metrics(), "pn_relay_queue_depth") == 0
-            and metric(metrics(), "pn_relay_pushes_in_flight") == 0,
+            lambda: (
+                metric(metrics(), "pn_relay_queue_depth") == 0
+                and metric(metrics(), "pn_relay_pushes_in_flight") == 0
+            ),
             "an empty queue after the restart",
         )
         assert get(restarted.port, "/healthz") == (200, "ok\n")

@@ -92,7 +92,7 @@ def test_unusual_tokens_and_data_take_the_generic_path_with_the_same_bytes(
 
 # Characters on both sides of the template's checks: those written as they are, and those
 # JSON escapes or that are not ASCII.
-_EDGE = "\"\\\n\t\x00\x1f\x7f /+=-_:.é✓\u2028"
+_EDGE = '"\\\n\t\x00\x1f\x7f /+=-_:.é✓\u2028'
 _TOKENS = st.text(string.ascii_letters + string.digits + "_:-." + _EDGE, min_size=1, max_size=40)
 _DATA = st.text(string.ascii_letters + string.digits + "+/=" + _EDGE, max_size=60) | st.builds(
     base64_of, st.integers(0, 3100)

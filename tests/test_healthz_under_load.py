@@ -101,9 +101,7 @@ def test_healthz_answers_while_every_web_thread_waits_on_a_password_check(
     auth = relay.relay.stats_auth
     release = held_pool(relay)
     with ThreadPoolExecutor(8) as clients:
-        scrapes = submit_with_random_credentials(
-            clients, relay, "POST", "/get_statistics_data", 8
-        )
+        scrapes = submit_with_random_credentials(clients, relay, "POST", "/get_statistics_data", 8)
         wait_until(lambda: auth.pending == 4)
         assert not any(f.done() for f in scrapes)  # all four web threads are held
         for method in ("GET", "HEAD"):

@@ -156,13 +156,9 @@ def test_a_table_size_set_twice_to_the_same_value_keeps_both_tables_alike() -> N
     encoder, reference = CachingEncoder(), Decoder()
     for size in (0, 1024, 1024):
         encoder.header_table_size = size
-    assert reference.decode(encoder.encode([(b"apns-id", b"/")]), raw=True) == [
-        (b"apns-id", b"/")
-    ]
+    assert reference.decode(encoder.encode([(b"apns-id", b"/")]), raw=True) == [(b"apns-id", b"/")]
     encoder.header_table_size = 4096
-    assert reference.decode(encoder.encode([(b"apns-id", b"/")]), raw=True) == [
-        (b"apns-id", b"/")
-    ]
+    assert reference.decode(encoder.encode([(b"apns-id", b"/")]), raw=True) == [(b"apns-id", b"/")]
 
 
 def test_a_block_seen_before_is_decoded_again_once_the_table_changed() -> None:

@@ -42,7 +42,7 @@ def test_text_arrays_read_back_unchanged(pg: Connection, values: list[str]) -> N
 
 @pytest.mark.parametrize(
     "values",
-    [['a"b', "c\\d", "{x}", "a,b", "NULL", "", " lead", "\\\\\"", "né ✓"]],
+    [['a"b', "c\\d", "{x}", "a,b", "NULL", "", " lead", '\\\\"', "né ✓"]],
 )
 def test_text_arrays_with_the_literal_syntax_in_them(pg: Connection, values: list[str]) -> None:
     assert _read_back(pg, text_array(values), "text") == values

@@ -124,8 +124,7 @@ class CheckingQueue(DeliveryQueue):
             holding = [
                 c
                 for c in claims
-                if tx.scalar(self._current_lease, {"delivery_id": c.delivery_id})
-                == c.lease_token
+                if tx.scalar(self._current_lease, {"delivery_id": c.delivery_id}) == c.lease_token
             ]
             result = inner(tx)
             if result.stale != len(claims) - len(holding):
@@ -291,9 +290,7 @@ class QueueMachine(RuleBasedStateMachine):
         change=st.sampled_from(["move", "other_provider", "unregister_then_new_device"]),
         session=st.sampled_from(SESSIONS),
     )
-    def churn_while_queued(
-        self, p: int, token: str, other: str, change: str, session: str
-    ) -> None:
+    def churn_while_queued(self, p: int, token: str, other: str, change: str, session: str) -> None:
         """The issue's churn: a push is queued for a registration, which then moves to another
         Session ID, switches provider, or is unregistered while another device registers
         (which the first release handed the same id); then both processes claim."""

@@ -75,7 +75,7 @@ def test_a_slot_caught_mid_write_is_skipped_not_read_torn() -> None:
     board = MetricsBoard(1, slot_bytes=4096)
     board.write(1, b"whole")
     # What a writer leaves while it copies: the sequence odd (as if it died there).
-    memory = board._memory  # noqa: SLF001 - the layout is what is under test
+    memory = board._memory  # the layout is what is under test
     sequence = int.from_bytes(memory[0:8], "little")
     memory[0:8] = (sequence | 1).to_bytes(8, "little")
     assert board.read(1) is None

@@ -166,9 +166,7 @@ def test_a_busy_writer_stops_gathering_once_its_batch_is_large_enough(
     writer = BatchWriter(engine, gather_s=3600.0)
     writer.submit(inserter(insert_meta, "warm"))  # a commit just now: the writer is busy
     commits = writer.commits
-    futures = [
-        writer.submit_async(inserter(insert_meta, f"w{n}")) for n in range(GATHER_ENOUGH)
-    ]
+    futures = [writer.submit_async(inserter(insert_meta, f"w{n}")) for n in range(GATHER_ENOUGH)]
     for future in futures:
         future.result(timeout=30)
     assert writer.commits == commits + 1  # all in one transaction, at once
