@@ -250,10 +250,9 @@ class BatchWriter:
                 return
             self._closed = True
             # The loop's operations still gathering: the thread writes them before it stops.
+            # (A flush the loop has scheduled finds nothing left; it is not cancelled here,
+            # as close() may run on another thread than the loop's.)
             pending, self._pending = self._pending, []
-            if self._flush is not None:
-                self._flush.cancel()
-                self._flush = None
             for operation, future in pending:
                 self._queue.put((operation, (future.get_loop(), future)))
             self._queue.put(_STOP)
