@@ -8,7 +8,8 @@ answers a scrape writes its own afresh, reads every slot and merges (`merge`):
 
 - counters and histograms (pushes, events, refusals, provider answers, push latency, database
   errors): summed over the workers. A restarted worker carries on from its slot's last
-  figures, so the sums never go down when a worker is replaced.
+  figures, so the sums do not go down when a worker is replaced (what the dead one counted
+  since it last shared them is lost, and all of it if it died in the middle of writing them).
 - gauges of work in flight (pushes, requests): summed over the workers whose figures are
   fresh (written within `STALE_AFTER_S`): a dead worker has nothing in flight.
 - ``pn_relay_provider_paused``: the highest, over fresh workers (1 if any worker's lane is
