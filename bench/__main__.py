@@ -46,6 +46,7 @@ from bench.procs import (  # noqa: E402
     RelayProcess,
     load_argv,
     server_output,
+    wait_until_quiet,
 )
 from bench.push_bench import setup_group  # noqa: E402
 from storage.scratch_schema import scratch_schema  # noqa: E402
@@ -207,6 +208,7 @@ def timed(
     try:
         for loader in loaders:
             loader.wait_ready()
+        wait_until_quiet()  # what an earlier run left to do stays out of this window
         if before is not None:
             before()
         cpu_before, wall_before = relay.cpu_seconds(), time.monotonic()

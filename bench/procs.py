@@ -62,6 +62,32 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
+def _machine_busy_idle() -> tuple[int, int]:
+    """(busy, idle) jiffies of the whole machine so far (/proc/stat's first line)."""
+    with open("/proc/stat") as stat:
+        fields = [int(value) for value in stat.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return sum(fields) - idle, idle
+
+
+def wait_until_quiet(
+    idle_share: float = 0.85, window_s: float = 0.3, at_most_s: float = 20.0
+) -> float:
+    """Wait until the machine has been at least `idle_share` idle over a `window_s`
+    (a relay dropping the deliveries of its last run, PostgreSQL's autovacuum after one:
+    work of a run before that would land in the next one's window); at most `at_most_s`.
+    Returns the seconds waited."""
+    started = time.monotonic()
+    while time.monotonic() - started < at_most_s:
+        busy_before, idle_before = _machine_busy_idle()
+        time.sleep(window_s)
+        busy_after, idle_after = _machine_busy_idle()
+        busy, idle = busy_after - busy_before, idle_after - idle_before
+        if busy + idle and idle / (busy + idle) >= idle_share:
+            break
+    return time.monotonic() - started
+
+
 def descendants(pid: int) -> list[int]:
     """Every live process below `pid` (children, their children, ...)."""
     children: dict[int, list[int]] = {}
