@@ -179,6 +179,14 @@ def plural(count: int, noun: str) -> str:
     return f"{count} {noun}" + ("" if count == 1 else "s")
 
 
+def runs_note(figures: list[str], unit: str) -> str:
+    """ "; median of N runs: a, b, c<unit>" for a cell that shows the median of several runs
+    (each run's figure, in order), or "" for a single run."""
+    if len(figures) < 2:
+        return ""
+    return f"; median of {len(figures)} runs: {', '.join(figures)}{unit}"
+
+
 def verdict(ok: bool) -> str:
     return "yes" if ok else "**no**"
 
@@ -409,10 +417,7 @@ def push(bench: Bench) -> None:
                 apns = figures["apns"]
                 target = f"≥ 2,000/s and ≥ 0.85{X} APNs ({0.85 * apns:,.0f}/s)"
                 met = verdict(through["rate"] >= 2000 and through["rate"] >= 0.85 * apns)
-            each = ""
-            if len(provider_runs) > 1:
-                rates = ", ".join(f"{run[0]['rate']:,.0f}" for run in provider_runs)
-                each = f"; median of {len(provider_runs)} runs: {rates}/s"
+            each = runs_note([f"{run[0]['rate']:,.0f}" for run in provider_runs], "/s")
             name = "APNs (HTTP/2, TLS)" if provider == "apns" else "FCM (HTTP v1 over HTTP/2, TLS)"
             bench.rows.append(
                 Row(
@@ -463,10 +468,7 @@ def real(bench: Bench) -> None:
                         if steady
                         else f"saturated, {count:,} notifies over {sizes.concurrency} connections"
                     )
-                    each = ""
-                    if len(runs) > 1:
-                        figures = ", ".join(f"{run[1].per(count):.3f}" for run in runs)
-                        each = f"; median of {len(runs)} runs: {figures} ms"
+                    each = runs_note([f"{run[1].per(count):.3f}" for run in runs], " ms")
                     bench.rows.append(
                         Row(
                             "real workload: every notify pushed to the fake APNs",
@@ -534,10 +536,7 @@ def postgres(bench: Bench) -> None:
             ratio = result["rate"] / rates["SQLite"]
             target = f"≥ 0.8{X} SQLite ({0.8 * rates['SQLite']:,.0f}/s)"
             met = f"{verdict(ratio >= 0.8)} ({ratio:.2f}{X})"
-        each = ""
-        if len(backend_runs) > 1:
-            figures = ", ".join(f"{run[0]['rate']:,.0f}" for run in backend_runs)
-            each = f"; median of {len(backend_runs)} runs: {figures}/s"
+        each = runs_note([f"{run[0]['rate']:,.0f}" for run in backend_runs], "/s")
         bench.rows.append(
             Row(
                 f"notify, {backend}",
