@@ -351,6 +351,8 @@ class RelayMetrics:
         for collector in own:
             self.registry.register(collector)
         self._own = own
+        if workers is not None:
+            workers.attach(self._collect_own)
 
     def _collect_own(self) -> list[Metric]:
         """This process's figures, without the queue's (what a worker shares)."""
@@ -365,7 +367,7 @@ class RelayMetrics:
     def start(self) -> None:
         """With `workers`: share this process's figures with the other workers from now on."""
         if self._workers is not None:
-            self._workers.start(self._collect_own)
+            self._workers.start()
 
     def stop(self) -> None:
         if self._workers is not None:

@@ -241,9 +241,13 @@ class WorkerMetrics:
             workers[index] = (now - written_at <= STALE_AFTER_S, families)
         return merge(workers)
 
-    def start(self, collect: Callable[[], Iterable[Metric]]) -> None:
-        """Write this worker's figures (from `collect`) now and every `every_s`."""
+    def attach(self, collect: Callable[[], Iterable[Metric]]) -> None:
+        """Where this worker's figures come from (RelayMetrics, when it is built: a scrape
+        answered before `start` still holds them)."""
         self._collect = collect
+
+    def start(self) -> None:
+        """Write this worker's figures now and every `every_s`."""
         self.publish()
         self._thread = threading.Thread(target=self._run, name="metrics-share", daemon=True)
         self._thread.start()

@@ -251,3 +251,13 @@ def test_figures_hold_no_created_samples_and_round_trip_through_json() -> None:
     written = families_of(metrics.registry.collect())
     assert json.loads(json.dumps(written)) == written
     assert not any(s[0].endswith("_created") for f in written for s in f["s"])
+
+
+def test_a_scrape_before_sharing_starts_holds_the_answering_workers_own_figures() -> None:
+    board = MetricsBoard(2)
+    counters = Counters()
+    metrics, _ = metrics_for(board, 1, counters)  # built, not started (the relay not listening)
+    counters.incr("ios_pn_number", 2)
+    seen = samples(metrics.render())
+    assert seen[pushes("apns", "sent")] == 2
+    assert seen[("pn_relay_workers_reporting", ())] == 1
