@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,25 @@ def sqlite_engine(tmp_path: Path):
     create_schema(engine)
     yield engine
     engine.dispose()
+
+
+MakeWriter = Callable[..., tuple[BatchWriter, "Recorder"]]
+
+
+@pytest.fixture
+def make_writer(sqlite_engine: Any) -> Iterator[MakeWriter]:
+    """BatchWriter(sqlite_engine, gather_s, on_loop) and a Recorder; every writer made is
+    closed at the test's end (close() again is nothing)."""
+    made: list[BatchWriter] = []
+
+    def make(gather_s: float, *, on_loop: bool = True) -> tuple[BatchWriter, Recorder]:
+        writer = BatchWriter(sqlite_engine, gather_s=gather_s, on_loop=on_loop)
+        made.append(writer)
+        return writer, Recorder(sqlite_engine)
+
+    yield make
+    for writer in made:
+        writer.close()
 
 
 def keys(engine: Any) -> list[str]:
@@ -55,9 +74,10 @@ class Recorder:
         return operation
 
 
-def test_a_small_batch_commits_on_the_loop_thread(sqlite_engine: Any) -> None:
-    writer = BatchWriter(sqlite_engine, gather_s=0.004, on_loop=True)
-    recorder = Recorder(sqlite_engine)
+def test_a_small_batch_commits_on_the_loop_thread(
+    sqlite_engine: Any, make_writer: MakeWriter
+) -> None:
+    writer, recorder = make_writer(0.004)
 
     async def main() -> list[str]:
         futures = [
@@ -66,19 +86,17 @@ def test_a_small_batch_commits_on_the_loop_thread(sqlite_engine: Any) -> None:
         ]
         return list(await asyncio.gather(*futures))
 
-    try:
-        loop_thread = threading.current_thread().name
-        assert loops.run(main()) == ["k0", "k1", "k2"]
-        assert set(recorder.threads.values()) == {loop_thread}
-        assert keys(sqlite_engine) == ["k0", "k1", "k2"]  # committed: another connection sees them
-        assert writer.commits == 1
-    finally:
-        writer.close()
+    loop_thread = threading.current_thread().name
+    assert loops.run(main()) == ["k0", "k1", "k2"]
+    assert set(recorder.threads.values()) == {loop_thread}
+    assert keys(sqlite_engine) == ["k0", "k1", "k2"]  # committed: another connection sees them
+    assert writer.commits == 1
 
 
-def test_a_batch_of_gather_enough_goes_to_the_writer_thread(sqlite_engine: Any) -> None:
-    writer = BatchWriter(sqlite_engine, gather_s=0.004, on_loop=True)
-    recorder = Recorder(sqlite_engine)
+def test_a_batch_of_gather_enough_goes_to_the_writer_thread(
+    sqlite_engine: Any, make_writer: MakeWriter
+) -> None:
+    writer, recorder = make_writer(0.004)
     count = GATHER_ENOUGH + 2
 
     async def main() -> None:
@@ -87,12 +105,9 @@ def test_a_batch_of_gather_enough_goes_to_the_writer_thread(sqlite_engine: Any) 
             *(writer.submit_on_loop(recorder.op(f"k{n}"), loop) for n in range(count))
         )
 
-    try:
-        loops.run(main())
-        assert set(recorder.threads.values()) == {"db-writer"}
-        assert keys(sqlite_engine) == [f"k{n}" for n in range(count)]
-    finally:
-        writer.close()
+    loops.run(main())
+    assert set(recorder.threads.values()) == {"db-writer"}
+    assert keys(sqlite_engine) == [f"k{n}" for n in range(count)]
 
 
 def test_while_the_thread_writes_the_loop_hands_over_and_order_is_kept(sqlite_engine: Any) -> None:
@@ -131,9 +146,10 @@ def test_while_the_thread_writes_the_loop_hands_over_and_order_is_kept(sqlite_en
         writer.close()
 
 
-def test_a_failing_operation_fails_alone_on_the_loop(sqlite_engine: Any) -> None:
-    writer = BatchWriter(sqlite_engine, gather_s=0.004, on_loop=True)
-    recorder = Recorder(sqlite_engine)
+def test_a_failing_operation_fails_alone_on_the_loop(
+    sqlite_engine: Any, make_writer: MakeWriter
+) -> None:
+    writer, recorder = make_writer(0.004)
 
     def duplicate(tx: Tx) -> str:
         recorder.op("same")(tx)
@@ -148,14 +164,11 @@ def test_a_failing_operation_fails_alone_on_the_loop(sqlite_engine: Any) -> None
         ]
         return list(await asyncio.gather(*futures, return_exceptions=True))
 
-    try:
-        before, failed, after = loops.run(main())
-        assert (before, after) == ("before", "after")
-        assert isinstance(failed, StorageError)
-        assert sorted(keys(sqlite_engine)) == ["after", "before"]
-        assert writer.failures == 1
-    finally:
-        writer.close()
+    before, failed, after = loops.run(main())
+    assert (before, after) == ("before", "after")
+    assert isinstance(failed, StorageError)
+    assert sorted(keys(sqlite_engine)) == ["after", "before"]
+    assert writer.failures == 1
 
 
 def test_writes_still_gathering_at_close_are_committed(sqlite_engine: Any) -> None:
@@ -176,25 +189,24 @@ def test_writes_still_gathering_at_close_are_committed(sqlite_engine: Any) -> No
     assert sorted(keys(sqlite_engine)) == ["first", "late"]
 
 
-def test_without_on_loop_every_write_runs_on_the_thread(sqlite_engine: Any) -> None:
-    writer = BatchWriter(sqlite_engine, gather_s=0.004)
-    recorder = Recorder(sqlite_engine)
+def test_without_on_loop_every_write_runs_on_the_thread(
+    sqlite_engine: Any, make_writer: MakeWriter
+) -> None:
+    writer, recorder = make_writer(0.004, on_loop=False)
 
     async def main() -> None:
         await writer.submit_on_loop(recorder.op("k"), asyncio.get_running_loop())
 
-    try:
-        loops.run(main())
-        assert recorder.threads == {"k": "db-writer"}
-    finally:
-        writer.close()
+    loops.run(main())
+    assert recorder.threads == {"k": "db-writer"}
 
 
 @pytest.mark.parametrize("rounds", [40])
-def test_loop_and_threads_writing_together_lose_nothing(sqlite_engine: Any, rounds: int) -> None:
+def test_loop_and_threads_writing_together_lose_nothing(
+    sqlite_engine: Any, make_writer: MakeWriter, rounds: int
+) -> None:
     """Threads submitting beside the loop: the two take turns, every write commits once."""
-    writer = BatchWriter(sqlite_engine, gather_s=0.002, on_loop=True)
-    recorder = Recorder(sqlite_engine)
+    writer, recorder = make_writer(0.002)
     stop = threading.Event()
 
     def from_thread(worker: int) -> None:
@@ -212,19 +224,16 @@ def test_loop_and_threads_writing_together_lose_nothing(sqlite_engine: Any, roun
         await asyncio.gather(*futures)
 
     threads = [threading.Thread(target=from_thread, args=(w,)) for w in range(3)]
-    try:
-        for thread in threads:
-            thread.start()
-        loops.run(main())
-        for thread in threads:
-            thread.join(30)
-        expected = {f"t{w}-{n}" for w in range(3) for n in range(rounds)}
-        expected |= {f"l{n}" for n in range(rounds * 3)}
-        assert sorted(keys(sqlite_engine)) == sorted(expected)
-        loop_made = [key for key in keys(sqlite_engine) if key.startswith("l")]
-        assert loop_made == [f"l{n}" for n in range(rounds * 3)]  # in the order made
-    finally:
-        writer.close()
+    for thread in threads:
+        thread.start()
+    loops.run(main())
+    for thread in threads:
+        thread.join(30)
+    expected = {f"t{w}-{n}" for w in range(3) for n in range(rounds)}
+    expected |= {f"l{n}" for n in range(rounds * 3)}
+    assert sorted(keys(sqlite_engine)) == sorted(expected)
+    loop_made = [key for key in keys(sqlite_engine) if key.startswith("l")]
+    assert loop_made == [f"l{n}" for n in range(rounds * 3)]  # in the order made
 
 
 def test_a_lock_held_elsewhere_never_stalls_the_loop(sqlite_engine: Any, tmp_path: Path) -> None:
@@ -258,12 +267,13 @@ def test_a_lock_held_elsewhere_never_stalls_the_loop(sqlite_engine: Any, tmp_pat
         writer.close()
 
 
-def test_an_operation_on_thread_takes_the_writes_made_before_it_along(sqlite_engine: Any) -> None:
+def test_an_operation_on_thread_takes_the_writes_made_before_it_along(
+    sqlite_engine: Any, make_writer: MakeWriter
+) -> None:
     """`on_thread` (a claim, a large settlement, a fan-out's next chunk): the operation runs on
     the writer thread, never holding the loop, and the loop's writes gathered before it go
     with it, so they still commit in the order made."""
-    writer = BatchWriter(sqlite_engine, gather_s=0.05, on_loop=True)
-    recorder = Recorder(sqlite_engine)
+    writer, recorder = make_writer(0.05)
 
     async def main() -> list[str]:
         loop = asyncio.get_running_loop()
@@ -272,9 +282,6 @@ def test_an_operation_on_thread_takes_the_writes_made_before_it_along(sqlite_eng
         heavy = writer.submit_on_loop(recorder.op("heavy"), loop, on_thread=True)
         return list(await asyncio.gather(before, heavy))
 
-    try:
-        assert loops.run(main()) == ["before", "heavy"]
-        assert recorder.threads["before"] == recorder.threads["heavy"] == "db-writer"
-        assert keys(sqlite_engine) == ["first", "before", "heavy"]
-    finally:
-        writer.close()
+    assert loops.run(main()) == ["before", "heavy"]
+    assert recorder.threads["before"] == recorder.threads["heavy"] == "db-writer"
+    assert keys(sqlite_engine) == ["first", "before", "heavy"]
