@@ -62,12 +62,10 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
-def _machine_busy_idle() -> tuple[int, int]:
-    """(busy, idle) jiffies of the whole machine so far (/proc/stat's first line)."""
-    with open("/proc/stat") as stat:
-        fields = [int(value) for value in stat.readline().split()[1:]]
-    idle = fields[3] + fields[4]  # idle, iowait
-    return sum(fields) - idle, idle
+def machine_ticks() -> tuple[int, int]:
+    """(idle, total) CPU ticks of the whole machine so far, all cores (/proc/stat)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return values[3] + values[4], sum(values)  # idle + iowait
 
 
 def wait_until_quiet(
@@ -79,11 +77,11 @@ def wait_until_quiet(
     Returns the seconds waited."""
     started = time.monotonic()
     while time.monotonic() - started < at_most_s:
-        busy_before, idle_before = _machine_busy_idle()
+        idle_before, total_before = machine_ticks()
         time.sleep(window_s)
-        busy_after, idle_after = _machine_busy_idle()
-        busy, idle = busy_after - busy_before, idle_after - idle_before
-        if busy + idle and idle / (busy + idle) >= idle_share:
+        idle_after, total_after = machine_ticks()
+        total = total_after - total_before
+        if total and (idle_after - idle_before) / total >= idle_share:
             break
     return time.monotonic() - started
 

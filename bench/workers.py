@@ -42,15 +42,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.fakes import RemoteFake
 from bench.load import blast, build_requests
-from bench.procs import FakesProcess, RelayProcess, cpu_seconds, descendants
+from bench.procs import FakesProcess, RelayProcess, cpu_seconds, descendants, machine_ticks
 from lsrpc.client import OnionClient
 from storage.scratch_schema import scratch_schema
-
-
-def machine_ticks() -> tuple[int, int]:
-    """(idle, total) CPU ticks of the whole machine, all cores (/proc/stat)."""
-    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return values[3] + values[4], sum(values)  # idle + iowait
 
 
 @dataclass
