@@ -163,7 +163,6 @@ class _CallbackCollector(Collector):
     """Gauges read from callables at scrape time (never at registration: `describe`)."""
 
     providers: ProviderLabels
-    _queue_stats: QueueStats | None
     _requests_in_flight: Callable[[], int] | None
     _pushes_in_flight: InFlightPushes
     _lanes_paused: PausedLanes | None = None
@@ -177,12 +176,6 @@ class _CallbackCollector(Collector):
                 ["provider"],
             )
         }
-        if self._queue_stats is not None:
-            families["depth"] = _gauge("pn_relay_queue_depth", "Deliveries waiting to be pushed.")
-            families["age"] = _gauge(
-                "pn_relay_queue_oldest_age_seconds",
-                "Age of the oldest delivery waiting to be pushed (0 when none).",
-            )
         if self._requests_in_flight is not None:
             families["requests"] = _gauge(
                 "pn_relay_requests_in_flight",
@@ -210,24 +203,6 @@ class _CallbackCollector(Collector):
         return [*self._families().values(), *self._counter_families().values()]
 
     def collect(self) -> Iterable[Metric]:
-        return [*self.collect_own(), *self.collect_queue()]
-
-    def collect_queue(self) -> list[Metric]:
-        """The queue's depth and oldest age (read from the database), if configured."""
-        if self._queue_stats is None:
-            return []
-        families = self._families()
-        try:
-            depth, oldest_age = self._queue_stats()
-        except Exception as exc:  # noqa: BLE001 - the rest of the scrape still answers
-            log.warning("queue statistics unavailable for /metrics (%s)", type(exc).__name__)
-            return []
-        families["depth"].add_metric([], depth)
-        families["age"].add_metric([], oldest_age)
-        return [families["depth"], families["age"]]
-
-    def collect_own(self) -> list[Metric]:
-        """Everything but the queue's figures: this process's own."""
         families = self._families()
         found: list[Metric] = []
         if self._lanes_paused is not None:
@@ -256,6 +231,38 @@ class _CallbackCollector(Collector):
             families["requests"].add_metric([], self._requests_in_flight())
             found.append(families["requests"])
         return found
+
+
+@dataclass(eq=False)  # a registry keys its collectors by identity
+class _QueueCollector(Collector):
+    """The queue's depth and oldest age, read from the database at scrape time: the same for
+    every process, so never shared between workers (stats/worker_metrics.py)."""
+
+    _queue_stats: QueueStats
+
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+        return (
+            _gauge("pn_relay_queue_depth", "Deliveries waiting to be pushed."),
+            _gauge(
+                "pn_relay_queue_oldest_age_seconds",
+                "Age of the oldest delivery waiting to be pushed (0 when none).",
+            ),
+        )
+
+    def describe(self) -> Iterable[Metric]:
+        return self._families()
+
+    def collect(self) -> Iterable[Metric]:
+        try:
+            depth, oldest_age = self._queue_stats()
+        except Exception as exc:  # noqa: BLE001 - the rest of the scrape still answers
+            log.warning("queue statistics unavailable for /metrics (%s)", type(exc).__name__)
+            return []
+        families = self._families()
+        families[0].add_metric([], depth)
+        families[1].add_metric([], oldest_age)
+        return families
 
 
 class PushObservations:
@@ -332,37 +339,30 @@ class RelayMetrics:
         self._in_flight: dict[str, int] = dict.fromkeys(labels.labels, 0)
         self._in_flight_lock = threading.Lock()
         self.registry = CollectorRegistry(auto_describe=True)
-        self._callbacks = _CallbackCollector(
-            labels,
-            queue_stats,
-            requests_in_flight,
-            pushes_in_flight or self._own_in_flight,
-            lanes_paused,
-            database_errors,
-        )
         own: list[Collector] = [
             _CountersCollector(counters, labels),
-            self._callbacks,
+            _CallbackCollector(
+                labels,
+                requests_in_flight,
+                pushes_in_flight or self._own_in_flight,
+                lanes_paused,
+                database_errors,
+            ),
             self.pushes.results,
             self.pushes.latency,
         ]
         if process_metrics:
             own.append(ProcessCollector(registry=None))
-        for collector in own:
-            self.registry.register(collector)
         self._own = own
+        self._queue = _QueueCollector(queue_stats) if queue_stats is not None else None
+        for collector in [*own, *([self._queue] if self._queue is not None else [])]:
+            self.registry.register(collector)
         if workers is not None:
             workers.attach(self._collect_own)
 
     def _collect_own(self) -> list[Metric]:
-        """This process's figures, without the queue's (what a worker shares)."""
-        found: list[Metric] = []
-        for collector in self._own:
-            if collector is self._callbacks:
-                found += self._callbacks.collect_own()
-            else:
-                found += collector.collect()
-        return found
+        """This process's own figures, the queue's left out (what a worker shares)."""
+        return [metric for collector in self._own for metric in collector.collect()]
 
     def start(self) -> None:
         """With `workers`: share this process's figures with the other workers from now on."""
@@ -408,7 +408,7 @@ class RelayMetrics:
         every worker's, merged (stats/worker_metrics.py)."""
         if self._workers is None:
             return generate_latest(self.registry)
-        merged = [*self._workers.gather(), *self._callbacks.collect_queue()]
+        merged = [*self._workers.gather(), *(self._queue.collect() if self._queue else [])]
         return generate_latest(_Collected(merged))
 
 

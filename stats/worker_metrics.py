@@ -118,6 +118,11 @@ def families_of(metrics: Iterable[Metric]) -> Families:
     ]
 
 
+def _key(sample_name: str, labels: dict[str, str]) -> tuple[str, str]:
+    """One sample's identity across workers: its name and its labels, in any order."""
+    return sample_name, json.dumps(labels, sort_keys=True)
+
+
 def _summed_always(family: dict[str, Any]) -> bool:
     return family["t"] in _SUMMED_ALWAYS and not family["n"].startswith(_PER_WORKER_PREFIX)
 
@@ -129,7 +134,7 @@ def add_families(base: Families, more: Families) -> Families:
     for family in base:
         if _summed_always(family):
             for name, labels, value in family["s"]:
-                carried[(name, json.dumps(labels, sort_keys=True))] = value
+                carried[_key(name, labels)] = value
     if not carried:
         return more
     added: Families = []
@@ -138,7 +143,7 @@ def add_families(base: Families, more: Families) -> Families:
             added.append(family)
             continue
         samples = [
-            [name, labels, value + carried.get((name, json.dumps(labels, sort_keys=True)), 0)]
+            [name, labels, value + carried.get(_key(name, labels), 0)]
             for name, labels, value in family["s"]
         ]
         added.append({**family, "s": samples})
@@ -162,7 +167,7 @@ def merge(workers: dict[int, tuple[bool, Families]]) -> list[Metric]:
             samples = values[name]
             for sample_name, own_labels, value in family["s"]:
                 labels = {**own_labels, "worker": str(index)} if per_worker else own_labels
-                key = (sample_name, json.dumps(labels, sort_keys=True))
+                key = _key(sample_name, labels)
                 if key not in samples:
                     samples[key] = [sample_name, labels, value]
                 elif name in _HIGHEST:
